@@ -1,0 +1,78 @@
+"""etcd's gRPC errors: the exact status code and message etcd answers for each refusal."""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+
+import grpc
+
+from cosmos_etcd_shim.mvcc import errors as core
+
+logger = logging.getLogger(__name__)
+
+
+class EtcdRpcError(Exception):
+    """A request refused with etcd's status; raised by validation, turned into a gRPC status."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclasses.dataclass(frozen=True)
+class EtcdStatus:
+    code: grpc.StatusCode
+    message: str
+
+    def error(self) -> EtcdRpcError:
+        return EtcdRpcError(self.code, self.message)
+
+
+_INVALID = grpc.StatusCode.INVALID_ARGUMENT
+EMPTY_KEY = EtcdStatus(_INVALID, "etcdserver: key is not provided")
+KEY_NOT_FOUND = EtcdStatus(_INVALID, "etcdserver: key not found")
+VALUE_PROVIDED = EtcdStatus(_INVALID, "etcdserver: value is provided")
+LEASE_PROVIDED = EtcdStatus(_INVALID, "etcdserver: lease is provided")
+TOO_MANY_OPS = EtcdStatus(_INVALID, "etcdserver: too many operations in txn request")
+DUPLICATE_KEY = EtcdStatus(_INVALID, "etcdserver: duplicate key given in txn request")
+INVALID_SORT_OPTION = EtcdStatus(_INVALID, "etcdserver: invalid sort option")
+REQUEST_TOO_LARGE = EtcdStatus(_INVALID, "etcdserver: request is too large")
+COMPACTED = EtcdStatus(grpc.StatusCode.OUT_OF_RANGE, "etcdserver: mvcc: required revision has been compacted")
+FUTURE_REV = EtcdStatus(grpc.StatusCode.OUT_OF_RANGE, "etcdserver: mvcc: required revision is a future revision")
+LEASE_NOT_FOUND = EtcdStatus(grpc.StatusCode.NOT_FOUND, "etcdserver: requested lease not found")
+
+_FROM_CORE = {
+    core.CompactedError: COMPACTED,
+    core.FutureRevisionError: FUTURE_REV,
+    core.KeyNotFoundError: KEY_NOT_FOUND,
+    core.LeaseNotFoundError: LEASE_NOT_FOUND,
+}
+
+
+def status_of(error: Exception) -> EtcdStatus:
+    if isinstance(error, EtcdRpcError):
+        return EtcdStatus(error.code, error.message)
+    known = _FROM_CORE.get(type(error))
+    if known is not None:
+        return known
+    if isinstance(error, core.StorageUnavailableError):
+        # Clients retry UNAVAILABLE; the write was not applied.
+        return EtcdStatus(grpc.StatusCode.UNAVAILABLE, f"cosmos-etcd: storage unavailable: {error}")
+    logger.error("unexpected error", exc_info=error)
+    return EtcdStatus(grpc.StatusCode.INTERNAL, f"cosmos-etcd: internal error: {type(error).__name__}")
+
+
+def etcd_errors(method):
+    """Wrap a unary servicer method so that every refusal reaches the client as etcd's status."""
+
+    @functools.wraps(method)
+    async def wrapper(self, request, context: grpc.aio.ServicerContext):
+        try:
+            return await method(self, request, context)
+        except Exception as e:  # etcd's refusals, and INTERNAL for a bug rather than a hang
+            status = status_of(e)
+        await context.abort(status.code, status.message)
+
+    return wrapper

@@ -1,0 +1,85 @@
+"""The ``cosmos-etcd`` command: ``serve`` (the etcd server), ``version``.
+
+Flags are spelled as etcd's where they mean the same. Errors a user can fix (a bad flag, a port
+in use, an unusable data directory) are one line on stderr and a non-zero exit, never a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+
+from cosmos_etcd_shim import ETCD_VERSION, __version__
+from cosmos_etcd_shim import config as cfg
+from cosmos_etcd_shim import logs
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="cosmos-etcd", description="An etcd v3 server on an embedded store or Azure Cosmos DB.")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    serve = commands.add_parser("serve", help="run the etcd v3 gRPC server",
+                                description="Run the etcd v3 gRPC server. Flags mean what etcd's flags of the same name mean.")
+    defaults = cfg.ServeConfig()
+    serve.add_argument("--name", default=defaults.name, help="human-readable name of this member (default: %(default)s)")
+    serve.add_argument("--data-dir", default="", help="path to the data directory (default: <name>.etcd)")
+    serve.add_argument("--listen-client-urls", default=",".join(defaults.listen_client_urls),
+                       help="comma-separated URLs to serve clients on (default: %(default)s)")
+    serve.add_argument("--advertise-client-urls", default=",".join(defaults.advertise_client_urls),
+                       help="comma-separated client URLs that MemberList reports (default: %(default)s)")
+    serve.add_argument("--initial-advertise-peer-urls", default=",".join(defaults.initial_advertise_peer_urls),
+                       help="peer URLs that MemberList reports (default: %(default)s)")
+    serve.add_argument("--max-request-bytes", type=int, default=defaults.max_request_bytes,
+                       help="maximum client request size in bytes (default: %(default)s)")
+    serve.add_argument("--max-txn-ops", type=int, default=defaults.max_txn_ops,
+                       help="maximum number of operations in a Txn (default: %(default)s)")
+    serve.add_argument("--quota-backend-bytes", type=int, default=0,
+                       help="backend size quota reported by Status; 0 is etcd's default of 2 GiB")
+    serve.add_argument("--log-level", choices=sorted(logs.LEVELS), default=defaults.log_level,
+                       help="log level (default: %(default)s)")
+    serve.add_argument("--backend", choices=cfg.BACKENDS, default=defaults.backend,
+                       help="where the data lives (default: %(default)s)")
+
+    commands.add_parser("version", help="print the version")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "version":
+        print(f"cosmos-etcd {__version__} (etcd API {ETCD_VERSION})")
+        return 0
+    return _serve(args)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from cosmos_etcd_shim.server import StartupError, serve  # heavy imports only when serving
+
+    try:
+        config = cfg.ServeConfig(
+            name=args.name,
+            data_dir=args.data_dir,
+            listen_client_urls=cfg.split_urls(args.listen_client_urls),
+            advertise_client_urls=cfg.split_urls(args.advertise_client_urls),
+            initial_advertise_peer_urls=cfg.split_urls(args.initial_advertise_peer_urls),
+            max_request_bytes=args.max_request_bytes,
+            max_txn_ops=args.max_txn_ops,
+            quota_backend_bytes=args.quota_backend_bytes,
+            log_level=args.log_level,
+            backend=args.backend,
+        )
+    except cfg.ConfigError as e:
+        print(f"cosmos-etcd serve: error: {e}", file=sys.stderr)
+        return 2
+    logs.configure(config.log_level)
+    try:
+        asyncio.run(serve(config))
+    except StartupError as e:
+        print(f"cosmos-etcd serve: error: {e}", file=sys.stderr)
+        return 1
+    return 0

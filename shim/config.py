@@ -1,0 +1,67 @@
+"""The serve command's configuration: etcd's flags where they mean the same, and their defaults."""
+from __future__ import annotations
+
+import dataclasses
+import urllib.parse
+
+DEFAULT_MAX_REQUEST_BYTES = 1536 * 1024  # etcd's 1.5 MiB
+DEFAULT_MAX_TXN_OPS = 128
+DEFAULT_QUOTA_BACKEND_BYTES = 2 * 1024**3  # etcd's default quota, 2 GiB
+BACKENDS = ("embedded",)
+
+
+class ConfigError(ValueError):
+    """A flag value that cannot work; reported in one line."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ServeConfig:
+    name: str = "default"
+    data_dir: str = ""  # etcd's default is "<name>.etcd" in the working directory
+    listen_client_urls: tuple[str, ...] = ("http://localhost:2379",)
+    advertise_client_urls: tuple[str, ...] = ("http://localhost:2379",)
+    initial_advertise_peer_urls: tuple[str, ...] = ("http://localhost:2380",)
+    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
+    max_txn_ops: int = DEFAULT_MAX_TXN_OPS
+    quota_backend_bytes: int = DEFAULT_QUOTA_BACKEND_BYTES
+    log_level: str = "info"
+    backend: str = "embedded"
+
+    def __post_init__(self) -> None:
+        if not self.data_dir:
+            object.__setattr__(self, "data_dir", f"{self.name}.etcd")
+        if self.quota_backend_bytes <= 0:
+            object.__setattr__(self, "quota_backend_bytes", DEFAULT_QUOTA_BACKEND_BYTES)
+        if self.backend not in BACKENDS:
+            raise ConfigError(f"--backend must be one of {', '.join(BACKENDS)}, not {self.backend!r}")
+        if self.max_request_bytes <= 0:
+            raise ConfigError("--max-request-bytes must be positive")
+        if self.max_txn_ops <= 0:
+            raise ConfigError("--max-txn-ops must be positive")
+        for url in (*self.listen_client_urls, *self.advertise_client_urls):
+            host_port(url)
+
+    @property
+    def listen_addresses(self) -> list[str]:
+        return [host_port(url) for url in self.listen_client_urls]
+
+
+def host_port(url: str) -> str:
+    """``http://host:port`` -> ``host:port``, refusing what the server cannot serve."""
+    parsed = urllib.parse.urlsplit(url)
+    if parsed.scheme == "https":
+        raise ConfigError(f"{url}: TLS client URLs are not supported yet; use http://")
+    if parsed.scheme != "http" or not parsed.hostname:
+        raise ConfigError(f"{url}: expected a URL like http://127.0.0.1:2379")
+    try:
+        port = parsed.port
+    except ValueError:
+        raise ConfigError(f"{url}: invalid port") from None
+    if port is None:
+        raise ConfigError(f"{url}: the port is missing")
+    host = f"[{parsed.hostname}]" if ":" in parsed.hostname else parsed.hostname
+    return f"{host}:{port}"
+
+
+def split_urls(value: str) -> tuple[str, ...]:
+    return tuple(u.strip() for u in value.split(",") if u.strip())

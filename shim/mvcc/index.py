@@ -1,0 +1,111 @@
+"""The in-memory key index: every key's versions back to the compact revision.
+
+Like etcd's tree index, but holding the values too: each key maps to its history, a list of
+``mvccpb.KeyValue`` ordered by ``mod_revision``. A deletion is a tombstone: a KeyValue with the
+deleting revision as ``mod_revision`` and ``version == 0`` (exactly the ``kv`` of etcd's DELETE
+event). Reading "key at revision R" is a bisection in that list, so historic reads and reads at
+the current revision are the same code.
+
+Entries newer than the committed revision may be present while a batch is being made durable;
+readers never see them because they read at the committed revision, and :meth:`rollback` removes
+them if the batch fails.
+"""
+from __future__ import annotations
+
+import bisect
+from collections.abc import Iterator
+
+from sortedcontainers import SortedDict
+
+from cosmos_etcd_shim.proto.kv_pb2 import KeyValue
+
+
+def _mod_revision(kv: KeyValue) -> int:
+    return kv.mod_revision
+
+
+def is_tombstone(kv: KeyValue) -> bool:
+    return kv.version == 0
+
+
+class KeyIndex:
+    """Key -> history, ordered bytewise by key."""
+
+    def __init__(self) -> None:
+        self._histories: SortedDict[bytes, list[KeyValue]] = SortedDict()
+
+    def __len__(self) -> int:
+        return len(self._histories)
+
+    def get(self, key: bytes, revision: int) -> KeyValue | None:
+        """The live KeyValue of ``key`` at ``revision``, or None if absent or deleted then."""
+        history = self._histories.get(key)
+        return None if history is None else _visible(history, revision)
+
+    def range(self, key: bytes, range_end: bytes | None, revision: int) -> Iterator[KeyValue]:
+        """Live KeyValues at ``revision`` in [key, range_end), in key order.
+
+        ``range_end`` None means the single key; ``b""`` means every key from ``key`` on.
+        """
+        if range_end is None:
+            kv = self.get(key, revision)
+            if kv is not None:
+                yield kv
+            return
+        if range_end and range_end <= key:
+            return
+        keys = self._histories.irange(key, range_end or None, inclusive=(True, False))
+        histories = self._histories
+        for k in keys:
+            kv = _visible(histories[k], revision)
+            if kv is not None:
+                yield kv
+
+    def append(self, kv: KeyValue) -> None:
+        """Record a new version (or tombstone) of ``kv.key``; its revision is the newest."""
+        history = self._histories.get(kv.key)
+        if history is None:
+            self._histories[kv.key] = [kv]
+        else:
+            history.append(kv)
+
+    def rollback(self, keys: set[bytes], revision: int) -> None:
+        """Forget every entry of ``keys`` newer than ``revision`` (a batch that was not made durable)."""
+        for key in keys:
+            history = self._histories.get(key)
+            if history is None:
+                continue
+            while history and history[-1].mod_revision > revision:
+                history.pop()
+            if not history:
+                del self._histories[key]
+
+    def compact(self, revision: int) -> None:
+        """Drop what no read at or after ``revision`` can see: etcd's compaction of the index.
+
+        Per key, the newest entry at or below ``revision`` survives unless it is a tombstone.
+        """
+        emptied = []
+        for key, history in self._histories.items():
+            if history[0].mod_revision > revision or len(history) == 1 and not is_tombstone(history[0]):
+                continue
+            cut = bisect.bisect_right(history, revision, key=_mod_revision)
+            keep_from = cut - 1 if not is_tombstone(history[cut - 1]) else cut
+            if keep_from > 0:
+                del history[:keep_from]
+            if not history:
+                emptied.append(key)
+        for key in emptied:
+            del self._histories[key]
+
+
+def _visible(history: list[KeyValue], revision: int) -> KeyValue | None:
+    latest = history[-1]
+    if latest.mod_revision <= revision:
+        found = latest
+    else:
+        position = bisect.bisect_right(history, revision, key=_mod_revision)
+        if position == 0:
+            return None
+        found = history[position - 1]
+    return None if is_tombstone(found) else found

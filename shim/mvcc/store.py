@@ -1,0 +1,263 @@
+"""The MVCC store: the key index, the current and compact revisions, and the commit pipeline.
+
+Reads are served from the index at the committed revision, on the event loop, without waiting.
+Writes are queued and applied by one committer task in arrival order: it evaluates every queued
+request against the index (each writing request becomes the next revision), makes the whole
+batch durable with one :meth:`RevisionLog.append` (group commit: while one batch is on its way to
+the disk, the next one gathers), and only then moves the committed revision forward and answers
+the clients. A batch that cannot be made durable is rolled back from the index and every request
+in it fails, so an acknowledged write is always durable and an unacknowledged one is never seen.
+
+If another writer took the next revision first (:class:`LogConflictError`, several replicas on one
+log), the batch is rolled back, the store catches up from the log, and the batch is evaluated
+again: its compares then see the other writer's changes.
+"""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from cosmos_etcd_shim.mvcc import txn as txns
+from cosmos_etcd_shim.mvcc.errors import CompactedError, FutureRevisionError, LeaseNotFoundError, MVCCError
+from cosmos_etcd_shim.mvcc.errors import StorageUnavailableError
+from cosmos_etcd_shim.mvcc.index import KeyIndex
+from cosmos_etcd_shim.mvcc.reads import execute_range
+from cosmos_etcd_shim.proto.rpc_pb2 import (
+    CompactionRequest,
+    CompactionResponse,
+    DeleteRangeRequest,
+    DeleteRangeResponse,
+    PutRequest,
+    PutResponse,
+    RangeRequest,
+    RangeResponse,
+    TxnRequest,
+    TxnResponse,
+)
+from cosmos_etcd_shim.proto.storage_pb2 import Revision
+from cosmos_etcd_shim.storage import LogConflictError, RevisionLog, StorageError
+from cosmos_etcd_shim.storage.base import INITIAL_REVISION
+
+logger = logging.getLogger(__name__)
+
+WriteFn = Callable[[txns.WriteTxn], Any]
+
+
+@dataclasses.dataclass
+class _Write:
+    apply: WriteFn
+    future: asyncio.Future
+
+
+@dataclasses.dataclass
+class _Compaction:
+    revision: int
+    future: asyncio.Future
+
+
+class MVCCStore:
+    def __init__(self, log: RevisionLog) -> None:
+        self.log = log
+        self.index = KeyIndex()
+        self.revision = INITIAL_REVISION
+        self.compact_revision = -1
+        self._queue: list[_Write | _Compaction] = []
+        self._queued = asyncio.Event()
+        self._committer: asyncio.Task | None = None
+        self._listeners: list[Callable[[list[Revision]], None]] = []
+
+    # -- life cycle ---------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        state = await self.log.open()
+        for kv in state.base:
+            self.index.append(kv)
+        self.compact_revision = state.compact_revision
+        self.revision = max(INITIAL_REVISION, state.compact_revision)
+        self._apply_records(state.revisions)
+        self._committer = asyncio.create_task(self._commit_forever(), name="mvcc-committer")
+        logger.info("store opened", extra={"revision": self.revision, "compact_revision": self.compact_revision,
+                                           "keys": len(self.index)})
+
+    async def close(self) -> None:
+        if self._committer is not None:
+            self._committer.cancel()
+            await asyncio.gather(self._committer, return_exceptions=True)
+            self._committer = None
+        for item in self._queue:
+            item.future.cancel()
+        self._queue.clear()
+        await self.log.close()
+
+    def on_commit(self, listener: Callable[[list[Revision]], None]) -> None:
+        """Call ``listener`` with the revisions of every batch once it is durable and visible."""
+        self._listeners.append(listener)
+
+    # -- requests -----------------------------------------------------------------------------
+
+    def lease_exists(self, lease_id: int) -> bool:
+        # Leases arrive with the Lease service; until then no lease exists.
+        return False
+
+    def range(self, r: RangeRequest) -> RangeResponse:
+        return execute_range(self.index, r, self.revision, self.compact_revision)
+
+    async def put(self, p: PutRequest) -> PutResponse:
+        if p.lease and not self.lease_exists(p.lease):
+            raise LeaseNotFoundError()
+        return await self._write(lambda w: txns.apply_put(w, p))
+
+    async def delete_range(self, d: DeleteRangeRequest) -> DeleteRangeResponse:
+        return await self._write(lambda w: txns.apply_delete_range(w, d))
+
+    async def txn(self, t: TxnRequest) -> TxnResponse:
+        if not txns.is_write(t):
+            # Nothing to make durable: evaluate at the committed revision, like a read.
+            return self._run_txn(txns.WriteTxn(self.index, self.revision, self.compact_revision), t)
+        return await self._write(lambda w: self._run_txn(w, t))
+
+    def _run_txn(self, w: txns.WriteTxn, t: TxnRequest) -> TxnResponse:
+        decision = txns.decide(w, t)
+        txns.check_txn(w, t, decision, self.lease_exists)
+        response = txns.apply_txn(w, decision)
+        response.header.revision = w.read_revision
+        return response
+
+    async def compact(self, c: CompactionRequest) -> CompactionResponse:
+        future = asyncio.get_running_loop().create_future()
+        self._enqueue(_Compaction(c.revision, future))
+        await future
+        response = CompactionResponse()
+        response.header.revision = self.revision
+        return response
+
+    async def _write(self, apply: WriteFn):
+        future = asyncio.get_running_loop().create_future()
+        self._enqueue(_Write(apply, future))
+        return await future
+
+    def _enqueue(self, item: _Write | _Compaction) -> None:
+        self._queue.append(item)
+        self._queued.set()
+
+    # -- the committer ------------------------------------------------------------------------
+
+    async def _commit_forever(self) -> None:
+        while True:
+            await self._queued.wait()
+            self._queued.clear()
+            while self._queue:
+                # Writes up to the next compaction form one batch; a compaction runs on its own.
+                cut = next((i for i, item in enumerate(self._queue) if isinstance(item, _Compaction)), None)
+                if cut == 0:
+                    await self._compact(self._queue.pop(0))
+                    continue
+                batch = self._queue[:cut] if cut is not None else self._queue[:]
+                del self._queue[:len(batch)]
+                await self._commit(batch)
+
+    async def _commit(self, batch: list[_Write]) -> None:
+        while True:
+            outcomes, records, touched = self._evaluate(batch)
+            if not records:
+                break
+            try:
+                await self.log.append(records)
+            except LogConflictError:
+                self.index.rollback(touched, self.revision)
+                try:
+                    await self._catch_up()
+                except StorageError as e:
+                    self._fail_batch(batch, e)
+                    return
+                continue
+            except StorageError as e:
+                self.index.rollback(touched, self.revision)
+                self._fail_batch(batch, e)
+                return
+            self.revision = records[-1].revision
+            self._publish(records)
+            break
+        for future, outcome in outcomes:
+            if future.done():
+                continue
+            if isinstance(outcome, BaseException):
+                future.set_exception(outcome)
+            else:
+                future.set_result(outcome)
+
+    def _fail_batch(self, batch: list[_Write], error: StorageError) -> None:
+        logger.error("write batch failed", extra={"error": str(error), "requests": len(batch)})
+        for item in batch:
+            _fail(item.future, StorageUnavailableError(str(error)))
+
+    def _evaluate(self, batch: list[_Write]):
+        outcomes: list[tuple[asyncio.Future, Any]] = []
+        records: list[Revision] = []
+        touched: set[bytes] = set()
+        revision = self.revision
+        for item in batch:
+            if item.future.done():  # the client went away before its request was applied
+                continue
+            w = txns.WriteTxn(self.index, revision, self.compact_revision)
+            try:
+                outcome = item.apply(w)
+            except MVCCError as e:
+                w.rollback()
+                outcomes.append((item.future, e))
+                continue
+            except Exception as e:  # a bug in one request must not leave its half-write in the index
+                logger.exception("request failed while being applied")
+                w.rollback()
+                outcomes.append((item.future, e))
+                continue
+            if w.events:
+                revision += 1
+                records.append(Revision(revision=revision, events=w.events))
+                touched |= w.touched_keys()
+            outcomes.append((item.future, outcome))
+        return outcomes, records, touched
+
+    async def _catch_up(self) -> None:
+        self._apply_records(await self.log.read_after(self.revision))
+
+    def _apply_records(self, records: Iterable[Revision]) -> None:
+        applied = []
+        for record in records:
+            for event in record.events:
+                self.index.append(event.kv)  # a DELETE event's kv is the tombstone
+            applied.append(record)
+        if applied:
+            self.revision = applied[-1].revision
+            self._publish(applied)
+
+    def _publish(self, records: list[Revision]) -> None:
+        for listener in self._listeners:
+            listener(records)
+
+    async def _compact(self, item: _Compaction) -> None:
+        if item.future.done():
+            return
+        revision = item.revision
+        if revision <= self.compact_revision:
+            _fail(item.future, CompactedError())
+            return
+        if revision > self.revision:
+            _fail(item.future, FutureRevisionError())
+            return
+        try:
+            await self.log.compact(revision)
+        except StorageError as e:
+            _fail(item.future, StorageUnavailableError(str(e)))
+            return
+        self.compact_revision = revision
+        self.index.compact(revision)
+        item.future.set_result(None)
+
+
+def _fail(future: asyncio.Future, error: BaseException) -> None:
+    if not future.done():
+        future.set_exception(error)

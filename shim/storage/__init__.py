@@ -1,0 +1,8 @@
+"""Storage backends: the durable log of revisions behind one small interface.
+
+The MVCC core is written once against :class:`RevisionLog`; each backend (``embedded``: SQLite
+in a local data directory; ``cosmos``: Azure Cosmos DB) implements it in a module of its own.
+"""
+from cosmos_etcd_shim.storage.base import LogConflictError, RecoveredState, RevisionLog, StorageError
+
+__all__ = ["LogConflictError", "RecoveredState", "RevisionLog", "StorageError"]

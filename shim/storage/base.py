@@ -1,0 +1,73 @@
+"""The log interface every storage backend implements, and what a backend recovers on open.
+
+Durability is a log of revision records (``storage_pb2.Revision``: the events of one revision)
+plus a base: the live key-values at the compact revision. Appending the record whose revision is
+head+1 is the compare-and-swap on the log head: it fails with :class:`LogConflictError` when that
+revision already exists (another writer got there first), and nothing is written. Compaction
+folds the records up to a revision into the base and removes them.
+"""
+from __future__ import annotations
+
+import abc
+import dataclasses
+from collections.abc import Iterable, Sequence
+
+from cosmos_etcd_shim.proto.kv_pb2 import Event, KeyValue
+from cosmos_etcd_shim.proto.storage_pb2 import Revision
+
+# etcd's store starts at revision 1: the first write is revision 2.
+INITIAL_REVISION = 1
+
+
+class StorageError(Exception):
+    """The backend failed; what was being written was not made durable."""
+
+
+class LogConflictError(StorageError):
+    """The first revision of an append already exists in the log: catch up and retry."""
+
+
+@dataclasses.dataclass
+class RecoveredState:
+    """What a backend holds: the base at the compact revision, and the log after it."""
+
+    compact_revision: int
+    base: Iterable[KeyValue]
+    revisions: Sequence[Revision]
+
+
+class RevisionLog(abc.ABC):
+    """A durable, append-only log of revisions with a compacted base."""
+
+    @abc.abstractmethod
+    async def open(self) -> RecoveredState:
+        """Open (creating when absent) and return everything needed to rebuild the index."""
+
+    @abc.abstractmethod
+    async def append(self, revisions: Sequence[Revision]) -> None:
+        """Make consecutive revisions durable, all or none, starting at head+1."""
+
+    @abc.abstractmethod
+    async def read_after(self, revision: int) -> Sequence[Revision]:
+        """The records after ``revision`` in order (what other writers appended)."""
+
+    @abc.abstractmethod
+    async def compact(self, revision: int) -> None:
+        """Fold every record up to ``revision`` into the base and drop those records."""
+
+    @abc.abstractmethod
+    def size(self) -> tuple[int, int]:
+        """(bytes the backend occupies, bytes in use): Status' dbSize and dbSizeInUse."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Release the backend; further calls are errors."""
+
+
+def fold(base: dict[bytes, KeyValue], revision: Revision) -> None:
+    """Apply one revision's events to a key -> live KeyValue map (the base)."""
+    for event in revision.events:
+        if event.type == Event.PUT:
+            base[event.kv.key] = event.kv
+        else:
+            base.pop(event.kv.key, None)

