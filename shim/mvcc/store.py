@@ -161,13 +161,13 @@ class MVCCStore:
 
     async def _commit(self, batch: list[_Write]) -> None:
         while True:
-            outcomes, records, touched = self._evaluate(batch)
+            outcomes, records = self._evaluate(batch)
             if not records:
                 break
             try:
                 await self.log.append(records)
             except LogConflictError:
-                self.index.rollback(touched, self.revision)
+                self._rollback(records)
                 try:
                     await self._catch_up()
                 except StorageError as e:
@@ -175,7 +175,7 @@ class MVCCStore:
                     return
                 continue
             except StorageError as e:
-                self.index.rollback(touched, self.revision)
+                self._rollback(records)
                 self._fail_batch(batch, e)
                 return
             self.revision = records[-1].revision
@@ -197,7 +197,6 @@ class MVCCStore:
     def _evaluate(self, batch: list[_Write]):
         outcomes: list[tuple[asyncio.Future, Any]] = []
         records: list[Revision] = []
-        touched: set[bytes] = set()
         revision = self.revision
         for item in batch:
             if item.future.done():  # the client went away before its request was applied
@@ -217,9 +216,12 @@ class MVCCStore:
             if w.events:
                 revision += 1
                 records.append(Revision(revision=revision, events=w.events))
-                touched |= w.touched_keys()
             outcomes.append((item.future, outcome))
-        return outcomes, records, touched
+        return outcomes, records
+
+    def _rollback(self, records: list[Revision]) -> None:
+        """Remove a batch that did not become durable from the index."""
+        self.index.rollback({e.kv.key for r in records for e in r.events}, self.revision)
 
     async def _catch_up(self) -> None:
         self._apply_records(await self.log.read_after(self.revision))

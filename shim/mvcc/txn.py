@@ -82,11 +82,8 @@ class WriteTxn:
             self.events.append(Event(type=Event.DELETE, kv=tombstone))
         return len(doomed)
 
-    def touched_keys(self) -> set[bytes]:
-        return {event.kv.key for event in self.events}
-
     def rollback(self) -> None:
-        self.index.rollback(self.touched_keys(), self.begin)
+        self.index.rollback({event.kv.key for event in self.events}, self.begin)
         self.events.clear()
 
 
