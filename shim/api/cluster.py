@@ -16,5 +16,5 @@ class ClusterServicer(rpc_pb2_grpc.ClusterServicer):
     @etcd_errors
     async def MemberList(self, request, context):
         response = rpc_pb2.MemberListResponse(members=self.members())
-        self.headers.fill(response.header)
+        self.headers.fill_identity(response.header)
         return response

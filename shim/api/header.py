@@ -18,8 +18,12 @@ class ResponseHeaders:
 
     def fill(self, header: ResponseHeader) -> None:
         """As etcd's v3rpc header filler: the revision only where the request left none."""
+        self.fill_identity(header)
+        if not header.revision:
+            header.revision = self.current_revision()
+
+    def fill_identity(self, header: ResponseHeader) -> None:
+        """Without a revision, as etcd's Cluster service answers."""
         header.cluster_id = self.cluster_id
         header.member_id = self.member_id
         header.raft_term = RAFT_TERM
-        if not header.revision:
-            header.revision = self.current_revision()

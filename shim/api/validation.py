@@ -51,12 +51,14 @@ def check_txn(t: TxnRequest, max_txn_ops: int) -> None:
 
 
 def _check_txn_ops(t: TxnRequest, max_txn_ops: int) -> None:
-    if max(len(t.compare), len(t.success), len(t.failure)) > max_txn_ops:
+    operations = max(len(t.compare), len(t.success), len(t.failure))
+    if operations > max_txn_ops:
         raise errors.TOO_MANY_OPS.error()
     if any(not c.key for c in t.compare):
         raise errors.EMPTY_KEY.error()
     for op in (*t.success, *t.failure):
-        _check_op(op, max_txn_ops)
+        # A nested Txn may use only what its parent left of the limit (seen on etcd 3.5).
+        _check_op(op, max_txn_ops - operations)
 
 
 def _check_op(op: RequestOp, max_txn_ops: int) -> None:
