@@ -40,6 +40,8 @@ def _parser() -> argparse.ArgumentParser:
                        help="maximum number of operations in a Txn (default: %(default)s)")
     serve.add_argument("--quota-backend-bytes", type=int, default=0,
                        help="backend size quota reported by Status; 0 is etcd's default of 2 GiB")
+    serve.add_argument("--watch-progress-notify-interval", default="10m",
+                       help="how often idle watchers that asked for progress get a notification (default: %(default)s)")
     serve.add_argument("--log-level", choices=sorted(logs.LEVELS), default=defaults.log_level,
                        help="log level (default: %(default)s)")
     serve.add_argument("--backend", choices=cfg.BACKENDS, default=defaults.backend,
@@ -73,6 +75,7 @@ def _serve(args: argparse.Namespace) -> int:
             max_request_bytes=args.max_request_bytes,
             max_txn_ops=args.max_txn_ops,
             quota_backend_bytes=args.quota_backend_bytes,
+            watch_progress_notify_interval=cfg.parse_duration(args.watch_progress_notify_interval),
             log_level=args.log_level,
             backend=args.backend,
         )

@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 import urllib.parse
 
 DEFAULT_MAX_REQUEST_BYTES = 1536 * 1024  # etcd's 1.5 MiB
 DEFAULT_MAX_TXN_OPS = 128
 DEFAULT_QUOTA_BACKEND_BYTES = 2 * 1024**3  # etcd's default quota, 2 GiB
+DEFAULT_WATCH_PROGRESS_NOTIFY_INTERVAL = 600.0  # etcd's 10m
 BACKENDS = ("embedded",)
 
 
@@ -24,6 +26,7 @@ class ServeConfig:
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
     max_txn_ops: int = DEFAULT_MAX_TXN_OPS
     quota_backend_bytes: int = DEFAULT_QUOTA_BACKEND_BYTES
+    watch_progress_notify_interval: float = DEFAULT_WATCH_PROGRESS_NOTIFY_INTERVAL
     log_level: str = "info"
     backend: str = "embedded"
 
@@ -38,6 +41,8 @@ class ServeConfig:
             raise ConfigError("--max-request-bytes must be positive")
         if self.max_txn_ops <= 0:
             raise ConfigError("--max-txn-ops must be positive")
+        if self.watch_progress_notify_interval <= 0:
+            raise ConfigError("--watch-progress-notify-interval must be positive")
         for url in (*self.listen_client_urls, *self.advertise_client_urls):
             host_port(url)
 
@@ -61,6 +66,17 @@ def host_port(url: str) -> str:
         raise ConfigError(f"{url}: the port is missing")
     host = f"[{parsed.hostname}]" if ":" in parsed.hostname else parsed.hostname
     return f"{host}:{port}"
+
+
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(value: str) -> float:
+    """A Go duration as etcd's flags take them ("10m", "1m30s", "500ms"), in seconds."""
+    parts = re.findall(r"(\d+(?:\.\d+)?)(ms|s|m|h)", value)
+    if not parts or "".join(n + u for n, u in parts) != value:
+        raise ConfigError(f"invalid duration {value!r}: expected e.g. 10m, 30s or 500ms")
+    return sum(float(n) * _DURATION_UNITS[u] for n, u in parts)
 
 
 def split_urls(value: str) -> tuple[str, ...]:

@@ -16,9 +16,12 @@ from cosmos_etcd_shim import member
 from cosmos_etcd_shim.api.cluster import ClusterServicer
 from cosmos_etcd_shim.api.header import ResponseHeaders
 from cosmos_etcd_shim.api.kv import KVServicer
+from cosmos_etcd_shim.api.lease import LeaseServicer
+from cosmos_etcd_shim.api.watch import WatchServicer
 from cosmos_etcd_shim.api.maintenance import MaintenanceServicer, ServerInfo
 from cosmos_etcd_shim.config import ServeConfig
 from cosmos_etcd_shim.mvcc.store import MVCCStore
+from cosmos_etcd_shim.mvcc.watch import WatchHub
 from cosmos_etcd_shim.proto import rpc_pb2, rpc_pb2_grpc
 from cosmos_etcd_shim.storage import StorageError, RevisionLog
 from cosmos_etcd_shim.storage.embedded import EmbeddedLog
@@ -56,9 +59,12 @@ class Server:
         self.store: MVCCStore | None = None
         self.grpc_server: grpc.aio.Server | None = None
         self.health = health.aio.HealthServicer()
+        self._progress: asyncio.Task | None = None
 
     async def start(self) -> None:
         config = self.config
+        for address in config.listen_addresses:
+            _check_can_listen(address)  # before anything is opened or logged: one clear line
         self.store = store = MVCCStore(open_backend(config))
         try:
             await store.open()
@@ -82,9 +88,13 @@ class Server:
             MaintenanceServicer(store, headers, ServerInfo(ETCD_VERSION, ETCD_CLUSTER_VERSION,
                                                            config.quota_backend_bytes)), server)
         rpc_pb2_grpc.add_ClusterServicer_to_server(ClusterServicer(headers, lambda: [this_member]), server)
+        hub = WatchHub(store.index, store.log, lambda: store.revision, lambda: store.compact_revision,
+                       config.max_request_bytes)
+        store.on_commit(hub.on_commit)
+        self._progress = asyncio.create_task(hub.notify_progress_every(config.watch_progress_notify_interval))
+        rpc_pb2_grpc.add_WatchServicer_to_server(WatchServicer(hub, headers), server)
+        rpc_pb2_grpc.add_LeaseServicer_to_server(LeaseServicer(store, headers, config.max_request_bytes), server)
         # Services not implemented yet answer UNIMPLEMENTED for every method, never hang.
-        rpc_pb2_grpc.add_WatchServicer_to_server(rpc_pb2_grpc.WatchServicer(), server)
-        rpc_pb2_grpc.add_LeaseServicer_to_server(rpc_pb2_grpc.LeaseServicer(), server)
         rpc_pb2_grpc.add_AuthServicer_to_server(rpc_pb2_grpc.AuthServicer(), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         for address in config.listen_addresses:
@@ -99,38 +109,42 @@ class Server:
         })
 
     async def stop(self) -> None:
+        if self._progress is not None:
+            self._progress.cancel()
+            self._progress = None
         if self.grpc_server is not None:
             await self.health.enter_graceful_shutdown()
             await self.grpc_server.stop(SHUTDOWN_GRACE_SECONDS)
             self.grpc_server = None
+            logger.info("stopped serving")
         if self.store is not None:
             await self.store.close()
             self.store = None
-        logger.info("stopped")
 
 
 def _bind(server: grpc.aio.Server, address: str) -> None:
     try:
         server.add_insecure_port(address)
     except RuntimeError:
-        raise StartupError(f"cannot listen on {address}: {_bind_failure_reason(address)}") from None
+        raise StartupError(f"cannot listen on {address}") from None
 
 
-def _bind_failure_reason(address: str) -> str:
-    """gRPC does not say why a bind failed; a plain socket does."""
+def _check_can_listen(address: str) -> None:
+    """Bind a plain socket where gRPC will listen: gRPC does not say why a bind fails, a socket does."""
     host, _, port = address.rpartition(":")
-    host = host.strip("[]")
     try:
-        infos = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)
+        infos = socket.getaddrinfo(host.strip("[]"), int(port), type=socket.SOCK_STREAM)
     except socket.gaierror as e:
-        return e.strerror
+        raise StartupError(f"cannot listen on {address}: {e.strerror}") from None
     for family, kind, proto, _, sockaddr in infos:
         with contextlib.closing(socket.socket(family, kind, proto)) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gRPC's own listener does
             try:
                 probe.bind(sockaddr)
             except OSError as e:
-                return e.strerror or errno.errorcode.get(e.errno, "bind failed")
-    return "bind failed"
+                if e.errno == errno.EADDRNOTAVAIL and family == socket.AF_INET6:
+                    continue  # localhost may resolve to ::1 on a host without IPv6; gRPC skips it too
+                raise StartupError(f"cannot listen on {address}: {e.strerror}") from None
 
 
 async def serve(config: ServeConfig) -> None:

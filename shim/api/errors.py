@@ -42,12 +42,16 @@ REQUEST_TOO_LARGE = EtcdStatus(_INVALID, "etcdserver: request is too large")
 COMPACTED = EtcdStatus(grpc.StatusCode.OUT_OF_RANGE, "etcdserver: mvcc: required revision has been compacted")
 FUTURE_REV = EtcdStatus(grpc.StatusCode.OUT_OF_RANGE, "etcdserver: mvcc: required revision is a future revision")
 LEASE_NOT_FOUND = EtcdStatus(grpc.StatusCode.NOT_FOUND, "etcdserver: requested lease not found")
+LEASE_EXISTS = EtcdStatus(grpc.StatusCode.FAILED_PRECONDITION, "etcdserver: lease already exists")
+LEASE_TTL_TOO_LARGE = EtcdStatus(grpc.StatusCode.OUT_OF_RANGE, "etcdserver: too large lease TTL")
 
 _FROM_CORE = {
     core.CompactedError: COMPACTED,
     core.FutureRevisionError: FUTURE_REV,
     core.KeyNotFoundError: KEY_NOT_FOUND,
     core.LeaseNotFoundError: LEASE_NOT_FOUND,
+    core.LeaseExistsError: LEASE_EXISTS,
+    core.LeaseTTLTooLargeError: LEASE_TTL_TOO_LARGE,
 }
 
 

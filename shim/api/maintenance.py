@@ -1,12 +1,22 @@
-"""The Maintenance service: Status and Alarm; the rest answers UNIMPLEMENTED until it exists."""
+"""The Maintenance service: Status, Alarm, Defragment, Hash, HashKV, Snapshot.
+
+MoveLeader and Downgrade answer UNIMPLEMENTED: there is no raft leader to move or cluster to
+downgrade.
+"""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import pathlib
+import tempfile
 
 from cosmos_etcd_shim.api.errors import etcd_errors
 from cosmos_etcd_shim.api.header import RAFT_TERM, ResponseHeaders
 from cosmos_etcd_shim.mvcc.store import MVCCStore
 from cosmos_etcd_shim.proto import rpc_pb2, rpc_pb2_grpc
+
+
+SNAPSHOT_CHUNK_BYTES = 32 * 1024  # etcd's snapshot send buffer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,5 +57,48 @@ class MaintenanceServicer(rpc_pb2_grpc.MaintenanceServicer):
         # No alarm is ever raised (no space quota alarm, no corruption check), so none is listed;
         # activating or deactivating one is accepted as etcd accepts it, with nothing to report.
         response = rpc_pb2.AlarmResponse()
+        self.headers.fill(response.header)
+        return response
+
+    @etcd_errors
+    async def Defragment(self, request, context):
+        await self.store.log.defragment()
+        response = rpc_pb2.DefragmentResponse()
+        self.headers.fill(response.header)
+        return response
+
+    @etcd_errors
+    async def HashKV(self, request, context):
+        revision, compact_revision, digest = self.store.hash_kv(request.revision)
+        response = rpc_pb2.HashKVResponse(hash=digest, compact_revision=compact_revision, hash_revision=revision)
+        self.headers.fill(response.header)
+        return response
+
+    @etcd_errors
+    async def Hash(self, request, context):
+        _, _, digest = self.store.hash_kv(0)
+        response = rpc_pb2.HashResponse(hash=digest)
+        self.headers.fill(response.header)
+        return response
+
+    async def Snapshot(self, request, context):
+        """The store as a file (a SQLite database for the embedded backend), then its SHA-256, as
+        etcd appends one: `etcdctl snapshot save` writes it; a data directory holding it as
+        `cosmos-etcd.db` is a complete copy. etcd's own tools cannot read it (it is not bbolt)."""
+        with tempfile.TemporaryDirectory() as scratch:
+            path = pathlib.Path(scratch) / "snapshot.db"
+            await self.store.log.snapshot(path)
+            total = path.stat().st_size + hashlib.sha256().digest_size
+            checksum = hashlib.sha256()
+            sent = 0
+            with open(path, "rb") as snapshot:
+                while chunk := snapshot.read(SNAPSHOT_CHUNK_BYTES):
+                    checksum.update(chunk)
+                    sent += len(chunk)
+                    yield self._snapshot_response(total - sent, chunk)
+            yield self._snapshot_response(0, checksum.digest())
+
+    def _snapshot_response(self, remaining: int, blob: bytes) -> rpc_pb2.SnapshotResponse:
+        response = rpc_pb2.SnapshotResponse(remaining_bytes=remaining, blob=blob, version=self.info.storage_version)
         self.headers.fill(response.header)
         return response

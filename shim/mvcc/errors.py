@@ -23,3 +23,11 @@ class LeaseNotFoundError(MVCCError):
 
 class StorageUnavailableError(MVCCError):
     """The durable log could not be written; the request was not applied."""
+
+
+class LeaseExistsError(MVCCError):
+    """LeaseGrant with the ID of a lease that exists."""
+
+
+class LeaseTTLTooLargeError(MVCCError):
+    """LeaseGrant with a TTL above etcd's maximum."""

@@ -61,6 +61,14 @@ class KeyIndex:
             if kv is not None:
                 yield kv
 
+    def versions(self, revision: int) -> Iterator[KeyValue]:
+        """Every entry (tombstones too) at or below ``revision``, by key, then by revision."""
+        for history in self._histories.values():
+            for kv in history:
+                if kv.mod_revision > revision:
+                    break
+                yield kv
+
     def append(self, kv: KeyValue) -> None:
         """Record a new version (or tombstone) of ``kv.key``; its revision is the newest."""
         history = self._histories.get(kv.key)

@@ -13,6 +13,8 @@ from cosmos_etcd_shim.mvcc.index import KeyIndex
 from cosmos_etcd_shim.proto.kv_pb2 import KeyValue
 from cosmos_etcd_shim.proto.rpc_pb2 import RangeRequest, RangeResponse
 
+INT64_MAX = 2**63 - 1
+
 _SORT_KEYS = {
     RangeRequest.KEY: lambda kv: kv.key,
     RangeRequest.VERSION: lambda kv: kv.version,
@@ -53,7 +55,8 @@ def execute_range(index: KeyIndex, r: RangeRequest, current: int, compact_revisi
         return response
 
     filtered = bool(r.min_mod_revision or r.max_mod_revision or r.min_create_revision or r.max_create_revision)
-    if r.limit > 0 and not filtered and r.sort_order == RangeRequest.NONE:
+    # etcd fetches limit + 1 in an int64: at the largest limit that overflows into "no limit".
+    if 0 < r.limit < INT64_MAX and not filtered and r.sort_order == RangeRequest.NONE:
         # One more than the limit tells whether there is more; the rest is only counted.
         kvs = list(itertools.islice(found, r.limit + 1))
         count = len(kvs) + sum(1 for _ in found)

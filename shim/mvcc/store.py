@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import zlib
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -24,7 +25,8 @@ from cosmos_etcd_shim.mvcc import txn as txns
 from cosmos_etcd_shim.mvcc.errors import CompactedError, FutureRevisionError, LeaseNotFoundError, MVCCError
 from cosmos_etcd_shim.mvcc.errors import StorageUnavailableError
 from cosmos_etcd_shim.mvcc.index import KeyIndex
-from cosmos_etcd_shim.mvcc.reads import execute_range
+from cosmos_etcd_shim.mvcc.lease import Lessor, expire_forever
+from cosmos_etcd_shim.mvcc.reads import check_revision, execute_range
 from cosmos_etcd_shim.proto.rpc_pb2 import (
     CompactionRequest,
     CompactionResponse,
@@ -66,8 +68,9 @@ class MVCCStore:
         self.compact_revision = -1
         self._queue: list[_Write | _Compaction] = []
         self._queued = asyncio.Event()
-        self._committer: asyncio.Task | None = None
-        self._listeners: list[Callable[[list[Revision]], None]] = []
+        self._tasks: list[asyncio.Task] = []
+        self.leases = Lessor(log)
+        self._listeners: list[Callable[[list[Revision]], None]] = [self.leases.on_commit]
 
     # -- life cycle ---------------------------------------------------------------------------
 
@@ -78,15 +81,19 @@ class MVCCStore:
         self.compact_revision = state.compact_revision
         self.revision = max(INITIAL_REVISION, state.compact_revision)
         self._apply_records(state.revisions)
-        self._committer = asyncio.create_task(self._commit_forever(), name="mvcc-committer")
-        logger.info("store opened", extra={"revision": self.revision, "compact_revision": self.compact_revision,
+        self.leases.recover(state.leases, self.index.range(b"\x00", b"", self.revision))
+        self._tasks = [
+            asyncio.create_task(self._commit_forever(), name="mvcc-committer"),
+            asyncio.create_task(expire_forever(self.leases, self.revoke_lease), name="lease-expiry"),
+        ]
+        logger.debug("store opened", extra={"revision": self.revision, "compact_revision": self.compact_revision,
                                            "keys": len(self.index)})
 
     async def close(self) -> None:
-        if self._committer is not None:
-            self._committer.cancel()
-            await asyncio.gather(self._committer, return_exceptions=True)
-            self._committer = None
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
         for item in self._queue:
             item.future.cancel()
         self._queue.clear()
@@ -99,11 +106,22 @@ class MVCCStore:
     # -- requests -----------------------------------------------------------------------------
 
     def lease_exists(self, lease_id: int) -> bool:
-        # Leases arrive with the Lease service; until then no lease exists.
-        return False
+        return self.leases.exists(lease_id)
 
     def range(self, r: RangeRequest) -> RangeResponse:
         return execute_range(self.index, r, self.revision, self.compact_revision)
+
+    def hash_kv(self, requested: int) -> tuple[int, int, int]:
+        """(revision, compact revision, CRC-32 of every version kept up to that revision).
+
+        The same data gives the same hash on every cosmos-etcd member; it is not etcd's number,
+        which hashes etcd's own on-disk encoding.
+        """
+        revision = check_revision(requested, self.revision, self.compact_revision)
+        digest = zlib.crc32(b"cosmos-etcd")  # an empty store hashes to non-zero, like etcd's
+        for kv in self.index.versions(revision):
+            digest = zlib.crc32(kv.SerializeToString(deterministic=True), digest)
+        return revision, self.compact_revision, digest
 
     async def put(self, p: PutRequest) -> PutResponse:
         if p.lease and not self.lease_exists(p.lease):
@@ -125,6 +143,19 @@ class MVCCStore:
         response = txns.apply_txn(w, decision)
         response.header.revision = w.read_revision
         return response
+
+    async def revoke_lease(self, lease_id: int) -> None:
+        """Delete the lease's keys in one revision, then forget the lease."""
+        try:
+            await self._write(lambda w: self._delete_lease_keys(w, lease_id))
+        except StorageUnavailableError:
+            self.leases.abort_revoke(lease_id)
+            raise
+        await self.leases.finish_revoke(lease_id)
+
+    def _delete_lease_keys(self, w: txns.WriteTxn, lease_id: int) -> None:
+        for key in self.leases.begin_revoke(lease_id):
+            w.delete_range(key, None)
 
     async def compact(self, c: CompactionRequest) -> CompactionResponse:
         future = asyncio.get_running_loop().create_future()

@@ -1,19 +1,23 @@
 """The log interface every storage backend implements, and what a backend recovers on open.
 
 Durability is a log of revision records (``storage_pb2.Revision``: the events of one revision)
-plus a base: the live key-values at the compact revision. Appending the record whose revision is
-head+1 is the compare-and-swap on the log head: it fails with :class:`LogConflictError` when that
-revision already exists (another writer got there first), and nothing is written. Compaction
-folds the records up to a revision into the base and removes them.
+plus a base: the live key-values just before the compact revision. Appending the record whose
+revision is head+1 is the compare-and-swap on the log head: it fails with
+:class:`LogConflictError` when that revision already exists (another writer got there first), and
+nothing is written. Compaction at revision R folds the records *before* R into the base and
+removes them; record R itself stays, so a watch may still start exactly at the compact revision.
+
+Leases live beside the log: granting one does not create a revision, as in etcd.
 """
 from __future__ import annotations
 
 import abc
 import dataclasses
+import pathlib
 from collections.abc import Iterable, Sequence
 
 from cosmos_etcd_shim.proto.kv_pb2 import Event, KeyValue
-from cosmos_etcd_shim.proto.storage_pb2 import Revision
+from cosmos_etcd_shim.proto.storage_pb2 import Lease, Revision
 
 # etcd's store starts at revision 1: the first write is revision 2.
 INITIAL_REVISION = 1
@@ -34,6 +38,7 @@ class RecoveredState:
     compact_revision: int
     base: Iterable[KeyValue]
     revisions: Sequence[Revision]
+    leases: Sequence[Lease]
 
 
 class RevisionLog(abc.ABC):
@@ -48,12 +53,28 @@ class RevisionLog(abc.ABC):
         """Make consecutive revisions durable, all or none, starting at head+1."""
 
     @abc.abstractmethod
-    async def read_after(self, revision: int) -> Sequence[Revision]:
-        """The records after ``revision`` in order (what other writers appended)."""
+    async def read_after(self, revision: int, limit: int | None = None) -> Sequence[Revision]:
+        """The records after ``revision`` in order, at most ``limit`` of them."""
 
     @abc.abstractmethod
     async def compact(self, revision: int) -> None:
-        """Fold every record up to ``revision`` into the base and drop those records."""
+        """Fold every record before ``revision`` into the base and drop those records."""
+
+    @abc.abstractmethod
+    async def save_lease(self, lease: Lease) -> None:
+        """Make a granted lease durable."""
+
+    @abc.abstractmethod
+    async def delete_lease(self, lease_id: int) -> None:
+        """Forget a revoked or expired lease."""
+
+    @abc.abstractmethod
+    async def defragment(self) -> None:
+        """Give the space of removed records back (etcd's Defragment)."""
+
+    @abc.abstractmethod
+    async def snapshot(self, destination: pathlib.Path) -> None:
+        """Write a consistent copy of everything the backend holds to ``destination``."""
 
     @abc.abstractmethod
     def size(self) -> tuple[int, int]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import fcntl
 import os
 import pathlib
@@ -19,7 +20,7 @@ import sqlite3
 from collections.abc import Sequence
 
 from cosmos_etcd_shim.proto.kv_pb2 import KeyValue
-from cosmos_etcd_shim.proto.storage_pb2 import Revision
+from cosmos_etcd_shim.proto.storage_pb2 import Lease, Revision
 from cosmos_etcd_shim.storage.base import (
     INITIAL_REVISION,
     LogConflictError,
@@ -39,6 +40,7 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS log (revision INTEGER PRIMARY KEY, record BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS base (key BLOB PRIMARY KEY, kv BLOB NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS leases (id INTEGER PRIMARY KEY, record BLOB NOT NULL);
 """
 
 
@@ -82,9 +84,10 @@ class EmbeddedLog(RevisionLog):
         compact_revision = self._compact_revision()
         base = [KeyValue.FromString(blob) for (blob,) in db.execute("SELECT kv FROM base ORDER BY key")]
         revisions = [Revision.FromString(blob) for (blob,) in db.execute("SELECT record FROM log ORDER BY revision")]
+        leases = [Lease.FromString(blob) for (blob,) in db.execute("SELECT record FROM leases")]
         self._head = max(INITIAL_REVISION, compact_revision, revisions[-1].revision if revisions else 0)
         self._measure_free_pages()
-        return RecoveredState(compact_revision=compact_revision, base=base, revisions=revisions)
+        return RecoveredState(compact_revision=compact_revision, base=base, revisions=revisions, leases=leases)
 
     def _compact_revision(self) -> int:
         row = self._db.execute("SELECT value FROM meta WHERE name = 'compact_revision'").fetchone()
@@ -104,11 +107,12 @@ class EmbeddedLog(RevisionLog):
             raise LogConflictError(f"revision {revisions[0].revision} exists already") from None
         self._head = revisions[-1].revision
 
-    async def read_after(self, revision: int) -> Sequence[Revision]:
-        return await self._run(self._read_after, revision)
+    async def read_after(self, revision: int, limit: int | None = None) -> Sequence[Revision]:
+        return await self._run(self._read_after, revision, limit)
 
-    def _read_after(self, revision: int) -> list[Revision]:
-        rows = self._db.execute("SELECT record FROM log WHERE revision > ? ORDER BY revision", (revision,))
+    def _read_after(self, revision: int, limit: int | None) -> list[Revision]:
+        rows = self._db.execute("SELECT record FROM log WHERE revision > ? ORDER BY revision LIMIT ?",
+                                (revision, -1 if limit is None else limit))
         return [Revision.FromString(blob) for (blob,) in rows]
 
     async def compact(self, revision: int) -> None:
@@ -116,7 +120,7 @@ class EmbeddedLog(RevisionLog):
 
     def _compact(self, revision: int) -> None:
         with self._transaction():
-            rows = self._db.execute("SELECT record FROM log WHERE revision <= ? ORDER BY revision", (revision,))
+            rows = self._db.execute("SELECT record FROM log WHERE revision < ? ORDER BY revision", (revision,))
             changed: dict[bytes, KeyValue] = {}
             deleted: set[bytes] = set()
             for (blob,) in rows.fetchall():
@@ -127,9 +131,36 @@ class EmbeddedLog(RevisionLog):
             self._db.executemany("DELETE FROM base WHERE key = ?", ((k,) for k in deleted))
             self._db.executemany("INSERT OR REPLACE INTO base (key, kv) VALUES (?, ?)",
                                  ((k, kv.SerializeToString()) for k, kv in changed.items()))
-            self._db.execute("DELETE FROM log WHERE revision <= ?", (revision,))
+            self._db.execute("DELETE FROM log WHERE revision < ?", (revision,))
             self._db.execute("INSERT OR REPLACE INTO meta (name, value) VALUES ('compact_revision', ?)", (revision,))
         self._measure_free_pages()
+
+    async def save_lease(self, lease: Lease) -> None:
+        await self._run(self._write, "INSERT OR REPLACE INTO leases (id, record) VALUES (?, ?)",
+                        (lease.id, lease.SerializeToString()))
+
+    async def delete_lease(self, lease_id: int) -> None:
+        await self._run(self._write, "DELETE FROM leases WHERE id = ?", (lease_id,))
+
+    def _write(self, statement: str, parameters: tuple) -> None:
+        with self._transaction():
+            self._db.execute(statement, parameters)
+
+    async def defragment(self) -> None:
+        await self._run(self._defragment)
+
+    def _defragment(self) -> None:
+        self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        self._db.execute("VACUUM")
+        self._measure_free_pages()
+
+    async def snapshot(self, destination: pathlib.Path) -> None:
+        """A SQLite online backup: a data directory holding only this file is a complete store."""
+        await self._run(self._snapshot, destination)
+
+    def _snapshot(self, destination: pathlib.Path) -> None:
+        with contextlib.closing(sqlite3.connect(destination)) as target:
+            self._db.backup(target)
 
     def size(self) -> tuple[int, int]:
         total = sum(p.stat().st_size for p in self.data_dir.glob(DATABASE_FILE + "*"))

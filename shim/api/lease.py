@@ -1,0 +1,59 @@
+"""The Lease service: Grant, Revoke, KeepAlive (a stream), TimeToLive, Leases."""
+from __future__ import annotations
+
+from cosmos_etcd_shim.api import validation
+from cosmos_etcd_shim.api.errors import etcd_errors
+from cosmos_etcd_shim.api.header import ResponseHeaders
+from cosmos_etcd_shim.mvcc.errors import LeaseNotFoundError
+from cosmos_etcd_shim.mvcc.store import MVCCStore
+from cosmos_etcd_shim.proto import rpc_pb2, rpc_pb2_grpc
+
+
+class LeaseServicer(rpc_pb2_grpc.LeaseServicer):
+    def __init__(self, store: MVCCStore, headers: ResponseHeaders, max_request_bytes: int) -> None:
+        self.store = store
+        self.leases = store.leases
+        self.headers = headers
+        self.max_request_bytes = max_request_bytes
+
+    @etcd_errors
+    async def LeaseGrant(self, request, context):
+        validation.check_size(request, self.max_request_bytes)
+        lease = await self.leases.grant(request.ID, request.TTL)
+        response = rpc_pb2.LeaseGrantResponse(ID=lease.id, TTL=lease.ttl)
+        self.headers.fill(response.header)
+        return response
+
+    @etcd_errors
+    async def LeaseRevoke(self, request, context):
+        validation.check_size(request, self.max_request_bytes)
+        await self.store.revoke_lease(request.ID)
+        response = rpc_pb2.LeaseRevokeResponse()
+        self.headers.fill(response.header)
+        return response
+
+    async def LeaseKeepAlive(self, request_iterator, context):
+        async for request in request_iterator:
+            response = rpc_pb2.LeaseKeepAliveResponse(ID=request.ID, TTL=self.leases.renew(request.ID))
+            self.headers.fill(response.header)
+            yield response
+
+    @etcd_errors
+    async def LeaseTimeToLive(self, request, context):
+        try:
+            lease = self.leases.get(request.ID)
+        except LeaseNotFoundError:
+            response = rpc_pb2.LeaseTimeToLiveResponse(ID=request.ID, TTL=-1)  # etcd answers -1, not an error
+        else:
+            response = rpc_pb2.LeaseTimeToLiveResponse(
+                ID=lease.id, TTL=self.leases.remaining(lease), grantedTTL=lease.ttl,
+                keys=sorted(lease.keys) if request.keys else [])
+        self.headers.fill(response.header)
+        return response
+
+    @etcd_errors
+    async def LeaseLeases(self, request, context):
+        by_expiry = sorted(self.leases.leases.values(), key=lambda lease: lease.expiry)  # as etcd lists them
+        response = rpc_pb2.LeaseLeasesResponse(leases=[rpc_pb2.LeaseStatus(ID=lease.id) for lease in by_expiry])
+        self.headers.fill(response.header)
+        return response

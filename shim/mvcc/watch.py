@@ -1,0 +1,288 @@
+"""Watches: every committed event, in order, exactly once, to every watcher whose range it touches.
+
+A :class:`WatchStream` is one client stream with its watchers and its queue of outgoing
+responses. Each watcher has a cursor, ``next_revision``: the first revision it has not been sent.
+
+- A *synced* watcher's cursor is the store's revision + 1: the hub hands it each batch as it is
+  committed (:meth:`WatchHub.on_commit`), in the same event-loop step that makes the batch
+  visible, so nothing can slip between.
+- An *unsynced* watcher (it asked for history, or its stream's queue is full because the client
+  reads slowly) catches up from the durable log, a bounded number of revisions at a time, and
+  becomes synced again when its cursor reaches the store's revision. A slow client therefore
+  costs a bounded queue, not memory that grows with the write rate, and never slows the others.
+
+One revision's events always travel in one response (unless the client asked for fragments), and
+a response never holds a revision twice, so watches are ordered, unique, reliable and atomic as
+etcd's are. A watcher whose cursor falls below the compact revision is cancelled with
+``compact_revision`` set, as etcd does.
+"""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+from collections.abc import Iterable, Sequence
+
+from cosmos_etcd_shim.mvcc.index import KeyIndex
+from cosmos_etcd_shim.mvcc.reads import range_end_of
+from cosmos_etcd_shim.proto.kv_pb2 import Event
+from cosmos_etcd_shim.proto.rpc_pb2 import WatchCreateRequest, WatchResponse
+from cosmos_etcd_shim.proto.storage_pb2 import Revision
+from cosmos_etcd_shim.storage import RevisionLog
+
+logger = logging.getLogger(__name__)
+
+# A stream whose client has this many responses unread stops receiving live events; its watchers
+# catch up from the log once the client reads again.
+MAX_QUEUED_RESPONSES = 256
+# Revisions read from the log per catch-up step (etcd's watchBatchMaxRevs).
+CATCH_UP_REVISIONS = 1000
+AUTO_WATCH_ID = 0  # the client leaves the choice to the server
+PROGRESS_RESPONSE_ID = -1  # WatchProgressRequest's answer, when every watcher is synced
+DUPLICATE_WATCH_ID = "mvcc: duplicate watch ID provided on the WatchStream"
+
+
+@dataclasses.dataclass(eq=False)
+class Watcher:
+    id: int
+    key: bytes
+    range_end: bytes | None  # None: the single key; b"": every key from key on
+    next_revision: int
+    prev_kv: bool
+    progress_notify: bool
+    fragment: bool
+    no_put: bool
+    no_delete: bool
+    synced: bool = False
+    # Whether anything was sent since the last periodic progress notification.
+    active: bool = False
+
+    def matches(self, key: bytes) -> bool:
+        if self.range_end is None:
+            return key == self.key
+        return self.key <= key and (not self.range_end or key < self.range_end)
+
+    def wants(self, event: Event) -> bool:
+        if event.type == Event.PUT:
+            return not self.no_put and self.matches(event.kv.key)
+        return not self.no_delete and self.matches(event.kv.key)
+
+
+class WatchHub:
+    """All watch streams of one server, fed by the store's commits."""
+
+    def __init__(self, index: KeyIndex, log: RevisionLog, current_revision, compact_revision,
+                 max_response_bytes: int) -> None:
+        self.index = index
+        self.log = log
+        self._current_revision = current_revision
+        self._compact_revision = compact_revision
+        self.max_response_bytes = max_response_bytes
+        self.streams: set[WatchStream] = set()
+
+    @property
+    def revision(self) -> int:
+        return self._current_revision()
+
+    def open_stream(self) -> "WatchStream":
+        stream = WatchStream(self)
+        self.streams.add(stream)
+        return stream
+
+    def on_commit(self, records: list[Revision]) -> None:
+        for stream in list(self.streams):
+            stream.deliver_live(records)
+
+    async def notify_progress_every(self, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            self.notify_progress()
+
+    def notify_progress(self) -> None:
+        """The periodic progress notification: to synced watchers that asked and had nothing to say."""
+        for stream in self.streams:
+            for watcher in stream.watchers.values():
+                if watcher.progress_notify and watcher.synced and not watcher.active:
+                    stream.send(WatchResponse(watch_id=watcher.id), self.revision)
+                watcher.active = False
+
+    def prev_kv_of(self, event: Event, revision: int):
+        return self.index.get(event.kv.key, revision - 1)
+
+
+class WatchStream:
+    def __init__(self, hub: WatchHub) -> None:
+        self.hub = hub
+        self.watchers: dict[int, Watcher] = {}
+        self._outbound: asyncio.Queue[WatchResponse] = asyncio.Queue()
+        self._drained = asyncio.Event()
+        self._next_id = 0
+        self._catching_up = asyncio.Event()
+        self._catch_up_task = asyncio.create_task(self._catch_up_forever(), name="watch-catch-up")
+
+    # -- requests from the client -------------------------------------------------------------
+
+    def create(self, r: WatchCreateRequest) -> None:
+        hub = self.hub
+        watch_id = r.watch_id
+        if watch_id == AUTO_WATCH_ID:
+            watch_id = self._choose_id()
+        elif watch_id in self.watchers:
+            # As etcd: "created" and "canceled" at once, under the id -1.
+            self.send(WatchResponse(watch_id=-1, created=True, canceled=True,
+                                    cancel_reason=DUPLICATE_WATCH_ID), hub.revision)
+            return
+        current = hub.revision
+        start = r.start_revision if r.start_revision > 0 else current + 1
+        filters = set(r.filters)
+        watcher = Watcher(
+            id=watch_id,
+            key=r.key,
+            range_end=range_end_of(r.range_end),
+            next_revision=start,
+            prev_kv=r.prev_kv,
+            progress_notify=r.progress_notify,
+            fragment=r.fragment,
+            no_put=WatchCreateRequest.NOPUT in filters,
+            no_delete=WatchCreateRequest.NODELETE in filters,
+        )
+        self.watchers[watch_id] = watcher
+        self.send(WatchResponse(watch_id=watch_id, created=True), current)
+        if start > current:
+            watcher.synced = True
+        else:
+            self._catching_up.set()
+
+    def _choose_id(self) -> int:
+        while self._next_id in self.watchers:
+            self._next_id += 1
+        self._next_id += 1
+        return self._next_id - 1
+
+    def cancel(self, watch_id: int) -> None:
+        if self.watchers.pop(watch_id, None) is not None:
+            self.send(WatchResponse(watch_id=watch_id, canceled=True), self.hub.revision)
+
+    def request_progress(self) -> None:
+        """etcd 3.5.13+/3.6: one response with watch_id -1 once every watcher here is synced."""
+        if all(w.synced for w in self.watchers.values()):
+            self.send(WatchResponse(watch_id=PROGRESS_RESPONSE_ID), self.hub.revision)
+
+    def close(self) -> None:
+        self.hub.streams.discard(self)
+        self._catch_up_task.cancel()
+
+    # -- responses ----------------------------------------------------------------------------
+
+    def send(self, response: WatchResponse, revision: int) -> None:
+        response.header.revision = revision
+        self._outbound.put_nowait(response)
+
+    async def next_response(self) -> WatchResponse:
+        response = await self._outbound.get()
+        if self._outbound.qsize() < MAX_QUEUED_RESPONSES // 2:
+            self._drained.set()
+        return response
+
+    def _congested(self) -> bool:
+        return self._outbound.qsize() >= MAX_QUEUED_RESPONSES
+
+    def deliver_live(self, records: list[Revision]) -> None:
+        """A committed batch, to every synced watcher (or unsync them if the client lags)."""
+        revision = records[-1].revision
+        congested = self._congested()
+        for watcher in self.watchers.values():
+            if not watcher.synced:
+                continue
+            if congested:
+                watcher.synced = False
+                self._catching_up.set()
+                continue
+            self._send_events(watcher, records, revision)
+
+    def _send_events(self, watcher: Watcher, records: Iterable[Revision], header_revision: int) -> None:
+        events = []
+        last = watcher.next_revision - 1
+        for record in records:
+            if record.revision < watcher.next_revision:
+                continue
+            last = record.revision
+            for event in record.events:
+                if watcher.wants(event):
+                    events.append(self._event_for(watcher, event, record.revision))
+        watcher.next_revision = last + 1
+        if events:
+            watcher.active = True
+            for response in self._responses(watcher, events):
+                self.send(response, header_revision)
+
+    def _event_for(self, watcher: Watcher, event: Event, revision: int) -> Event:
+        if not watcher.prev_kv:
+            return event
+        with_prev = Event()
+        with_prev.CopyFrom(event)
+        previous = self.hub.prev_kv_of(event, revision)
+        if previous is not None:
+            with_prev.prev_kv.CopyFrom(previous)
+        return with_prev
+
+    def _responses(self, watcher: Watcher, events: Sequence[Event]) -> Iterable[WatchResponse]:
+        """One response; or, for a watcher that asked for fragments, pieces under the size limit."""
+        if not watcher.fragment:
+            yield WatchResponse(watch_id=watcher.id, events=events)
+            return
+        limit = self.hub.max_response_bytes
+        piece, size = [], 0
+        for event in events:
+            if piece and size + event.ByteSize() > limit:
+                yield WatchResponse(watch_id=watcher.id, events=piece, fragment=True)
+                piece, size = [], 0
+            piece.append(event)
+            size += event.ByteSize()
+        yield WatchResponse(watch_id=watcher.id, events=piece)
+
+    # -- catching up from the log -------------------------------------------------------------
+
+    async def _catch_up_forever(self) -> None:
+        while True:
+            await self._catching_up.wait()
+            self._catching_up.clear()
+            try:
+                while await self._catch_up_step():
+                    pass
+            except Exception:
+                logger.exception("watch catch-up failed")
+                raise
+
+    async def _catch_up_step(self) -> bool:
+        """Send the next slice of history to the unsynced watchers; False when all are synced."""
+        while self._congested():  # the client is not reading: wait until it has read half
+            self._drained.clear()
+            await self._drained.wait()
+        lagging = [w for w in self.watchers.values() if not w.synced]
+        if not lagging:
+            return False
+        hub = self.hub
+        compact_revision = hub._compact_revision()
+        for watcher in lagging:
+            if watcher.next_revision < compact_revision:
+                del self.watchers[watcher.id]
+                # As etcd: no reason and no header revision; clients read compact_revision.
+                self.send(WatchResponse(watch_id=watcher.id, canceled=True, compact_revision=compact_revision), 0)
+        lagging = [w for w in lagging if w.id in self.watchers]
+        if not lagging:
+            return False
+        start = min(w.next_revision for w in lagging)
+        records = await hub.log.read_after(start - 1, CATCH_UP_REVISIONS)
+        # Between the read and now the store may have moved on (more to read next step) or not yet
+        # published what the read saw (not ours to send yet).
+        current = hub.revision
+        records = [r for r in records if r.revision <= current]
+        for watcher in lagging:
+            if watcher.synced or self.watchers.get(watcher.id) is not watcher:
+                continue
+            self._send_events(watcher, records, current)
+            if watcher.next_revision > current or not records or records[-1].revision == current:
+                watcher.next_revision = max(watcher.next_revision, current + 1)
+                watcher.synced = True
+        return any(not w.synced for w in self.watchers.values())
