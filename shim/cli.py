@@ -34,6 +34,8 @@ def _parser() -> argparse.ArgumentParser:
                        help="comma-separated client URLs that MemberList reports (default: %(default)s)")
     serve.add_argument("--initial-advertise-peer-urls", default=",".join(defaults.initial_advertise_peer_urls),
                        help="peer URLs that MemberList reports (default: %(default)s)")
+    serve.add_argument("--listen-metrics-urls", default="",
+                       help="comma-separated http://host:port to serve Prometheus /metrics on (default: none)")
     serve.add_argument("--max-request-bytes", type=int, default=defaults.max_request_bytes,
                        help="maximum client request size in bytes (default: %(default)s)")
     serve.add_argument("--max-txn-ops", type=int, default=defaults.max_txn_ops,
@@ -72,6 +74,7 @@ def _serve(args: argparse.Namespace) -> int:
             listen_client_urls=cfg.split_urls(args.listen_client_urls),
             advertise_client_urls=cfg.split_urls(args.advertise_client_urls),
             initial_advertise_peer_urls=cfg.split_urls(args.initial_advertise_peer_urls),
+            listen_metrics_urls=cfg.split_urls(args.listen_metrics_urls),
             max_request_bytes=args.max_request_bytes,
             max_txn_ops=args.max_txn_ops,
             quota_backend_bytes=args.quota_backend_bytes,

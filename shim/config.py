@@ -23,6 +23,7 @@ class ServeConfig:
     listen_client_urls: tuple[str, ...] = ("http://localhost:2379",)
     advertise_client_urls: tuple[str, ...] = ("http://localhost:2379",)
     initial_advertise_peer_urls: tuple[str, ...] = ("http://localhost:2380",)
+    listen_metrics_urls: tuple[str, ...] = ()
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
     max_txn_ops: int = DEFAULT_MAX_TXN_OPS
     quota_backend_bytes: int = DEFAULT_QUOTA_BACKEND_BYTES
@@ -43,12 +44,16 @@ class ServeConfig:
             raise ConfigError("--max-txn-ops must be positive")
         if self.watch_progress_notify_interval <= 0:
             raise ConfigError("--watch-progress-notify-interval must be positive")
-        for url in (*self.listen_client_urls, *self.advertise_client_urls):
+        for url in (*self.listen_client_urls, *self.advertise_client_urls, *self.listen_metrics_urls):
             host_port(url)
 
     @property
     def listen_addresses(self) -> list[str]:
         return [host_port(url) for url in self.listen_client_urls]
+
+    @property
+    def metrics_addresses(self) -> list[str]:
+        return [host_port(url) for url in self.listen_metrics_urls]
 
 
 def host_port(url: str) -> str:

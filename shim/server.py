@@ -12,7 +12,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from cosmos_etcd_shim import ETCD_CLUSTER_VERSION, ETCD_VERSION
-from cosmos_etcd_shim import member
+from cosmos_etcd_shim import member, metrics
 from cosmos_etcd_shim.api.cluster import ClusterServicer
 from cosmos_etcd_shim.api.header import ResponseHeaders
 from cosmos_etcd_shim.api.kv import KVServicer
@@ -63,7 +63,7 @@ class Server:
 
     async def start(self) -> None:
         config = self.config
-        for address in config.listen_addresses:
+        for address in (*config.listen_addresses, *config.metrics_addresses):
             _check_can_listen(address)  # before anything is opened or logged: one clear line
         self.store = store = MVCCStore(open_backend(config))
         try:
@@ -100,6 +100,8 @@ class Server:
         for address in config.listen_addresses:
             _bind(server, address)
         await server.start()
+        for address in config.metrics_addresses:
+            metrics.serve_metrics(address)
         await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
         self.grpc_server = server
         logger.info("serving client traffic", extra={

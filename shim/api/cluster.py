@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from cosmos_etcd_shim.api.errors import etcd_errors
+from cosmos_etcd_shim.api.errors import unary_rpc
 from cosmos_etcd_shim.api.header import ResponseHeaders
 from cosmos_etcd_shim.proto import rpc_pb2, rpc_pb2_grpc
 
@@ -13,7 +13,7 @@ class ClusterServicer(rpc_pb2_grpc.ClusterServicer):
         self.headers = headers
         self.members = members
 
-    @etcd_errors
+    @unary_rpc
     async def MemberList(self, request, context):
         response = rpc_pb2.MemberListResponse(members=self.members())
         self.headers.fill_identity(response.header)

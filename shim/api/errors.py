@@ -4,9 +4,11 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import time
 
 import grpc
 
+from cosmos_etcd_shim import metrics
 from cosmos_etcd_shim.mvcc import errors as core
 
 logger = logging.getLogger(__name__)
@@ -68,15 +70,26 @@ def status_of(error: Exception) -> EtcdStatus:
     return EtcdStatus(grpc.StatusCode.INTERNAL, f"cosmos-etcd: internal error: {type(error).__name__}")
 
 
-def etcd_errors(method):
-    """Wrap a unary servicer method so that every refusal reaches the client as etcd's status."""
+def unary_rpc(method):
+    """Wrap a unary servicer method: every refusal reaches the client as etcd's status, and every
+    call is counted and timed by method and status code."""
+    name = method.__name__
+    seconds = metrics.GRPC_SECONDS.labels(name)
+    answered = metrics.GRPC_REQUESTS.labels(name, grpc.StatusCode.OK.name)
 
     @functools.wraps(method)
     async def wrapper(self, request, context: grpc.aio.ServicerContext):
+        started = time.perf_counter()
         try:
-            return await method(self, request, context)
+            response = await method(self, request, context)
         except Exception as e:  # etcd's refusals, and INTERNAL for a bug rather than a hang
             status = status_of(e)
+        else:
+            answered.inc()
+            seconds.observe(time.perf_counter() - started)
+            return response
+        metrics.GRPC_REQUESTS.labels(name, status.code.name).inc()
+        seconds.observe(time.perf_counter() - started)
         await context.abort(status.code, status.message)
 
     return wrapper

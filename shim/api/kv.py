@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from cosmos_etcd_shim.api import validation
-from cosmos_etcd_shim.api.errors import etcd_errors
+from cosmos_etcd_shim.api.errors import unary_rpc
 from cosmos_etcd_shim.api.header import ResponseHeaders
 from cosmos_etcd_shim.mvcc.store import MVCCStore
 from cosmos_etcd_shim.mvcc.txn import is_write
@@ -16,14 +16,14 @@ class KVServicer(rpc_pb2_grpc.KVServicer):
         self.max_request_bytes = max_request_bytes
         self.max_txn_ops = max_txn_ops
 
-    @etcd_errors
+    @unary_rpc
     async def Range(self, request, context):
         validation.check_range(request)
         response = self.store.range(request)
         self.headers.fill(response.header)
         return response
 
-    @etcd_errors
+    @unary_rpc
     async def Put(self, request, context):
         validation.check_put(request)
         validation.check_size(request, self.max_request_bytes)
@@ -31,7 +31,7 @@ class KVServicer(rpc_pb2_grpc.KVServicer):
         self.headers.fill(response.header)
         return response
 
-    @etcd_errors
+    @unary_rpc
     async def DeleteRange(self, request, context):
         validation.check_delete_range(request)
         validation.check_size(request, self.max_request_bytes)
@@ -39,7 +39,7 @@ class KVServicer(rpc_pb2_grpc.KVServicer):
         self.headers.fill(response.header)
         return response
 
-    @etcd_errors
+    @unary_rpc
     async def Txn(self, request, context):
         validation.check_txn(request, self.max_txn_ops)
         if is_write(request):  # only writes travel through etcd's raft log and its size limit
@@ -48,7 +48,7 @@ class KVServicer(rpc_pb2_grpc.KVServicer):
         self.headers.fill(response.header)
         return response
 
-    @etcd_errors
+    @unary_rpc
     async def Compact(self, request, context):
         validation.check_size(request, self.max_request_bytes)
         response = await self.store.compact(request)

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from cosmos_etcd_shim.api import validation
-from cosmos_etcd_shim.api.errors import etcd_errors
+from cosmos_etcd_shim.api.errors import unary_rpc
 from cosmos_etcd_shim.api.header import ResponseHeaders
 from cosmos_etcd_shim.mvcc.errors import LeaseNotFoundError
 from cosmos_etcd_shim.mvcc.store import MVCCStore
@@ -16,7 +16,7 @@ class LeaseServicer(rpc_pb2_grpc.LeaseServicer):
         self.headers = headers
         self.max_request_bytes = max_request_bytes
 
-    @etcd_errors
+    @unary_rpc
     async def LeaseGrant(self, request, context):
         validation.check_size(request, self.max_request_bytes)
         lease = await self.leases.grant(request.ID, request.TTL)
@@ -24,7 +24,7 @@ class LeaseServicer(rpc_pb2_grpc.LeaseServicer):
         self.headers.fill(response.header)
         return response
 
-    @etcd_errors
+    @unary_rpc
     async def LeaseRevoke(self, request, context):
         validation.check_size(request, self.max_request_bytes)
         await self.store.revoke_lease(request.ID)
@@ -38,7 +38,7 @@ class LeaseServicer(rpc_pb2_grpc.LeaseServicer):
             self.headers.fill(response.header)
             yield response
 
-    @etcd_errors
+    @unary_rpc
     async def LeaseTimeToLive(self, request, context):
         try:
             lease = self.leases.get(request.ID)
@@ -51,7 +51,7 @@ class LeaseServicer(rpc_pb2_grpc.LeaseServicer):
         self.headers.fill(response.header)
         return response
 
-    @etcd_errors
+    @unary_rpc
     async def LeaseLeases(self, request, context):
         by_expiry = sorted(self.leases.leases.values(), key=lambda lease: lease.expiry)  # as etcd lists them
         response = rpc_pb2.LeaseLeasesResponse(leases=[rpc_pb2.LeaseStatus(ID=lease.id) for lease in by_expiry])

@@ -10,7 +10,7 @@ import hashlib
 import pathlib
 import tempfile
 
-from cosmos_etcd_shim.api.errors import etcd_errors
+from cosmos_etcd_shim.api.errors import unary_rpc
 from cosmos_etcd_shim.api.header import RAFT_TERM, ResponseHeaders
 from cosmos_etcd_shim.mvcc.store import MVCCStore
 from cosmos_etcd_shim.proto import rpc_pb2, rpc_pb2_grpc
@@ -34,7 +34,7 @@ class MaintenanceServicer(rpc_pb2_grpc.MaintenanceServicer):
         self.headers = headers
         self.info = info
 
-    @etcd_errors
+    @unary_rpc
     async def Status(self, request, context):
         db_size, db_size_in_use = self.store.log.size()
         response = rpc_pb2.StatusResponse(
@@ -52,7 +52,7 @@ class MaintenanceServicer(rpc_pb2_grpc.MaintenanceServicer):
         self.headers.fill(response.header)
         return response
 
-    @etcd_errors
+    @unary_rpc
     async def Alarm(self, request, context):
         # No alarm is ever raised (no space quota alarm, no corruption check), so none is listed;
         # activating or deactivating one is accepted as etcd accepts it, with nothing to report.
@@ -60,21 +60,21 @@ class MaintenanceServicer(rpc_pb2_grpc.MaintenanceServicer):
         self.headers.fill(response.header)
         return response
 
-    @etcd_errors
+    @unary_rpc
     async def Defragment(self, request, context):
         await self.store.log.defragment()
         response = rpc_pb2.DefragmentResponse()
         self.headers.fill(response.header)
         return response
 
-    @etcd_errors
+    @unary_rpc
     async def HashKV(self, request, context):
         revision, compact_revision, digest = self.store.hash_kv(request.revision)
         response = rpc_pb2.HashKVResponse(hash=digest, compact_revision=compact_revision, hash_revision=revision)
         self.headers.fill(response.header)
         return response
 
-    @etcd_errors
+    @unary_rpc
     async def Hash(self, request, context):
         _, _, digest = self.store.hash_kv(0)
         response = rpc_pb2.HashResponse(hash=digest)

@@ -18,6 +18,7 @@ import secrets
 import time
 from collections.abc import Callable, Iterable
 
+from cosmos_etcd_shim import metrics
 from cosmos_etcd_shim.mvcc.errors import LeaseExistsError, LeaseNotFoundError, LeaseTTLTooLargeError
 from cosmos_etcd_shim.proto.kv_pb2 import Event, KeyValue
 from cosmos_etcd_shim.proto.storage_pb2 import Lease as LeaseRecord
@@ -76,6 +77,7 @@ class Lessor:
         if lease_id in self.leases:  # granted concurrently while this one was being saved
             raise LeaseExistsError()
         lease = self.leases[lease_id] = Lease(lease_id, ttl, self.clock() + ttl)
+        metrics.LEASES.set(len(self.leases))
         return lease
 
     def renew(self, lease_id: int) -> int:
@@ -110,6 +112,7 @@ class Lessor:
 
     async def finish_revoke(self, lease_id: int) -> None:
         self.leases.pop(lease_id, None)
+        metrics.LEASES.set(len(self.leases))
         self._revoking.discard(lease_id)
         await self.log.delete_lease(lease_id)
 

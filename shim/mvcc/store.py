@@ -17,10 +17,12 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import time
 import zlib
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from cosmos_etcd_shim import metrics
 from cosmos_etcd_shim.mvcc import txn as txns
 from cosmos_etcd_shim.mvcc.errors import CompactedError, FutureRevisionError, LeaseNotFoundError, MVCCError
 from cosmos_etcd_shim.mvcc.errors import StorageUnavailableError
@@ -195,6 +197,7 @@ class MVCCStore:
             outcomes, records = self._evaluate(batch)
             if not records:
                 break
+            started = time.perf_counter()
             try:
                 await self.log.append(records)
             except LogConflictError:
@@ -209,6 +212,8 @@ class MVCCStore:
                 self._rollback(records)
                 self._fail_batch(batch, e)
                 return
+            metrics.STORAGE_APPEND_SECONDS.observe(time.perf_counter() - started)
+            metrics.COMMIT_BATCH_REQUESTS.observe(len(batch))
             self.revision = records[-1].revision
             self._publish(records)
             break
@@ -268,6 +273,7 @@ class MVCCStore:
             self._publish(applied)
 
     def _publish(self, records: list[Revision]) -> None:
+        metrics.REVISION.set(self.revision)
         for listener in self._listeners:
             listener(records)
 
@@ -287,6 +293,7 @@ class MVCCStore:
             _fail(item.future, StorageUnavailableError(str(e)))
             return
         self.compact_revision = revision
+        metrics.COMPACT_REVISION.set(revision)
         self.index.compact(revision)
         item.future.set_result(None)
 

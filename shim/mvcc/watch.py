@@ -23,6 +23,7 @@ import dataclasses
 import logging
 from collections.abc import Iterable, Sequence
 
+from cosmos_etcd_shim import metrics
 from cosmos_etcd_shim.mvcc.index import KeyIndex
 from cosmos_etcd_shim.mvcc.reads import range_end_of
 from cosmos_etcd_shim.proto.kv_pb2 import Event
@@ -87,6 +88,7 @@ class WatchHub:
     def open_stream(self) -> "WatchStream":
         stream = WatchStream(self)
         self.streams.add(stream)
+        metrics.WATCH_STREAMS.set(len(self.streams))
         return stream
 
     def on_commit(self, records: list[Revision]) -> None:
@@ -170,6 +172,7 @@ class WatchStream:
 
     def close(self) -> None:
         self.hub.streams.discard(self)
+        metrics.WATCH_STREAMS.set(len(self.hub.streams))
         self._catch_up_task.cancel()
 
     # -- responses ----------------------------------------------------------------------------

@@ -1,0 +1,26 @@
+"""Prometheus metrics of the shim, served on ``--listen-metrics-urls`` at ``/metrics``.
+
+A leaf module: every layer may record into it, none depends on anything else through it.
+"""
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+GRPC_REQUESTS = Counter("cosmos_etcd_grpc_requests", "etcd gRPC calls answered, by method and status code",
+                        ["method", "code"])
+GRPC_SECONDS = Histogram("cosmos_etcd_grpc_request_seconds", "time to answer an etcd gRPC call", ["method"],
+                         buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
+REVISION = Gauge("cosmos_etcd_revision", "the store's current revision")
+COMPACT_REVISION = Gauge("cosmos_etcd_compact_revision", "the store's compact revision")
+COMMIT_BATCH_REQUESTS = Histogram("cosmos_etcd_commit_batch_requests", "write requests made durable together",
+                                  buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512))
+STORAGE_APPEND_SECONDS = Histogram("cosmos_etcd_storage_append_seconds", "time to make one batch durable",
+                                   buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1))
+WATCH_STREAMS = Gauge("cosmos_etcd_watch_streams", "open watch streams")
+LEASES = Gauge("cosmos_etcd_leases", "leases granted and not yet revoked or expired")
+
+
+def serve_metrics(address: str) -> None:
+    """Serve ``/metrics`` on ``host:port`` from a background thread."""
+    host, _, port = address.rpartition(":")
+    start_http_server(int(port), addr=host.strip("[]"))
