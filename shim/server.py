@@ -14,6 +14,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from cosmos_etcd_shim import ETCD_CLUSTER_VERSION, ETCD_VERSION
 from cosmos_etcd_shim import member, metrics
 from cosmos_etcd_shim.api.cluster import ClusterServicer
+from cosmos_etcd_shim.api.errors import answer_unimplemented
 from cosmos_etcd_shim.api.header import ResponseHeaders
 from cosmos_etcd_shim.api.kv import KVServicer
 from cosmos_etcd_shim.api.lease import LeaseServicer
@@ -60,6 +61,7 @@ class Server:
         self.grpc_server: grpc.aio.Server | None = None
         self.health = health.aio.HealthServicer()
         self._progress: asyncio.Task | None = None
+        self.watch_hub: WatchHub | None = None
 
     async def start(self) -> None:
         config = self.config
@@ -82,20 +84,28 @@ class Server:
         )
 
         server = grpc.aio.server(options=grpc_options(config))
-        rpc_pb2_grpc.add_KVServicer_to_server(
-            KVServicer(store, headers, config.max_request_bytes, config.max_txn_ops), server)
-        rpc_pb2_grpc.add_MaintenanceServicer_to_server(
-            MaintenanceServicer(store, headers, ServerInfo(ETCD_VERSION, ETCD_CLUSTER_VERSION,
-                                                           config.quota_backend_bytes)), server)
-        rpc_pb2_grpc.add_ClusterServicer_to_server(ClusterServicer(headers, lambda: [this_member]), server)
         hub = WatchHub(store.index, store.log, lambda: store.revision, lambda: store.compact_revision,
                        config.max_request_bytes)
         store.on_commit(hub.on_commit)
+        self.watch_hub = hub
         self._progress = asyncio.create_task(hub.notify_progress_every(config.watch_progress_notify_interval))
-        rpc_pb2_grpc.add_WatchServicer_to_server(WatchServicer(hub, headers), server)
-        rpc_pb2_grpc.add_LeaseServicer_to_server(LeaseServicer(store, headers, config.max_request_bytes), server)
-        # Services not implemented yet answer UNIMPLEMENTED for every method, never hang.
-        rpc_pb2_grpc.add_AuthServicer_to_server(rpc_pb2_grpc.AuthServicer(), server)
+        servicers = [
+            (KVServicer(store, headers, config.max_request_bytes, config.max_txn_ops), rpc_pb2_grpc.KVServicer,
+             rpc_pb2_grpc.add_KVServicer_to_server),
+            (WatchServicer(hub, headers), rpc_pb2_grpc.WatchServicer, rpc_pb2_grpc.add_WatchServicer_to_server),
+            (LeaseServicer(store, headers, config.max_request_bytes), rpc_pb2_grpc.LeaseServicer,
+             rpc_pb2_grpc.add_LeaseServicer_to_server),
+            (ClusterServicer(headers, lambda: [this_member]), rpc_pb2_grpc.ClusterServicer,
+             rpc_pb2_grpc.add_ClusterServicer_to_server),
+            (MaintenanceServicer(store, headers, ServerInfo(ETCD_VERSION, ETCD_CLUSTER_VERSION,
+                                                            config.quota_backend_bytes)),
+             rpc_pb2_grpc.MaintenanceServicer, rpc_pb2_grpc.add_MaintenanceServicer_to_server),
+            # Auth arrives with its issue; until then every Auth call answers UNIMPLEMENTED.
+            (rpc_pb2_grpc.AuthServicer(), rpc_pb2_grpc.AuthServicer, rpc_pb2_grpc.add_AuthServicer_to_server),
+        ]
+        for servicer, service, add_to_server in servicers:
+            answer_unimplemented(servicer, service)
+            add_to_server(servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         for address in config.listen_addresses:
             _bind(server, address)
@@ -116,6 +126,9 @@ class Server:
             self._progress = None
         if self.grpc_server is not None:
             await self.health.enter_graceful_shutdown()
+            # Watch streams never end by themselves: end them now, as etcd does, so that the
+            # grace period serves the requests in flight rather than waiting for watchers.
+            self.watch_hub.close_all()
             await self.grpc_server.stop(SHUTDOWN_GRACE_SECONDS)
             self.grpc_server = None
             logger.info("stopped serving")

@@ -93,3 +93,22 @@ def unary_rpc(method):
         await context.abort(status.code, status.message)
 
     return wrapper
+
+
+def answer_unimplemented(servicer, service: type) -> None:
+    """Make each method of the generated ``service`` base class that ``servicer`` does not
+    override answer UNIMPLEMENTED with a clear message (the generated default raises, which gRPC
+    reports with a Python exception's text)."""
+    for name, method in vars(service).items():
+        if name.startswith("_") or not callable(method) or getattr(type(servicer), name) is not method:
+            continue
+        setattr(servicer, name, _unimplemented(f"{service.__name__.removesuffix('Servicer')}.{name}"))
+
+
+def _unimplemented(name: str):
+    message = f"cosmos-etcd: {name} is not implemented"
+
+    async def refuse(request, context: grpc.aio.ServicerContext):
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, message)
+
+    return refuse

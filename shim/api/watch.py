@@ -29,6 +29,8 @@ class WatchServicer(rpc_pb2_grpc.WatchServicer):
                     response.cancel()
                     return
                 message = response.result()
+                if message is None:  # the server is shutting down
+                    return
                 # Watch responses carry the revision the hub gave them (0 for a compacted cancel).
                 self.headers.fill_identity(message.header)
                 yield message

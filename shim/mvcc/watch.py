@@ -41,6 +41,7 @@ CATCH_UP_REVISIONS = 1000
 AUTO_WATCH_ID = 0  # the client leaves the choice to the server
 PROGRESS_RESPONSE_ID = -1  # WatchProgressRequest's answer, when every watcher is synced
 DUPLICATE_WATCH_ID = "mvcc: duplicate watch ID provided on the WatchStream"
+END_OF_STREAM = WatchResponse()  # queued by end(); never sent
 
 
 @dataclasses.dataclass(eq=False)
@@ -90,6 +91,11 @@ class WatchHub:
         self.streams.add(stream)
         metrics.WATCH_STREAMS.set(len(self.streams))
         return stream
+
+    def close_all(self) -> None:
+        """End every stream (server shutdown): their clients see the stream end and reconnect."""
+        for stream in list(self.streams):
+            stream.end()
 
     def on_commit(self, records: list[Revision]) -> None:
         for stream in list(self.streams):
@@ -181,8 +187,14 @@ class WatchStream:
         response.header.revision = revision
         self._outbound.put_nowait(response)
 
-    async def next_response(self) -> WatchResponse:
+    def end(self) -> None:
+        self._outbound.put_nowait(END_OF_STREAM)
+
+    async def next_response(self) -> WatchResponse | None:
+        """The next response to send; None once the stream has been ended."""
         response = await self._outbound.get()
+        if response is END_OF_STREAM:
+            return None
         if self._outbound.qsize() < MAX_QUEUED_RESPONSES // 2:
             self._drained.set()
         return response
