@@ -19,6 +19,8 @@ class KVServicer(rpc_pb2_grpc.KVServicer):
     @unary_rpc
     async def Range(self, request, context):
         validation.check_range(request)
+        if not request.serializable:
+            await self.store.sync()
         response = self.store.range(request)
         self.headers.fill(response.header)
         return response

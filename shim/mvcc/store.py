@@ -69,6 +69,7 @@ class MVCCStore:
         self.revision = INITIAL_REVISION
         self.compact_revision = -1
         self._queue: list[_Write | _Compaction] = []
+        self._syncs: list[asyncio.Future] = []
         self._queued = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
         self.leases = Lessor(log)
@@ -110,6 +111,19 @@ class MVCCStore:
     def lease_exists(self, lease_id: int) -> bool:
         return self.leases.exists(lease_id)
 
+    async def sync(self) -> None:
+        """Wait until every write any writer had made durable when this call began is applied here.
+
+        What a linearizable read needs when several servers share the log; free when the log is
+        this server's alone, since then every durable write went through this store.
+        """
+        if not self.log.shared:
+            return
+        future = asyncio.get_running_loop().create_future()
+        self._syncs.append(future)
+        self._queued.set()
+        await future
+
     def range(self, r: RangeRequest) -> RangeResponse:
         return execute_range(self.index, r, self.revision, self.compact_revision)
 
@@ -136,6 +150,7 @@ class MVCCStore:
     async def txn(self, t: TxnRequest) -> TxnResponse:
         if not txns.is_write(t):
             # Nothing to make durable: evaluate at the committed revision, like a read.
+            await self.sync()
             return self._run_txn(txns.WriteTxn(self.index, self.revision, self.compact_revision), t)
         return await self._write(lambda w: self._run_txn(w, t))
 
@@ -180,8 +195,26 @@ class MVCCStore:
 
     async def _commit_forever(self) -> None:
         while True:
-            await self._queued.wait()
+            if self.log.shared:
+                # Other writers append to the same log: tail it when there is nothing to do.
+                try:
+                    await asyncio.wait_for(self._queued.wait(), self.log.poll_interval)
+                except TimeoutError:
+                    await self._catch_up_quietly()
+                    continue
+            else:
+                await self._queued.wait()
             self._queued.clear()
+            if self._syncs:
+                # Linearizable reads that arrived before this catch-up began see what it finds.
+                waiting, self._syncs = self._syncs, []
+                if await self._catch_up_quietly():
+                    for future in waiting:
+                        if not future.done():
+                            future.set_result(None)
+                else:
+                    for future in waiting:
+                        _fail(future, StorageUnavailableError("cannot read the log head"))
             while self._queue:
                 # Writes up to the next compaction form one batch; a compaction runs on its own.
                 cut = next((i for i, item in enumerate(self._queue) if isinstance(item, _Compaction)), None)
@@ -261,6 +294,14 @@ class MVCCStore:
 
     async def _catch_up(self) -> None:
         self._apply_records(await self.log.read_after(self.revision))
+
+    async def _catch_up_quietly(self) -> bool:
+        try:
+            await self._catch_up()
+        except StorageError as e:
+            logger.warning("cannot tail the log", extra={"error": str(e)})
+            return False
+        return True
 
     def _apply_records(self, records: Iterable[Revision]) -> None:
         applied = []

@@ -44,6 +44,11 @@ class RecoveredState:
 class RevisionLog(abc.ABC):
     """A durable, append-only log of revisions with a compacted base."""
 
+    #: Whether other servers append to the same log (then the store tails it and syncs reads).
+    shared: bool = False
+    #: How often a shared log is read for other writers' revisions when this server is idle.
+    poll_interval: float = 0.1
+
     @abc.abstractmethod
     async def open(self) -> RecoveredState:
         """Open (creating when absent) and return everything needed to rebuild the index."""

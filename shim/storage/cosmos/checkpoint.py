@@ -1,0 +1,163 @@
+"""Checkpoints: the base (live key-values at the compact revision) as pages in the ``base`` partition.
+
+A compaction to R writes one *page set*: either the delta since the previous compact revision
+(the final state of every key changed in between: a PUT event, or a DELETE event for a key that
+is gone) or, now and then, the full base. The ``meta`` document lists the chain of page sets
+that make up the current base, oldest first (a full set, then deltas); reading the base folds
+them in order. Page sets are immutable and their ids are derived from what they hold (the
+compact revision, full or delta-since), so writing one twice writes the same documents, and a
+stale compactor can only add garbage that no chain names (the garbage collector removes it).
+
+A full set is written instead of a delta when the chain's deltas together outgrow the full
+set they apply to, or the chain reaches :data:`MAX_CHAIN` sets: the amortised cost of a
+compaction stays proportional to what changed, and reading the base stays proportional to
+what is live.
+"""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import secrets
+from collections.abc import Iterable
+
+from cosmos_etcd_shim.proto.kv_pb2 import Event, KeyValue
+from cosmos_etcd_shim.proto.storage_pb2 import Revision
+from cosmos_etcd_shim.storage.base import StorageError, fold
+from cosmos_etcd_shim.storage.cosmos import codec, layout
+from cosmos_etcd_shim.storage.cosmos.client import CosmosConnection
+
+PAGE_BYTES = 1024 * 1024  # serialized events per page, before compression
+MAX_CHAIN = 16
+WRITE_CONCURRENCY = 8
+
+
+@dataclasses.dataclass(frozen=True)
+class PageSet:
+    """One entry of the meta document's chain."""
+
+    id: str
+    revision: int
+    pages: int
+    bytes: int
+    full: bool
+
+    def to_json(self) -> dict:
+        return {"s": self.id, "g": self.revision, "pages": self.pages, "bytes": self.bytes, "full": self.full}
+
+    @classmethod
+    def from_json(cls, data: dict) -> PageSet:
+        return cls(id=data["s"], revision=data["g"], pages=data["pages"], bytes=data["bytes"], full=data["full"])
+
+
+def delta_events(records: Iterable[Revision]) -> list[Event]:
+    """The final state of every key the records touch: PUT with the live value, or DELETE."""
+    live: dict[bytes, KeyValue] = {}
+    touched: set[bytes] = set()
+    for record in records:
+        fold(live, record)
+        touched.update(e.kv.key for e in record.events)
+    events = []
+    for key in sorted(touched):
+        if key in live:
+            events.append(Event(type=Event.PUT, kv=live[key]))
+        else:
+            events.append(Event(type=Event.DELETE, kv=KeyValue(key=key)))
+    return events
+
+
+def full_events(base: dict[bytes, KeyValue]) -> list[Event]:
+    return [Event(type=Event.PUT, kv=base[key]) for key in sorted(base)]
+
+
+def paginate(events: list[Event]) -> list[list[Event]]:
+    pages: list[list[Event]] = []
+    current: list[Event] = []
+    size = 0
+    for event in events:
+        event_size = event.ByteSize()
+        if current and size + event_size > PAGE_BYTES:
+            pages.append(current)
+            current, size = [], 0
+        current.append(event)
+        size += event_size
+    if current or not pages:
+        pages.append(current)
+    return pages
+
+
+async def write_page_set(conn: CosmosConnection, set_id: str, revision: int, events: list[Event],
+                         full: bool) -> PageSet:
+    """Write every page (chunks first) of a page set; idempotent (upserts of derived content)."""
+    pages = paginate(events)
+    semaphore = asyncio.Semaphore(WRITE_CONCURRENCY)
+
+    async def write(number: int, page: list[Event]) -> int:
+        payload = Revision(revision=revision, events=page).SerializeToString()
+        packed = codec.pack(payload)
+        document_id = layout.page_id(set_id, number)
+        # The nonce names the chunks: derived, so that rewriting the same set reuses the same ids.
+        nonce = f"{packed.crc:08x}"
+        async with semaphore:
+            for index, text in enumerate(packed.chunks):
+                await conn.upsert("compact", {
+                    "id": layout.chunk_id(document_id, nonce, index), "pk": layout.BASE_PARTITION,
+                    "kind": layout.KIND_CHUNK, "s": set_id, "g": revision, "o": document_id, "w": nonce,
+                    "i": index, "d": text})
+            document = {"id": document_id, "pk": layout.BASE_PARTITION, "kind": layout.KIND_PAGE, "s": set_id,
+                        "g": revision, "p": number, "full": full, **packed.fields(nonce)}
+            if page:
+                document["lo"] = layout.key_hex(page[0].kv.key)
+                document["hi"] = layout.key_hex(page[-1].kv.key)
+            await conn.upsert("compact", document)
+        return packed.raw_size
+
+    sizes = await asyncio.gather(*(write(number, page) for number, page in enumerate(pages)))
+    total = sum(sizes)
+    return PageSet(id=set_id, revision=revision, pages=len(pages), bytes=total, full=full)
+
+
+async def read_page_set(conn: CosmosConnection, page_set: PageSet, op: str) -> list[Event]:
+    """The events of a page set, in page order. StorageError if a page is missing (collected)."""
+    documents = await conn.query(op, "SELECT * FROM c WHERE c.pk = @pk AND c.kind = @kind AND c.s = @s",
+                                 {"@pk": layout.BASE_PARTITION, "@kind": layout.KIND_PAGE, "@s": page_set.id},
+                                 layout.BASE_PARTITION, max_item_count=4)
+    if len(documents) != page_set.pages:
+        raise PageSetMissing(f"page set {page_set.id}: {len(documents)} of {page_set.pages} pages found")
+    documents.sort(key=lambda d: d["p"])
+    events: list[Event] = []
+    for document in documents:
+        data = codec.unpack(document, await read_chunks(conn, document, layout.BASE_PARTITION, op))
+        events.extend(Revision.FromString(data).events)
+    return events
+
+
+async def read_chunks(conn: CosmosConnection, document: dict, partition: str, op: str) -> list[str]:
+    if "d" in document:
+        return []
+    count = document["c"]
+    chunks = await conn.query(op, "SELECT * FROM c WHERE c.pk = @pk AND c.kind = @kind AND c.o = @o AND c.w = @w",
+                              {"@pk": partition, "@kind": layout.KIND_CHUNK, "@o": document["id"],
+                               "@w": document["w"]}, partition, max_item_count=2)
+    chunks.sort(key=lambda c: c["i"])
+    if [c["i"] for c in chunks] != list(range(count)):
+        raise PageSetMissing(f"{document['id']}: {len(chunks)} of {count} chunks found")
+    return [c["d"] for c in chunks]
+
+
+async def read_base(conn: CosmosConnection, chain: list[PageSet], op: str) -> dict[bytes, KeyValue]:
+    base: dict[bytes, KeyValue] = {}
+    for page_set in chain:
+        for event in await read_page_set(conn, page_set, op):
+            if event.type == Event.PUT:
+                base[event.kv.key] = event.kv
+            else:
+                base.pop(event.kv.key, None)
+    return base
+
+
+class PageSetMissing(StorageError):
+    """A page or chunk named by the chain is gone: the chain changed while it was being read."""
+
+
+def new_nonce() -> str:
+    return secrets.token_hex(6)

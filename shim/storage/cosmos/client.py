@@ -1,0 +1,308 @@
+"""The Cosmos DB connection: client set-up, retries, request accounting, writes of unknown outcome.
+
+Retries are done here, not by the SDK (its throttling and connection retries are switched off),
+so that every attempt is counted and a write is never repeated blindly:
+
+* 429: wait ``x-ms-retry-after-ms`` (or ``Retry-After`` seconds) and try again: the request was
+  not executed.
+* 408, 449, 5xx, timeouts and connection errors: an idempotent request (read, query, upsert,
+  delete, conditional replace) is retried with exponential backoff and jitter. A *create*
+  whose outcome is unknown is resolved by reading its id back: present with our nonce ->
+  success; present with another -> someone else's (conflict); absent -> create again (both
+  attempts carry the same content and nonce, so a late arrival of the first is harmless: the
+  second then fails with 409 and reads back our own document).
+* Every retry stops at the operation deadline with :class:`CosmosUnavailableError`.
+
+Credentials: an account key (a string) or an ``azure-identity`` async credential. ``http://``
+endpoints (local test servers) turn endpoint discovery off; ``insecure_skip_tls_verify``
+accepts a self-signed certificate. Both are for local servers only and are logged as warnings.
+The key is never logged.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+import urllib.parse
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from azure.core import MatchConditions
+from azure.core.exceptions import AzureError
+from azure.cosmos import PartitionKey
+from azure.cosmos import exceptions as cosmos_exceptions
+from azure.cosmos.aio import CosmosClient
+from azure.cosmos.documents import ConnectionPolicy, RetryOptions
+
+from cosmos_etcd_shim.storage.base import StorageError
+from cosmos_etcd_shim.storage.cosmos import layout
+from cosmos_etcd_shim.storage.cosmos.stats import (
+    COSMOS_OPERATION_SECONDS,
+    CosmosStats,
+    backend_operation,
+    current_operation,
+)
+
+logger = logging.getLogger(__name__)
+
+CosmosHttpResponseError = cosmos_exceptions.CosmosHttpResponseError
+RETRYABLE_STATUS = frozenset({408, 449, 500, 502, 503, 504})
+THROTTLED = 429
+
+
+class CosmosUnavailableError(StorageError):
+    """Cosmos DB did not answer usefully within the operation deadline."""
+
+
+class OutcomeUnknown(Exception):
+    """A non-idempotent request may or may not have been executed (internal)."""
+
+
+class Conflict(Exception):
+    """The id exists with another writer's content (internal)."""
+
+
+def retry_after_seconds(error: CosmosHttpResponseError, default: float) -> float:
+    headers = getattr(error, "headers", None) or {}
+    value = headers.get("x-ms-retry-after-ms")
+    if value is not None:
+        try:
+            return max(0.0, float(value) / 1000)
+        except ValueError:
+            pass
+    value = headers.get("Retry-After") or headers.get("retry-after")
+    if value is not None:
+        try:
+            return max(0.0, float(value))
+        except ValueError:
+            pass
+    return default
+
+
+def _is_transport_error(error: BaseException) -> bool:
+    if isinstance(error, (asyncio.TimeoutError, ConnectionError, OSError)):
+        return True
+    if isinstance(error, CosmosHttpResponseError):
+        return False
+    if isinstance(error, AzureError):  # ServiceRequestError, ServiceResponseError, CosmosClientTimeoutError
+        return True
+    try:
+        import aiohttp
+    except ImportError:  # pragma: no cover - aiohttp comes with azure-cosmos' aio client
+        return False
+    return isinstance(error, aiohttp.ClientError)
+
+
+class CosmosConnection:
+    """One container, reached through ``azure.cosmos.aio`` with the retry rules above."""
+
+    def __init__(self, endpoint: str, *, key: str | None = None, credential: Any = None,
+                 database: str = layout.DEFAULT_DATABASE, container: str = layout.DEFAULT_CONTAINER,
+                 create: bool = True, insecure_skip_tls_verify: bool = False,
+                 request_timeout: float = 10.0, retry_deadline: float = 30.0,
+                 stats: CosmosStats | None = None) -> None:
+        if (key is None) == (credential is None):
+            raise ValueError("give exactly one of an account key or a credential")
+        self.endpoint = endpoint
+        self.database_name = database
+        self.container_name = container
+        self.create = create
+        self.request_timeout = request_timeout
+        self.retry_deadline = retry_deadline
+        self.stats = stats or CosmosStats()
+        self._key = key
+        self._credential = credential
+        self._insecure = insecure_skip_tls_verify
+        self._client: CosmosClient | None = None
+        self.container = None
+
+    def __repr__(self) -> str:  # never shows the key
+        return f"CosmosConnection({self.endpoint!r}, {self.database_name}/{self.container_name})"
+
+    # -- set-up -------------------------------------------------------------------------------
+
+    async def connect(self) -> None:
+        scheme = urllib.parse.urlsplit(self.endpoint).scheme
+        options: dict[str, Any] = {}
+        if scheme == "http":
+            logger.warning("Cosmos endpoint %s is plain http: endpoint discovery off (local test servers only)",
+                           self.endpoint)
+            options["enable_endpoint_discovery"] = False
+        elif scheme != "https":
+            raise StorageError(f"cosmos endpoint {self.endpoint!r}: expected https:// (or http:// for a local server)")
+        if self._insecure:
+            logger.warning("Cosmos TLS certificate verification is OFF for %s (local test servers only)",
+                           self.endpoint)
+            options["connection_verify"] = False
+        policy = ConnectionPolicy()
+        policy.RetryOptions = RetryOptions(max_retry_attempt_count=0)  # 429s are retried here
+        self._client = CosmosClient(self.endpoint, credential=self._key or self._credential,
+                                    connection_policy=policy, retry_total=0, retry_connect=0, retry_read=0,
+                                    retry_status=0, raw_response_hook=self._on_response, **options)
+        try:
+            with backend_operation("setup"):
+                if self.create:
+                    database = await self.call("setup", lambda: self._client.create_database_if_not_exists(
+                        self.database_name))
+                    self.container = await self.call("setup", lambda: database.create_container_if_not_exists(
+                        self.container_name, partition_key=PartitionKey(path=layout.PARTITION_KEY_PATH),
+                        indexing_policy=layout.INDEXING_POLICY))
+                else:
+                    database = self._client.get_database_client(self.database_name)
+                    container = database.get_container_client(self.container_name)
+                    try:
+                        await self.call("setup", container.read)
+                    except CosmosHttpResponseError as e:
+                        raise StorageError(f"container {self.database_name}/{self.container_name} is not usable "
+                                           f"({e.status_code}) and creating it is not allowed") from None
+                    self.container = container
+        except BaseException:
+            await self.close()
+            raise
+
+    async def close(self) -> None:
+        if self._client is not None:
+            client, self._client = self._client, None
+            await client.close()
+
+    def _on_response(self, pipeline_response) -> None:
+        response = pipeline_response.http_response
+        try:
+            charge = float(response.headers.get("x-ms-request-charge") or 0)
+        except ValueError:
+            charge = 0.0
+        self.stats.record(current_operation(), str(response.status_code), charge)
+
+    # -- the retry loop -----------------------------------------------------------------------
+
+    async def call(self, op: str, request: Callable[[], Awaitable[Any]], *, write_once: bool = False,
+                   deadline: float | None = None) -> Any:
+        """Run ``request()`` until it answers, following the retry rules of the module docstring.
+
+        With ``write_once`` a transport error or 408/5xx raises :class:`OutcomeUnknown` instead
+        of retrying. Other HTTP errors (404, 409, 412 ...) are raised to the caller.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = deadline if deadline is not None else loop.time() + self.retry_deadline
+        attempt = 0
+        started = time.perf_counter()
+        with backend_operation(op):
+            try:
+                while True:
+                    attempt += 1
+                    try:
+                        return await asyncio.wait_for(request(), self.request_timeout)
+                    except CosmosHttpResponseError as e:
+                        if e.status_code == THROTTLED:
+                            delay = retry_after_seconds(e, default=self._backoff(attempt))
+                        elif e.status_code in RETRYABLE_STATUS:
+                            if write_once:
+                                raise OutcomeUnknown(f"{e.status_code}") from e
+                            delay = self._backoff(attempt)
+                        else:
+                            raise
+                        error: BaseException = e
+                    except Exception as e:  # noqa: BLE001 - classified right below
+                        if not _is_transport_error(e):
+                            raise
+                        self.stats.record(current_operation(), "transport-error", 0.0)
+                        if write_once:
+                            raise OutcomeUnknown(type(e).__name__) from e
+                        delay = self._backoff(attempt)
+                        error = e
+                    if loop.time() + delay > deadline:
+                        raise CosmosUnavailableError(f"cosmos {op}: no answer after {attempt} attempts "
+                                                     f"({_describe(error)})") from None
+                    logger.debug("cosmos %s: retrying in %.3fs after %s", op, delay, _describe(error))
+                    await asyncio.sleep(delay)
+            finally:
+                COSMOS_OPERATION_SECONDS.labels(op).observe(time.perf_counter() - started)
+
+    @staticmethod
+    def _backoff(attempt: int) -> float:
+        return min(2.0, 0.05 * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
+
+    # -- operations ---------------------------------------------------------------------------
+
+    async def query(self, op: str, sql: str, parameters: dict[str, Any], partition: str,
+                    max_item_count: int = 100) -> list[dict]:
+        """All results of a partition-scoped query (the partition key must be in its WHERE too)."""
+        params = [{"name": name, "value": value} for name, value in parameters.items()]
+
+        async def run() -> list[dict]:
+            items = self.container.query_items(sql, parameters=params, partition_key=partition,
+                                               max_item_count=max_item_count)
+            return [item async for item in items]
+
+        return await self.call(op, run)
+
+    async def read_by_id(self, op: str, document_id: str, partition: str) -> dict | None:
+        """The document or None. A query, not a point read: the local test server answers a point
+        read of a missing id with 500, which cannot be told from a real server error."""
+        found = await self.query(op, "SELECT * FROM c WHERE c.pk = @pk AND c.id = @id",
+                                 {"@pk": partition, "@id": document_id}, partition)
+        return found[0] if found else None
+
+    async def read_item(self, op: str, document_id: str, partition: str) -> dict:
+        return await self.call(op, lambda: self.container.read_item(document_id, partition_key=partition))
+
+    async def upsert(self, op: str, document: dict) -> dict:
+        return await self.call(op, lambda: self.container.upsert_item(document))
+
+    async def delete(self, op: str, document_id: str, partition: str) -> bool:
+        """Delete; False if it was not there (a concurrent delete, or a retry of ours that landed)."""
+        try:
+            await self.call(op, lambda: self.container.delete_item(document_id, partition_key=partition))
+        except cosmos_exceptions.CosmosResourceNotFoundError:
+            return False
+        return True
+
+    async def replace_if_match(self, op: str, document: dict, etag: str) -> dict:
+        """Replace only if unchanged since ``etag`` (412 -> CosmosAccessConditionFailedError)."""
+        return await self.call(op, lambda: self.container.replace_item(
+            document["id"], document, etag=etag, match_condition=MatchConditions.IfNotModified))
+
+    async def create_once(self, op: str, document: dict, *, nonce_field: str = "w") -> dict:
+        """Create ``document`` exactly once, whatever the network does.
+
+        Returns the stored document when it is ours (created by this call, possibly through a
+        retry whose first attempt's answer was lost). Raises :class:`Conflict` when the id holds
+        another writer's document, :class:`CosmosUnavailableError` when the outcome cannot be
+        established before the deadline.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.retry_deadline
+        partition = document["pk"]
+        attempt = 0
+        while True:
+            attempt += 1
+            existed = False
+            try:
+                return await self.call(op, lambda: self.container.create_item(document), write_once=True,
+                                       deadline=deadline)
+            except cosmos_exceptions.CosmosResourceExistsError:
+                existed = True  # ours (an earlier attempt that landed) or someone else's: read it back
+            except OutcomeUnknown as e:
+                logger.info("cosmos %s: outcome of creating %s unknown (%s): reading it back", op,
+                            document["id"], e)
+            stored = await self.read_by_id(op + "_resolve", document["id"], partition)
+            if stored is not None:
+                if stored.get(nonce_field) == document[nonce_field]:
+                    return stored
+                raise Conflict(document["id"])
+            if existed:
+                # It existed and is gone: only compaction deletes, and only what others wrote.
+                raise Conflict(document["id"])
+            # Absent: the create did not land (or has not yet: then ours is the same content).
+            delay = self._backoff(attempt)
+            if loop.time() + delay > deadline:
+                raise CosmosUnavailableError(f"cosmos {op}: could not establish whether {document['id']} was "
+                                             f"created after {attempt} attempts")
+            await asyncio.sleep(delay)
+
+
+def _describe(error: BaseException) -> str:
+    if isinstance(error, CosmosHttpResponseError):
+        return f"HTTP {error.status_code}"
+    return type(error).__name__

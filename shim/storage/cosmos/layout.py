@@ -1,0 +1,108 @@
+"""The public layout of a cosmos-etcd container: names, partition key, indexing, documents.
+
+The operator imports this module to create the database and container exactly as the shim
+expects them; it has no Azure import, so that is cheap. Everything the shim stores for one
+etcd cluster lives in one container (default database ``EtcdDB``, container ``EtcdData``),
+partitioned by ``/pk`` into a few logical partitions:
+
+``pk = "log"``  the revision log (one logical partition: ordering exists only inside one)
+    * ``log-<first revision, 19 digits>`` (kind ``log``): one or more consecutive revisions
+      ``r``..``e`` (group commit). Creating the document whose first revision is head+1 is the
+      compare-and-swap on the log head. ``w`` is the writer's nonce (resolves a create whose
+      outcome is unknown), the payload is in ``d`` or in chunks.
+    * ``log-<r>.<w>.<i>`` (kind ``chunk``): part ``i`` of a payload over the inline limit,
+      written before the document that names it.
+    * ``meta`` (kind ``meta``): the compaction state: compact revision, first revision of the
+      log document holding it, and the chain of checkpoint page sets that make up the base.
+``pk = "base"`` the checkpoint (the live key-values at the compact revision)
+    * ``ckpt-<set>-<page, 6 digits>`` (kind ``page``): events of one checkpoint page set; ``lo``
+      and ``hi`` are the page's first and last key in hex (bytewise order = string order).
+    * ``ckpt-<set>-<page>.<w>.<i>`` (kind ``chunk``): parts of an oversized page.
+``pk = "lease"`` ``lease-<id, 16 hex digits>`` (kind ``lease``): one granted lease each.
+``pk = "member"`` ``member-<id, 16 hex digits>`` (kind ``member``): shim replicas' heartbeats.
+
+Ids use only ``[0-9a-z.-]`` (Cosmos forbids ``/ \\ ? #`` and allows 255 characters).
+Payloads are protobuf bytes, zlib-compressed when that helps (``z``), base64 in JSON.
+"""
+from __future__ import annotations
+
+import re
+
+DEFAULT_DATABASE = "EtcdDB"
+DEFAULT_CONTAINER = "EtcdData"
+
+PARTITION_KEY_PATH = "/pk"
+# As the REST API and azure-mgmt-cosmosdb take it (`ContainerPartitionKey(paths=..., kind=...)`).
+PARTITION_KEY = {"paths": [PARTITION_KEY_PATH], "kind": "Hash", "version": 2}
+
+LOG_PARTITION = "log"
+BASE_PARTITION = "base"
+LEASE_PARTITION = "lease"
+MEMBER_PARTITION = "member"
+
+KIND_LOG = "log"
+KIND_CHUNK = "chunk"
+KIND_META = "meta"
+KIND_PAGE = "page"
+KIND_LEASE = "lease"
+KIND_MEMBER = "member"
+
+META_ID = "meta"
+
+# Only the fields that queries filter or sort on are indexed; the payloads (large base64
+# strings) are not, which keeps the RU charge of a write close to its size alone.
+INDEXED_FIELDS = ("kind", "r", "e", "s", "g")
+INDEXING_POLICY = {
+    "indexingMode": "consistent",
+    "automatic": True,
+    "includedPaths": [{"path": f"/{name}/?"} for name in INDEXED_FIELDS],
+    "excludedPaths": [{"path": "/*"}, {"path": '/"_etag"/?'}],
+}
+
+# Cosmos's item limit is 2 MB of JSON: a payload string longer than this is split into chunks.
+INLINE_LIMIT = 1_800_000
+CHUNK_SIZE = 1_800_000
+MAX_ID_LENGTH = 255
+_ID_FORBIDDEN = re.compile(r"[/\\?#]")
+
+
+def log_id(first_revision: int) -> str:
+    """The id of the log document starting at ``first_revision`` (fixed width: ids sort as numbers)."""
+    if first_revision < 0:
+        raise ValueError(f"revision {first_revision} is negative")
+    return f"log-{first_revision:019d}"
+
+
+def chunk_id(owner_id: str, nonce: str, index: int) -> str:
+    return check_id(f"{owner_id}.{nonce}.{index}")
+
+
+def page_set(compact_revision: int, full: bool, since: int) -> str:
+    """A checkpoint page set: a full base at ``compact_revision``, or the delta from ``since``."""
+    # ``since`` may be -1 (nothing compacted yet): shifted by one, ids stay within [0-9a-z].
+    return f"{compact_revision:019d}f" if full else f"{compact_revision:019d}d{since + 1:019d}"
+
+
+def page_id(page_set_id: str, page: int) -> str:
+    return check_id(f"ckpt-{page_set_id}-{page:06d}")
+
+
+def lease_id(lease: int) -> str:
+    return f"lease-{lease & 0xFFFF_FFFF_FFFF_FFFF:016x}"
+
+
+def member_id(member: int | str) -> str:
+    if isinstance(member, int):
+        return f"member-{member & 0xFFFF_FFFF_FFFF_FFFF:016x}"
+    return check_id("member-" + re.sub(r"[^0-9A-Za-z._-]", "_", member))
+
+
+def key_hex(key: bytes) -> str:
+    """A key as Cosmos compares it: lower-case hex keeps bytewise order as string order."""
+    return key.hex()
+
+
+def check_id(document_id: str) -> str:
+    if not document_id or len(document_id) > MAX_ID_LENGTH or _ID_FORBIDDEN.search(document_id):
+        raise ValueError(f"not a valid Cosmos id: {document_id!r}")
+    return document_id

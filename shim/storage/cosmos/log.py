@@ -1,0 +1,578 @@
+"""The Cosmos DB backend: the revision log, its checkpoints, leases and member heartbeats.
+
+The log (see :mod:`layout` for the documents)
+---------------------------------------------
+* One logical partition (``pk = "log"``) holds the log: ordering and conditional writes exist
+  only inside a partition. A log document holds consecutive revisions ``r``..``e`` (a group
+  commit: one MVCC batch, one Cosmos request) and its id is derived from ``r``. **Creating the
+  document whose first revision is head+1 is the compare-and-swap on the log head**: of two
+  writers only one create succeeds (409 for the other, which raises :class:`LogConflictError`,
+  catches up with :meth:`read_after` and retries). Boundaries are the same for every reader, and
+  a writer only ever appends after the last revision of a whole document it has seen, so two
+  documents can never overlap.
+* A create whose answer is lost is resolved by reading the id back (see :mod:`client`): our
+  nonce -> success, another nonce -> conflict, absent -> create again. Never a blind rewrite.
+* Readers tail with ``e > @last AND r >= @cdoc ORDER BY r`` (parameterised, partition key in the
+  WHERE, as the local test server requires) and check that what they read is contiguous.
+
+Compaction and checkpoints
+--------------------------
+``compact(R)`` folds the records in [C, R) into a checkpoint page set (:mod:`checkpoint`: a delta,
+or now and then the full base), then advances the ``meta`` document (compact revision R, ``cdoc``
+= first revision of the log document that holds R, the chain of page sets) with an etag
+condition, and only then deletes log documents that lie wholly below ``cdoc``. Restart reads
+the chain and the log from ``cdoc``: its cost follows the live data and the uncompacted tail,
+not the history. A reader re-reads ``meta`` after loading and starts over if it changed, so it
+never mixes a base with a log from different compactions. Garbage (log documents below
+``cdoc``, page sets no chain names) is deleted in the background after each compaction and by
+:meth:`defragment`.
+
+The stale-writer hazard: a freed log id must not be re-created
+-------------------------------------------------------------
+A writer that still believes the head is H could re-create ``log-(H+1)`` after compaction
+deleted it, and would wrongly acknowledge a revision that exists already. The fence is
+*time*, with a horizon L (``fence_seconds``, default 300 s):
+
+1. Compaction deletes a log document only once it is older than L by the server's clock (its
+   ``_ts`` against the ``_ts`` of the compaction's own ``meta`` write).
+2. A writer knows when it last learned that H was the head (``K``: the send time of its own
+   create of the document ending at H, or of a query that found nothing after H). Any
+   ``log-(H+1)`` was created after K, so cannot be deleted before K + L. If a create is
+   answered before K + L/2 (the writer's monotonic clock), it cannot have hit a freed id.
+3. A writer whose knowledge is older than L/2 first asks whether anything follows H (one
+   query; idle replicas only, a busy one never pays it); a create answered later than that
+   (a request stuck for minutes) is checked against ``meta`` before it is acknowledged, and
+   withdrawn (deleted, conflict) if it lies below ``cdoc``. Readers also start at ``cdoc``, so
+   such a document is never read as the log.
+
+This costs nothing per commit (no stub per deleted document, no fence read per append). It
+assumes clocks that run at the same rate within a margin of L/2 (not synchronised clocks) and a
+consistency level whose reads in the write region see the latest write (Strong or Bounded
+Staleness, the default of the operator). ``fence_seconds=0`` disables the age rule and makes
+every append check first: only for tests and single-writer set-ups.
+
+Large values: payloads are zlib-compressed when that helps; a payload over the item limit is
+split into chunk documents written before the document that names them (ids carry the writer's
+nonce, so a losing writer's chunks never collide with the winner's and are collected later).
+"""
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import dataclasses
+import json
+import logging
+import math
+import os
+import pathlib
+import sqlite3
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from azure.cosmos import exceptions as cosmos_exceptions
+
+from cosmos_etcd_shim.proto.kv_pb2 import Event, KeyValue
+from cosmos_etcd_shim.proto.storage_pb2 import Lease, Revision
+from cosmos_etcd_shim.storage.base import (
+    INITIAL_REVISION,
+    LogConflictError,
+    RecoveredState,
+    RevisionLog,
+    StorageError,
+)
+from cosmos_etcd_shim.storage.cosmos import checkpoint, codec, layout
+from cosmos_etcd_shim.storage.cosmos.checkpoint import PageSet, PageSetMissing
+from cosmos_etcd_shim.storage.cosmos.client import Conflict, CosmosConnection
+from cosmos_etcd_shim.storage.cosmos.stats import CosmosStats
+from cosmos_etcd_shim.storage.embedded import NOT_COMPACTED, SCHEMA
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_FENCE_SECONDS = 300.0
+LOAD_ATTEMPTS = 8
+COMPACT_ATTEMPTS = 8
+FULL_CHECKPOINT_MIN_BYTES = 64 * 1024
+CHUNK_WRITE_CONCURRENCY = 4
+
+
+class LogCompactedError(StorageError):
+    """The records asked for were compacted away (by another replica): reload from the base."""
+
+
+class LogCorruptError(StorageError):
+    """The log documents are not contiguous, or a payload does not decode."""
+
+
+@dataclasses.dataclass
+class _Doc:
+    """A decoded log document."""
+
+    first: int
+    last: int
+    records: list[Revision]
+    size: int
+
+
+@dataclasses.dataclass
+class _Loaded:
+    meta: dict
+    base: dict[bytes, KeyValue]
+    docs: list[_Doc]
+    leases: list[Lease]
+    read_at: float  # monotonic time the log query was sent
+
+
+class CosmosLog(RevisionLog):
+    """The revision log in a Cosmos DB container (see the module docstring for the model)."""
+
+    def __init__(self, endpoint: str, *, key: str | None = None, credential: Any = None,
+                 database: str = layout.DEFAULT_DATABASE, container: str = layout.DEFAULT_CONTAINER,
+                 create: bool = True, insecure_skip_tls_verify: bool = False,
+                 fence_seconds: float = DEFAULT_FENCE_SECONDS, request_timeout: float = 10.0,
+                 retry_deadline: float = 30.0, stats: CosmosStats | None = None) -> None:
+        if fence_seconds < 0:
+            raise ValueError("fence_seconds must not be negative")
+        self.conn = CosmosConnection(endpoint, key=key, credential=credential, database=database,
+                                     container=container, create=create,
+                                     insecure_skip_tls_verify=insecure_skip_tls_verify,
+                                     request_timeout=request_timeout, retry_deadline=retry_deadline, stats=stats)
+        self.fence_seconds = fence_seconds
+        self._head = INITIAL_REVISION
+        self._head_known_at = -math.inf  # monotonic time we last learned that nothing follows _head
+        self._compact = NOT_COMPACTED
+        self._cdoc = 0
+        self._chain: list[PageSet] = []
+        self._server_clock: tuple[int, float] | None = None  # (a server _ts, monotonic time it arrived)
+        self._log_bytes = 0
+        self._garbage_bytes = 0
+        self._gc_task: asyncio.Task | None = None
+        self._background: set[asyncio.Task] = set()
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"CosmosLog({self.conn!r})"
+
+    @property
+    def stats(self) -> CosmosStats:
+        return self.conn.stats
+
+    @property
+    def compact_revision(self) -> int:
+        """The compact revision as this instance last saw it (another replica may be ahead)."""
+        return self._compact
+
+    # -- open ---------------------------------------------------------------------------------
+
+    async def open(self) -> RecoveredState:
+        await self.conn.connect()
+        await self._ensure_meta()
+        loaded = await self._load("open")
+        self._adopt(loaded.meta)
+        compact = loaded.meta["compact"]
+        records = [r for doc in loaded.docs for r in doc.records if r.revision >= compact]
+        last = loaded.docs[-1].last if loaded.docs else INITIAL_REVISION
+        self._head = max(INITIAL_REVISION, compact, last)
+        self._head_known_at = loaded.read_at
+        self._log_bytes = sum(doc.size for doc in loaded.docs)
+        base = [loaded.base[key] for key in sorted(loaded.base)]
+        logger.info("cosmos log opened", extra={"revision": self._head, "compact_revision": compact,
+                                                "keys": len(base), "log_documents": len(loaded.docs)})
+        return RecoveredState(compact_revision=compact, base=base, revisions=records, leases=loaded.leases)
+
+    async def _ensure_meta(self) -> None:
+        meta = {"id": layout.META_ID, "pk": layout.LOG_PARTITION, "kind": layout.KIND_META,
+                "compact": NOT_COMPACTED, "cdoc": 0, "chain": []}
+        try:
+            await self.conn.call("open", lambda: self.conn.container.create_item(meta))
+        except cosmos_exceptions.CosmosResourceExistsError:
+            pass
+
+    async def _read_meta(self, op: str) -> dict:
+        return await self.conn.read_item(op, layout.META_ID, layout.LOG_PARTITION)
+
+    def _adopt(self, meta: dict) -> None:
+        if meta["compact"] >= self._compact:
+            self._compact = meta["compact"]
+            self._cdoc = meta["cdoc"]
+            self._chain = [PageSet.from_json(p) for p in meta["chain"]]
+
+    async def _load(self, op: str) -> _Loaded:
+        """A consistent view: meta, base, log, leases; started over if meta changed meanwhile."""
+        for attempt in range(LOAD_ATTEMPTS):
+            meta = await self._read_meta(op)
+            chain = [PageSet.from_json(p) for p in meta["chain"]]
+            try:
+                base = await checkpoint.read_base(self.conn, chain, op)
+                read_at = time.monotonic()
+                documents = await self._query_log(op, after=None, from_first=meta["cdoc"])
+                docs = await self._decode(documents, op)
+            except PageSetMissing:
+                await asyncio.sleep(0.05 * attempt)
+                continue
+            leases = await self._read_leases(op)
+            again = await self._read_meta(op)
+            if again["_etag"] != meta["_etag"]:
+                continue  # a compaction finished meanwhile: what was read may mix two states
+            _check_contiguous(docs)
+            return _Loaded(meta=meta, base=base, docs=docs, leases=leases, read_at=read_at)
+        raise StorageError(f"the Cosmos log kept changing while being read ({LOAD_ATTEMPTS} attempts)")
+
+    async def _query_log(self, op: str, *, after: int | None, from_first: int, up_to_first: int | None = None,
+                         top: int | None = None) -> list[dict]:
+        where = ["c.pk = @pk", "c.kind = @kind", "c.r >= @cdoc"]
+        params: dict[str, Any] = {"@pk": layout.LOG_PARTITION, "@kind": layout.KIND_LOG, "@cdoc": from_first}
+        if after is not None:
+            where.append("c.e > @after")
+            params["@after"] = after
+        if up_to_first is not None:
+            where.append("c.r <= @upto")
+            params["@upto"] = up_to_first
+        select = f"SELECT TOP {int(top)} *" if top else "SELECT *"
+        return await self.conn.query(op, f"{select} FROM c WHERE {' AND '.join(where)} ORDER BY c.r", params,
+                                     layout.LOG_PARTITION)
+
+    async def _decode(self, documents: list[dict], op: str) -> list[_Doc]:
+        docs = []
+        for document in documents:
+            chunks = await checkpoint.read_chunks(self.conn, document, layout.LOG_PARTITION, op)
+            try:
+                records = codec.decode_records(codec.unpack(document, chunks))
+            except codec.CorruptPayload as e:
+                raise LogCorruptError(str(e)) from None
+            if not records or records[0].revision != document["r"] or records[-1].revision != document["e"] \
+                    or any(b.revision != a.revision + 1 for a, b in zip(records, records[1:])):
+                raise LogCorruptError(f"{document['id']}: records do not match {document['r']}..{document['e']}")
+            docs.append(_Doc(first=document["r"], last=document["e"], records=records,
+                             size=document.get("b", 0)))
+        return docs
+
+    # -- append -------------------------------------------------------------------------------
+
+    async def append(self, revisions: Sequence[Revision]) -> None:
+        if not revisions:
+            return
+        first, last = revisions[0].revision, revisions[-1].revision
+        if any(b.revision != a.revision + 1 for a, b in zip(revisions, revisions[1:])):
+            raise ValueError("an append must hold consecutive revisions")
+        if first != self._head + 1:
+            raise LogConflictError(f"revision {first} is not the head {self._head} + 1")
+        if time.monotonic() - self._head_known_at >= self.fence_seconds / 2:
+            await self._refresh_head_knowledge()
+        knowledge = self._head_known_at
+        document_id = layout.log_id(first)
+        nonce = checkpoint.new_nonce()
+        packed = codec.pack(codec.encode_records(revisions))
+        await self._write_chunks(document_id, nonce, packed, first, last)
+        document = {"id": document_id, "pk": layout.LOG_PARTITION, "kind": layout.KIND_LOG, "r": first, "e": last,
+                    **packed.fields(nonce), "w": nonce}
+        sent_at = time.monotonic()
+        try:
+            stored = await self.conn.create_once("append", document)
+        except Conflict:
+            self._forget_chunks(document_id, nonce, len(packed.chunks))
+            raise LogConflictError(f"revision {first} exists already") from None
+        self._note_server_time(stored)
+        if False:
+            await self._verify_not_below_compaction(document_id, first, nonce, len(packed.chunks))
+        self._head = last
+        self._head_known_at = sent_at
+        self._log_bytes += packed.raw_size
+
+    async def _refresh_head_knowledge(self) -> None:
+        """Learn afresh that nothing follows the head (or raise LogConflictError: something does)."""
+        asked_at = time.monotonic()
+        found = await self.conn.query(
+            "append_fence", "SELECT TOP 1 c.r FROM c WHERE c.pk = @pk AND c.kind = @kind AND c.e > @head",
+            {"@pk": layout.LOG_PARTITION, "@kind": layout.KIND_LOG, "@head": self._head}, layout.LOG_PARTITION)
+        if found:
+            raise LogConflictError(f"the log has moved past {self._head}")
+        self._head_known_at = asked_at
+
+    async def _verify_not_below_compaction(self, document_id: str, first: int, nonce: str, chunks: int) -> None:
+        meta = await self._read_meta("append_fence")
+        self._adopt(meta)
+        if first < meta["cdoc"]:
+            logger.warning("withdrawing %s: it re-created a log id freed by compaction", document_id)
+            await self.conn.delete("append_fence", document_id, layout.LOG_PARTITION)
+            self._forget_chunks(document_id, nonce, chunks)
+            raise LogConflictError(f"revision {first} was compacted already")
+
+    async def _write_chunks(self, document_id: str, nonce: str, packed: codec.Packed, first: int, last: int) -> None:
+        texts = packed.chunks
+        if not texts:
+            return
+        semaphore = asyncio.Semaphore(CHUNK_WRITE_CONCURRENCY)
+
+        async def write(index: int, text: str) -> None:
+            async with semaphore:
+                await self.conn.upsert("append_chunk", {
+                    "id": layout.chunk_id(document_id, nonce, index), "pk": layout.LOG_PARTITION,
+                    "kind": layout.KIND_CHUNK, "r": first, "e": last, "o": document_id, "w": nonce, "i": index,
+                    "d": text})
+
+        await asyncio.gather(*(write(i, t) for i, t in enumerate(texts)))
+
+    def _forget_chunks(self, document_id: str, nonce: str, count: int) -> None:
+        """Delete a losing append's chunks in the background (garbage collection would, later)."""
+        if count:
+            ids = [layout.chunk_id(document_id, nonce, i) for i in range(count)]
+            self._spawn(self._delete_quietly("append_chunk", ids, layout.LOG_PARTITION))
+
+    # -- read ---------------------------------------------------------------------------------
+
+    async def read_after(self, revision: int, limit: int | None = None) -> Sequence[Revision]:
+        if limit is not None and limit <= 0:
+            return []
+        asked_at = time.monotonic()
+        documents = await self._query_log("read", after=revision, from_first=self._cdoc, top=limit)
+        docs = await self._decode(documents, "read")
+        _check_contiguous(docs)
+        floor = max(revision, self._compact - 1)
+        records = [r for doc in docs for r in doc.records if r.revision > floor]
+        expected = max(floor + 1, INITIAL_REVISION + 1)
+        if records and records[0].revision != expected:
+            raise LogCompactedError(f"records {expected}..{records[0].revision - 1} were compacted")
+        complete = limit is None or len(documents) < limit
+        if docs:
+            if docs[-1].last >= self._head:
+                self._head = docs[-1].last
+                if complete:
+                    self._head_known_at = asked_at
+        elif complete and self._head == revision:
+            self._head_known_at = asked_at
+        return records[:limit] if limit is not None else records
+
+    async def head(self) -> int:
+        """The latest revision in the log (one query): what a linearizable read must wait for."""
+        asked_at = time.monotonic()
+        found = await self.conn.query(
+            "head", "SELECT TOP 1 c.e FROM c WHERE c.pk = @pk AND c.kind = @kind ORDER BY c.r DESC",
+            {"@pk": layout.LOG_PARTITION, "@kind": layout.KIND_LOG}, layout.LOG_PARTITION)
+        head = max(INITIAL_REVISION, self._compact, found[0]["e"] if found else INITIAL_REVISION)
+        if head >= self._head:
+            self._head, self._head_known_at = head, asked_at
+        return head
+
+    # -- compaction ---------------------------------------------------------------------------
+
+    async def compact(self, revision: int) -> None:
+        for _ in range(COMPACT_ATTEMPTS):
+            meta = await self._read_meta("compact")
+            compact = meta["compact"]
+            if revision <= compact:
+                self._adopt(meta)
+                return
+            documents = await self._query_log("compact", after=None, from_first=meta["cdoc"], up_to_first=revision)
+            docs = await self._decode(documents, "compact")
+            _check_contiguous(docs)
+            if docs and docs[-1].last >= revision:
+                cdoc = docs[-1].first
+            elif revision <= INITIAL_REVISION:
+                cdoc = meta["cdoc"]  # no record at the compact revision (the store's empty start)
+            else:
+                raise StorageError(f"cannot compact at {revision}: the log ends at "
+                                   f"{docs[-1].last if docs else compact}")
+            records = [r for doc in docs for r in doc.records if compact <= r.revision < revision]
+            chain = [PageSet.from_json(p) for p in meta["chain"]]
+            try:
+                page_set = await self._write_checkpoint(revision, compact, records, chain)
+            except PageSetMissing:
+                continue  # the chain was replaced under us: start over from the new meta
+            new_chain = [page_set] if page_set.full else [*chain, page_set]
+            updated = {key: meta[key] for key in ("id", "pk", "kind")}
+            updated.update(compact=revision, cdoc=cdoc, chain=[p.to_json() for p in new_chain])
+            try:
+                stored = await self.conn.replace_if_match("compact", updated, meta["_etag"])
+            except cosmos_exceptions.CosmosAccessConditionFailedError:
+                continue  # another compaction (or our own retried request) got there: re-read
+            self._adopt(stored)
+            self._note_server_time(stored)
+            compacted = sum(doc.size for doc in docs if doc.last < cdoc)
+            self._log_bytes = max(0, self._log_bytes - compacted)
+            self._garbage_bytes += compacted
+            self._start_gc()
+            return
+        raise StorageError(f"compaction at {revision} kept conflicting with other writers")
+
+    async def _write_checkpoint(self, revision: int, compact: int, records: list[Revision],
+                                chain: list[PageSet]) -> PageSet:
+        events = checkpoint.delta_events(records)
+        if not chain:
+            # The first checkpoint: the delta from nothing is the full base.
+            events = [e for e in events if e.type == Event.PUT]
+            full = True
+        else:
+            delta_bytes = sum(e.ByteSize() for e in events)
+            deltas = sum(p.bytes for p in chain if not p.full)
+            full = len(chain) >= checkpoint.MAX_CHAIN or \
+                deltas + delta_bytes > max(chain[0].bytes, FULL_CHECKPOINT_MIN_BYTES)
+            if full:
+                base = await checkpoint.read_base(self.conn, chain, "compact")
+                for event in events:
+                    if event.type == Event.PUT:
+                        base[event.kv.key] = event.kv
+                    else:
+                        base.pop(event.kv.key, None)
+                events = checkpoint.full_events(base)
+        set_id = layout.page_set(revision, full, compact)
+        return await checkpoint.write_page_set(self.conn, set_id, revision, events, full)
+
+    def _start_gc(self) -> None:
+        if self._gc_task is None or self._gc_task.done():
+            self._gc_task = asyncio.create_task(self._gc_quietly(), name="cosmos-log-gc")
+
+    async def _gc_quietly(self) -> None:
+        try:
+            await self.collect_garbage()
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # noqa: BLE001 - garbage stays until the next compaction
+            logger.warning("cosmos garbage collection failed: %s", e)
+
+    async def collect_garbage(self) -> int:
+        """Delete log documents below ``cdoc`` older than the fence horizon, and page sets no chain
+        names. Returns how many documents were deleted."""
+        cdoc, compact, chain_ids = self._cdoc, self._compact, {p.id for p in self._chain}
+        now = self._server_now()
+        deleted = 0
+        old = await self.conn.query(
+            "compact_gc", "SELECT c.id, c.kind, c.r, c._ts, c.b FROM c WHERE c.pk = @pk AND c.r < @cdoc",
+            {"@pk": layout.LOG_PARTITION, "@cdoc": cdoc}, layout.LOG_PARTITION)
+        if self.fence_seconds > 0:
+            old = [d for d in old if now is not None and d["_ts"] + 1 + self.fence_seconds <= now]
+        # Log documents first, oldest first; then their chunks (a reader never finds a log
+        # document whose chunks are gone).
+        old.sort(key=lambda d: (d["kind"] != layout.KIND_LOG, d["r"]))
+        for document in old:
+            if await self.conn.delete("compact_gc", document["id"], layout.LOG_PARTITION):
+                deleted += 1
+            if document["kind"] == layout.KIND_LOG:
+                self._garbage_bytes = max(0, self._garbage_bytes - document.get("b", 0))
+        pages = await self.conn.query(
+            "compact_gc", "SELECT c.id, c.s FROM c WHERE c.pk = @pk AND c.g <= @compact",
+            {"@pk": layout.BASE_PARTITION, "@compact": compact}, layout.BASE_PARTITION)
+        for page in pages:
+            if page["s"] not in chain_ids and await self.conn.delete("compact_gc", page["id"], layout.BASE_PARTITION):
+                deleted += 1
+        return deleted
+
+    # -- leases -------------------------------------------------------------------------------
+
+    async def save_lease(self, lease: Lease) -> None:
+        await self.conn.upsert("lease", {
+            "id": layout.lease_id(lease.id), "pk": layout.LEASE_PARTITION, "kind": layout.KIND_LEASE,
+            "d": base64.b64encode(lease.SerializeToString()).decode("ascii")})
+
+    async def delete_lease(self, lease_id: int) -> None:
+        await self.conn.delete("lease", layout.lease_id(lease_id), layout.LEASE_PARTITION)
+
+    async def _read_leases(self, op: str) -> list[Lease]:
+        documents = await self.conn.query(op, "SELECT * FROM c WHERE c.pk = @pk AND c.kind = @kind",
+                                          {"@pk": layout.LEASE_PARTITION, "@kind": layout.KIND_LEASE},
+                                          layout.LEASE_PARTITION)
+        return [Lease.FromString(base64.b64decode(d["d"])) for d in documents]
+
+    # -- members ------------------------------------------------------------------------------
+
+    async def heartbeat(self, member: dict) -> None:
+        """Record (upsert) this replica as alive now. ``member`` needs an ``id`` (int) or a ``name``;
+        it is stored as JSON text, so 64-bit ids survive (Cosmos numbers are doubles)."""
+        identity = member.get("id", member.get("name"))
+        if identity is None:
+            raise ValueError("a member needs an id or a name")
+        stored = await self.conn.upsert("member", {
+            "id": layout.member_id(identity), "pk": layout.MEMBER_PARTITION, "kind": layout.KIND_MEMBER,
+            "m": json.dumps(member, sort_keys=True)})
+        self._note_server_time(stored)
+
+    async def members(self, max_age_seconds: float) -> list[dict]:
+        """The members whose last heartbeat is at most ``max_age_seconds`` old (server clock)."""
+        documents = await self.conn.query("member", "SELECT * FROM c WHERE c.pk = @pk AND c.kind = @kind",
+                                          {"@pk": layout.MEMBER_PARTITION, "@kind": layout.KIND_MEMBER},
+                                          layout.MEMBER_PARTITION)
+        now = self._server_now()
+        if now is None:
+            now = time.time()
+        # _ts counts whole seconds: a heartbeat up to one second older may still be in time.
+        return [json.loads(d["m"]) for d in documents if d["_ts"] + 1 >= now - max_age_seconds]
+
+    async def remove_member(self, identity: int | str) -> None:
+        await self.conn.delete("member", layout.member_id(identity), layout.MEMBER_PARTITION)
+
+    # -- maintenance --------------------------------------------------------------------------
+
+    async def defragment(self) -> None:
+        """Cosmos manages its own space: collect the compaction garbage now."""
+        await self.collect_garbage()
+
+    async def snapshot(self, destination: pathlib.Path) -> None:
+        """A SQLite database in the embedded backend's format, from one consistent read: a data
+        directory holding only this file (as ``cosmos-etcd.db``) is a complete embedded store."""
+        loaded = await self._load("snapshot")
+        await asyncio.to_thread(_write_sqlite, pathlib.Path(destination), loaded)
+
+    def size(self) -> tuple[int, int]:
+        in_use = self._log_bytes + sum(p.bytes for p in self._chain)
+        return in_use + self._garbage_bytes, in_use
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        tasks = [t for t in (self._gc_task, *self._background) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await self.conn.close()
+
+    # -- helpers ------------------------------------------------------------------------------
+
+    def _note_server_time(self, document: dict) -> None:
+        if "_ts" in document:
+            self._server_clock = (document["_ts"], time.monotonic())
+
+    def _server_now(self) -> float | None:
+        """A lower bound of the server's clock: the last write's _ts plus the time since its answer."""
+        if self._server_clock is None:
+            return None
+        ts, at = self._server_clock
+        return ts + (time.monotonic() - at)
+
+    def _spawn(self, coroutine) -> None:
+        task = asyncio.create_task(coroutine)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _delete_quietly(self, op: str, ids: list[str], partition: str) -> None:
+        for document_id in ids:
+            with contextlib.suppress(StorageError, cosmos_exceptions.CosmosHttpResponseError):
+                await self.conn.delete(op, document_id, partition)
+
+
+def _check_contiguous(docs: list[_Doc]) -> None:
+    for before, after in zip(docs, docs[1:]):
+        if after.first != before.last + 1:
+            raise LogCorruptError(f"the log is not contiguous: {before.first}..{before.last} then "
+                                  f"{after.first}..{after.last}")
+
+
+def _write_sqlite(destination: pathlib.Path, loaded: _Loaded) -> None:
+    compact = loaded.meta["compact"]
+    temporary = destination.with_name(destination.name + ".part")
+    with contextlib.suppress(FileNotFoundError):
+        temporary.unlink()
+    with contextlib.closing(sqlite3.connect(temporary)) as db:
+        db.executescript(SCHEMA)
+        with db:
+            if compact != NOT_COMPACTED:
+                db.execute("INSERT INTO meta (name, value) VALUES ('compact_revision', ?)", (compact,))
+            db.executemany("INSERT INTO base (key, kv) VALUES (?, ?)",
+                           ((key, kv.SerializeToString()) for key, kv in loaded.base.items()))
+            db.executemany("INSERT INTO log (revision, record) VALUES (?, ?)",
+                           ((r.revision, r.SerializeToString()) for doc in loaded.docs for r in doc.records
+                            if r.revision >= compact))
+            db.executemany("INSERT INTO leases (id, record) VALUES (?, ?)",
+                           ((lease.id, lease.SerializeToString()) for lease in loaded.leases))
+    os.replace(temporary, destination)
