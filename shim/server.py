@@ -84,15 +84,15 @@ class Server:
         )
 
         server = grpc.aio.server(options=grpc_options(config))
-        hub = WatchHub(store.index, store.log, lambda: store.revision, lambda: store.compact_revision,
-                       config.max_request_bytes)
+        hub = WatchHub(store.index, store.log, lambda: store.revision, lambda: store.compact_revision)
         store.on_commit(hub.on_commit)
         self.watch_hub = hub
         self._progress = asyncio.create_task(hub.notify_progress_every(config.watch_progress_notify_interval))
         servicers = [
             (KVServicer(store, headers, config.max_request_bytes, config.max_txn_ops), rpc_pb2_grpc.KVServicer,
              rpc_pb2_grpc.add_KVServicer_to_server),
-            (WatchServicer(hub, headers), rpc_pb2_grpc.WatchServicer, rpc_pb2_grpc.add_WatchServicer_to_server),
+            (WatchServicer(hub, headers, config.max_request_bytes + GRPC_OVERHEAD_BYTES), rpc_pb2_grpc.WatchServicer,
+             rpc_pb2_grpc.add_WatchServicer_to_server),
             (LeaseServicer(store, headers, config.max_request_bytes), rpc_pb2_grpc.LeaseServicer,
              rpc_pb2_grpc.add_LeaseServicer_to_server),
             (ClusterServicer(headers, lambda: [this_member]), rpc_pb2_grpc.ClusterServicer,

@@ -8,14 +8,16 @@ import logging
 from cosmos_etcd_shim.api.header import ResponseHeaders
 from cosmos_etcd_shim.mvcc.watch import WatchHub
 from cosmos_etcd_shim.proto import rpc_pb2_grpc
+from cosmos_etcd_shim.proto.rpc_pb2 import WatchResponse
 
 logger = logging.getLogger(__name__)
 
 
 class WatchServicer(rpc_pb2_grpc.WatchServicer):
-    def __init__(self, hub: WatchHub, headers: ResponseHeaders) -> None:
+    def __init__(self, hub: WatchHub, headers: ResponseHeaders, fragment_bytes: int) -> None:
         self.hub = hub
         self.headers = headers
+        self.fragment_bytes = fragment_bytes
 
     async def Watch(self, request_iterator, context):
         stream = self.hub.open_stream()
@@ -33,7 +35,11 @@ class WatchServicer(rpc_pb2_grpc.WatchServicer):
                     return
                 # Watch responses carry the revision the hub gave them (0 for a compacted cancel).
                 self.headers.fill_identity(message.header)
-                yield message
+                if stream.wants_fragments(message.watch_id):
+                    for fragment in fragments(message, self.fragment_bytes):
+                        yield fragment
+                else:
+                    yield message
         finally:
             requests.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -50,3 +56,26 @@ class WatchServicer(rpc_pb2_grpc.WatchServicer):
                 stream.cancel(request.cancel_request.watch_id)
             elif kind == "progress_request":
                 stream.request_progress()
+
+
+def fragments(response: WatchResponse, limit: int) -> list[WatchResponse]:
+    """etcd's sendFragments: a response of ``limit`` bytes or more with several events becomes
+    pieces that stay under ``limit`` (a single event may exceed it), all but the last marked
+    ``fragment``."""
+    if response.ByteSize() < limit or len(response.events) < 2:
+        return [response]
+    pieces = []
+    events = list(response.events)
+    while events:
+        piece = WatchResponse(header=response.header, watch_id=response.watch_id, fragment=True)
+        taken = 0
+        for event in events:
+            piece.events.append(event)
+            if len(piece.events) > 1 and piece.ByteSize() >= limit:
+                del piece.events[-1]
+                break
+            taken += 1
+        events = events[taken:]
+        pieces.append(piece)
+    pieces[-1].fragment = False
+    return pieces

@@ -11,8 +11,8 @@ responses. Each watcher has a cursor, ``next_revision``: the first revision it h
   becomes synced again when its cursor reaches the store's revision. A slow client therefore
   costs a bounded queue, not memory that grows with the write rate, and never slows the others.
 
-One revision's events always travel in one response (unless the client asked for fragments), and
-a response never holds a revision twice, so watches are ordered, unique, reliable and atomic as
+One revision's events always travel in one response (the API layer splits it only for a client
+that asked for fragments), and a response never holds a revision twice, so watches are ordered, unique, reliable and atomic as
 etcd's are. A watcher whose cursor falls below the compact revision is cancelled with
 ``compact_revision`` set, as etcd does.
 """
@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 
 from cosmos_etcd_shim import metrics
 from cosmos_etcd_shim.mvcc.index import KeyIndex
@@ -56,6 +56,8 @@ class Watcher:
     no_put: bool
     no_delete: bool
     synced: bool = False
+    # Cancelled because its history was compacted; its id stays taken until the client cancels it.
+    compacted: bool = False
     # Whether anything was sent since the last periodic progress notification.
     active: bool = False
 
@@ -73,13 +75,11 @@ class Watcher:
 class WatchHub:
     """All watch streams of one server, fed by the store's commits."""
 
-    def __init__(self, index: KeyIndex, log: RevisionLog, current_revision, compact_revision,
-                 max_response_bytes: int) -> None:
+    def __init__(self, index: KeyIndex, log: RevisionLog, current_revision, compact_revision) -> None:
         self.index = index
         self.log = log
         self._current_revision = current_revision
         self._compact_revision = compact_revision
-        self.max_response_bytes = max_response_bytes
         self.streams: set[WatchStream] = set()
 
     @property
@@ -125,6 +125,7 @@ class WatchStream:
         self._outbound: asyncio.Queue[WatchResponse] = asyncio.Queue()
         self._drained = asyncio.Event()
         self._next_id = 0
+        self._progress_requested = False
         self._catching_up = asyncio.Event()
         self._catch_up_task = asyncio.create_task(self._catch_up_forever(), name="watch-catch-up")
 
@@ -172,8 +173,18 @@ class WatchStream:
             self.send(WatchResponse(watch_id=watch_id, canceled=True), self.hub.revision)
 
     def request_progress(self) -> None:
-        """etcd 3.5.13+/3.6: one response with watch_id -1 once every watcher here is synced."""
-        if all(w.synced for w in self.watchers.values()):
+        """etcd 3.5.13+/3.6: one response with watch_id -1 once every watcher here is synced.
+
+        If some watcher is still catching up, the answer waits until none is: its header revision
+        then promises that every event up to it was sent (kube-apiserver's consistent reads).
+        """
+        self._progress_requested = True
+        if not self._lagging():
+            self._answer_pending_progress()
+
+    def _answer_pending_progress(self) -> None:
+        if self._progress_requested:
+            self._progress_requested = False
             self.send(WatchResponse(watch_id=PROGRESS_RESPONSE_ID), self.hub.revision)
 
     def close(self) -> None:
@@ -186,6 +197,10 @@ class WatchStream:
     def send(self, response: WatchResponse, revision: int) -> None:
         response.header.revision = revision
         self._outbound.put_nowait(response)
+
+    def wants_fragments(self, watch_id: int) -> bool:
+        watcher = self.watchers.get(watch_id)
+        return watcher is not None and watcher.fragment
 
     def end(self) -> None:
         self._outbound.put_nowait(END_OF_STREAM)
@@ -228,8 +243,7 @@ class WatchStream:
         watcher.next_revision = last + 1
         if events:
             watcher.active = True
-            for response in self._responses(watcher, events):
-                self.send(response, header_revision)
+            self.send(WatchResponse(watch_id=watcher.id, events=events), header_revision)
 
     def _event_for(self, watcher: Watcher, event: Event, revision: int) -> Event:
         if not watcher.prev_kv:
@@ -240,21 +254,6 @@ class WatchStream:
         if previous is not None:
             with_prev.prev_kv.CopyFrom(previous)
         return with_prev
-
-    def _responses(self, watcher: Watcher, events: Sequence[Event]) -> Iterable[WatchResponse]:
-        """One response; or, for a watcher that asked for fragments, pieces under the size limit."""
-        if not watcher.fragment:
-            yield WatchResponse(watch_id=watcher.id, events=events)
-            return
-        limit = self.hub.max_response_bytes
-        piece, size = [], 0
-        for event in events:
-            if piece and size + event.ByteSize() > limit:
-                yield WatchResponse(watch_id=watcher.id, events=piece, fragment=True)
-                piece, size = [], 0
-            piece.append(event)
-            size += event.ByteSize()
-        yield WatchResponse(watch_id=watcher.id, events=piece)
 
     # -- catching up from the log -------------------------------------------------------------
 
@@ -274,17 +273,18 @@ class WatchStream:
         while self._congested():  # the client is not reading: wait until it has read half
             self._drained.clear()
             await self._drained.wait()
-        lagging = [w for w in self.watchers.values() if not w.synced]
+        lagging = self._lagging()
         if not lagging:
+            self._answer_pending_progress()
             return False
         hub = self.hub
         compact_revision = hub._compact_revision()
         for watcher in lagging:
             if watcher.next_revision < compact_revision:
-                del self.watchers[watcher.id]
+                watcher.compacted = True
                 # As etcd: no reason and no header revision; clients read compact_revision.
                 self.send(WatchResponse(watch_id=watcher.id, canceled=True, compact_revision=compact_revision), 0)
-        lagging = [w for w in lagging if w.id in self.watchers]
+        lagging = [w for w in lagging if not w.compacted]
         if not lagging:
             return False
         start = min(w.next_revision for w in lagging)
@@ -300,4 +300,10 @@ class WatchStream:
             if watcher.next_revision > current or not records or records[-1].revision == current:
                 watcher.next_revision = max(watcher.next_revision, current + 1)
                 watcher.synced = True
-        return any(not w.synced for w in self.watchers.values())
+        if self._lagging():
+            return True
+        self._answer_pending_progress()
+        return False
+
+    def _lagging(self) -> list[Watcher]:
+        return [w for w in self.watchers.values() if not w.synced and not w.compacted]

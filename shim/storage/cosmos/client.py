@@ -227,15 +227,28 @@ class CosmosConnection:
 
     async def query(self, op: str, sql: str, parameters: dict[str, Any], partition: str,
                     max_item_count: int = 100) -> list[dict]:
-        """All results of a partition-scoped query (the partition key must be in its WHERE too)."""
+        """All results of a partition-scoped query (the partition key must be in its WHERE too).
+
+        Page by page, each page one request with its own timeout and retries (resumed from the
+        continuation token), so a long result is not one all-or-nothing request.
+        """
         params = [{"name": name, "value": value} for name, value in parameters.items()]
+        results: list[dict] = []
+        token: str | None = None
+        while True:
+            async def page(token=token) -> tuple[list[dict], str | None]:
+                pages = self.container.query_items(sql, parameters=params, partition_key=partition,
+                                                   max_item_count=max_item_count).by_page(token)
+                try:
+                    items = await pages.__anext__()
+                except StopAsyncIteration:
+                    return [], None
+                return [item async for item in items], pages.continuation_token
 
-        async def run() -> list[dict]:
-            items = self.container.query_items(sql, parameters=params, partition_key=partition,
-                                               max_item_count=max_item_count)
-            return [item async for item in items]
-
-        return await self.call(op, run)
+            items, token = await self.call(op, page)
+            results.extend(items)
+            if not token:
+                return results
 
     async def read_by_id(self, op: str, document_id: str, partition: str) -> dict | None:
         """The document or None. A query, not a point read: the local test server answers a point

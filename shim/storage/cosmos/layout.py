@@ -51,7 +51,7 @@ META_ID = "meta"
 
 # Only the fields that queries filter or sort on are indexed; the payloads (large base64
 # strings) are not, which keeps the RU charge of a write close to its size alone.
-INDEXED_FIELDS = ("kind", "r", "e", "s", "g")
+INDEXED_FIELDS = ("kind", "r", "e", "s", "g", "o", "w")
 INDEXING_POLICY = {
     "indexingMode": "consistent",
     "automatic": True,

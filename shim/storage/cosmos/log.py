@@ -127,11 +127,15 @@ class _Loaded:
 class CosmosLog(RevisionLog):
     """The revision log in a Cosmos DB container (see the module docstring for the model)."""
 
+    #: Several shim replicas append to one container: the store tails the log and syncs reads.
+    shared = True
+
     def __init__(self, endpoint: str, *, key: str | None = None, credential: Any = None,
                  database: str = layout.DEFAULT_DATABASE, container: str = layout.DEFAULT_CONTAINER,
                  create: bool = True, insecure_skip_tls_verify: bool = False,
                  fence_seconds: float = DEFAULT_FENCE_SECONDS, request_timeout: float = 10.0,
-                 retry_deadline: float = 30.0, stats: CosmosStats | None = None) -> None:
+                 retry_deadline: float = 30.0, stats: CosmosStats | None = None,
+                 poll_interval: float = RevisionLog.poll_interval) -> None:
         if fence_seconds < 0:
             raise ValueError("fence_seconds must not be negative")
         self.conn = CosmosConnection(endpoint, key=key, credential=credential, database=database,
@@ -139,6 +143,7 @@ class CosmosLog(RevisionLog):
                                      insecure_skip_tls_verify=insecure_skip_tls_verify,
                                      request_timeout=request_timeout, retry_deadline=retry_deadline, stats=stats)
         self.fence_seconds = fence_seconds
+        self.poll_interval = poll_interval  # one query per poll on an idle replica
         self._head = INITIAL_REVISION
         self._head_known_at = -math.inf  # monotonic time we last learned that nothing follows _head
         self._compact = NOT_COMPACTED
@@ -168,6 +173,11 @@ class CosmosLog(RevisionLog):
     async def open(self) -> RecoveredState:
         await self.conn.connect()
         await self._ensure_meta()
+        return await self.reload()
+
+    async def reload(self) -> RecoveredState:
+        """Read the whole state again (base, log, leases) on the open connection: what a replica
+        does after :class:`LogCompactedError` (another replica compacted past its revision)."""
         loaded = await self._load("open")
         self._adopt(loaded.meta)
         compact = loaded.meta["compact"]
@@ -274,7 +284,7 @@ class CosmosLog(RevisionLog):
             self._forget_chunks(document_id, nonce, len(packed.chunks))
             raise LogConflictError(f"revision {first} exists already") from None
         self._note_server_time(stored)
-        if False:
+        if time.monotonic() - knowledge >= self.fence_seconds / 2:
             await self._verify_not_below_compaction(document_id, first, nonce, len(packed.chunks))
         self._head = last
         self._head_known_at = sent_at
