@@ -49,6 +49,21 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--backend", choices=cfg.BACKENDS, default=defaults.backend,
                        help="where the data lives (default: %(default)s)")
 
+    cosmos = serve.add_argument_group(
+        "Cosmos DB backend (--backend cosmos)",
+        f"The account key comes from ${cfg.COSMOS_KEY_VARIABLE} or --cosmos-key-file; without one, Entra ID "
+        "through DefaultAzureCredential (workload identity, managed identity, environment, Azure CLI).")
+    cosmos.add_argument("--cosmos-endpoint", default="", help="the account endpoint, https://<account>.documents.azure.com:443/")
+    cosmos.add_argument("--cosmos-database", default=defaults.cosmos_database, help="database (default: %(default)s)")
+    cosmos.add_argument("--cosmos-container", default=defaults.cosmos_container, help="container (default: %(default)s)")
+    cosmos.add_argument("--cosmos-key-file", default="", help="file holding the account key")
+    cosmos.add_argument("--cosmos-insecure-skip-tls-verify", action="store_true",
+                        help="accept a self-signed certificate (local test servers only)")
+    cosmos.add_argument("--cosmos-no-create", action="store_true",
+                        help="fail instead of creating the database and container when absent")
+    cosmos.add_argument("--cosmos-poll-interval", type=float, default=defaults.cosmos_poll_interval,
+                        help="seconds between reads of the log for other replicas' writes when idle (default: %(default)s)")
+
     commands.add_parser("version", help="print the version")
     return parser
 
@@ -81,6 +96,13 @@ def _serve(args: argparse.Namespace) -> int:
             watch_progress_notify_interval=cfg.parse_duration(args.watch_progress_notify_interval),
             log_level=args.log_level,
             backend=args.backend,
+            cosmos_endpoint=args.cosmos_endpoint,
+            cosmos_database=args.cosmos_database,
+            cosmos_container=args.cosmos_container,
+            cosmos_key_file=args.cosmos_key_file,
+            cosmos_insecure_skip_tls_verify=args.cosmos_insecure_skip_tls_verify,
+            cosmos_no_create=args.cosmos_no_create,
+            cosmos_poll_interval=args.cosmos_poll_interval,
         )
     except cfg.ConfigError as e:
         print(f"cosmos-etcd serve: error: {e}", file=sys.stderr)

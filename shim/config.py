@@ -5,11 +5,15 @@ import dataclasses
 import re
 import urllib.parse
 
+from cosmos_etcd_shim.storage.cosmos import layout
+
 DEFAULT_MAX_REQUEST_BYTES = 1536 * 1024  # etcd's 1.5 MiB
 DEFAULT_MAX_TXN_OPS = 128
 DEFAULT_QUOTA_BACKEND_BYTES = 2 * 1024**3  # etcd's default quota, 2 GiB
 DEFAULT_WATCH_PROGRESS_NOTIFY_INTERVAL = 600.0  # etcd's 10m
-BACKENDS = ("embedded",)
+BACKENDS = ("embedded", "cosmos")
+# The environment variable that carries a Cosmos DB account key (never a flag: flags show in ps).
+COSMOS_KEY_VARIABLE = "COSMOS_ETCD_COSMOS_KEY"
 
 
 class ConfigError(ValueError):
@@ -30,6 +34,13 @@ class ServeConfig:
     watch_progress_notify_interval: float = DEFAULT_WATCH_PROGRESS_NOTIFY_INTERVAL
     log_level: str = "info"
     backend: str = "embedded"
+    cosmos_endpoint: str = ""
+    cosmos_database: str = layout.DEFAULT_DATABASE
+    cosmos_container: str = layout.DEFAULT_CONTAINER
+    cosmos_key_file: str = ""
+    cosmos_insecure_skip_tls_verify: bool = False
+    cosmos_no_create: bool = False
+    cosmos_poll_interval: float = 0.1
 
     def __post_init__(self) -> None:
         if not self.data_dir:
@@ -46,6 +57,12 @@ class ServeConfig:
             raise ConfigError("--watch-progress-notify-interval must be positive")
         for url in (*self.listen_client_urls, *self.advertise_client_urls, *self.listen_metrics_urls):
             host_port(url)
+        if self.backend == "cosmos":
+            scheme = urllib.parse.urlsplit(self.cosmos_endpoint).scheme
+            if scheme not in ("http", "https"):
+                raise ConfigError("--backend cosmos needs --cosmos-endpoint https://<account>.documents.azure.com:443/")
+            if self.cosmos_poll_interval <= 0:
+                raise ConfigError("--cosmos-poll-interval must be positive")
 
     @property
     def listen_addresses(self) -> list[str]:

@@ -34,3 +34,5 @@ def configure(level: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(LEVELS[level])
+    # The Azure SDK logs every HTTP request at INFO: only at debug level is that wanted.
+    logging.getLogger("azure").setLevel(logging.DEBUG if level == "debug" else logging.WARNING)

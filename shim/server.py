@@ -5,6 +5,8 @@ import asyncio
 import contextlib
 import errno
 import logging
+import os
+import pathlib
 import signal
 import socket
 
@@ -20,11 +22,11 @@ from cosmos_etcd_shim.api.kv import KVServicer
 from cosmos_etcd_shim.api.lease import LeaseServicer
 from cosmos_etcd_shim.api.watch import WatchServicer
 from cosmos_etcd_shim.api.maintenance import MaintenanceServicer, ServerInfo
-from cosmos_etcd_shim.config import ServeConfig
+from cosmos_etcd_shim.config import COSMOS_KEY_VARIABLE, ServeConfig
 from cosmos_etcd_shim.mvcc.store import MVCCStore
 from cosmos_etcd_shim.mvcc.watch import WatchHub
 from cosmos_etcd_shim.proto import rpc_pb2, rpc_pb2_grpc
-from cosmos_etcd_shim.storage import StorageError, RevisionLog
+from cosmos_etcd_shim.storage import RevisionLog, StorageError
 from cosmos_etcd_shim.storage.embedded import EmbeddedLog
 
 logger = logging.getLogger(__name__)
@@ -39,8 +41,48 @@ class StartupError(Exception):
     """The server cannot start; the message is the one line the user sees."""
 
 
+# Replicas on a shared log record themselves this often, and are listed while this recent.
+HEARTBEAT_SECONDS = 3.0
+MEMBER_MAX_AGE_SECONDS = 10.0
+
+
 def open_backend(config: ServeConfig) -> RevisionLog:
-    return EmbeddedLog(config.data_dir)
+    if config.backend == "embedded":
+        return EmbeddedLog(config.data_dir)
+    from cosmos_etcd_shim.storage.cosmos import CosmosLog  # the Azure SDK only when it is used
+
+    key = _cosmos_key(config)
+    credential = None
+    if key is None:
+        from azure.identity.aio import DefaultAzureCredential
+
+        credential = DefaultAzureCredential()
+    if config.cosmos_endpoint.startswith("http://"):
+        logger.warning("Cosmos DB endpoint without TLS: only for local test servers",
+                       extra={"endpoint": config.cosmos_endpoint})
+    if config.cosmos_insecure_skip_tls_verify:
+        logger.warning("Cosmos DB certificate not verified: only for local test servers",
+                       extra={"endpoint": config.cosmos_endpoint})
+    return CosmosLog(config.cosmos_endpoint, key=key, credential=credential, database=config.cosmos_database,
+                     container=config.cosmos_container, create=not config.cosmos_no_create,
+                     insecure_skip_tls_verify=config.cosmos_insecure_skip_tls_verify,
+                     poll_interval=config.cosmos_poll_interval)
+
+
+def _cosmos_key(config: ServeConfig) -> str | None:
+    if config.cosmos_key_file:
+        try:
+            return pathlib.Path(config.cosmos_key_file).read_text().strip()
+        except OSError as e:
+            raise StartupError(f"cannot read --cosmos-key-file {config.cosmos_key_file}: {e.strerror}") from None
+    return os.environ.get(COSMOS_KEY_VARIABLE) or None
+
+
+def identity_of(config: ServeConfig) -> member.MemberIdentity:
+    if config.backend == "embedded":
+        return member.load_or_create(config.data_dir)
+    return member.for_shared_log(config.name, config.cosmos_endpoint, config.cosmos_database,
+                                 config.cosmos_container)
 
 
 def grpc_options(config: ServeConfig) -> list[tuple[str, int]]:
@@ -61,6 +103,8 @@ class Server:
         self.grpc_server: grpc.aio.Server | None = None
         self.health = health.aio.HealthServicer()
         self._progress: asyncio.Task | None = None
+        self._heartbeats: asyncio.Task | None = None
+        self._members: list[rpc_pb2.Member] = []
         self.watch_hub: WatchHub | None = None
 
     async def start(self) -> None:
@@ -70,11 +114,11 @@ class Server:
         self.store = store = MVCCStore(open_backend(config))
         try:
             await store.open()
-            identity = member.load_or_create(config.data_dir)
-        except (StorageError, OSError) as e:
+            identity = identity_of(config)
+        except Exception as e:  # storage, credentials, files: the user's to fix, in one line
             await store.close()
             self.store = None
-            raise StartupError(str(e)) from None
+            raise StartupError(f"cannot open the {config.backend} store: {e}") from None
         headers = ResponseHeaders(identity.cluster_id, identity.member_id, lambda: store.revision)
         this_member = rpc_pb2.Member(
             ID=identity.member_id,
@@ -82,6 +126,8 @@ class Server:
             peerURLs=config.initial_advertise_peer_urls,
             clientURLs=config.advertise_client_urls,
         )
+        self._members = [this_member]
+        self._heartbeats = asyncio.create_task(self._heartbeat_forever(this_member))
 
         server = grpc.aio.server(options=grpc_options(config))
         hub = WatchHub(store.index, store.log, lambda: store.revision, lambda: store.compact_revision)
@@ -95,7 +141,7 @@ class Server:
              rpc_pb2_grpc.add_WatchServicer_to_server),
             (LeaseServicer(store, headers, config.max_request_bytes), rpc_pb2_grpc.LeaseServicer,
              rpc_pb2_grpc.add_LeaseServicer_to_server),
-            (ClusterServicer(headers, lambda: [this_member]), rpc_pb2_grpc.ClusterServicer,
+            (ClusterServicer(headers, lambda: self._members), rpc_pb2_grpc.ClusterServicer,
              rpc_pb2_grpc.add_ClusterServicer_to_server),
             (MaintenanceServicer(store, headers, ServerInfo(ETCD_VERSION, ETCD_CLUSTER_VERSION,
                                                             config.quota_backend_bytes)),
@@ -120,10 +166,27 @@ class Server:
             "member_id": f"{identity.member_id:x}", "cluster_id": f"{identity.cluster_id:x}",
         })
 
+    async def _heartbeat_forever(self, this_member: rpc_pb2.Member) -> None:
+        """Record this member and learn the others (MemberList) on a shared log."""
+        record = {"id": this_member.ID, "name": this_member.name, "peerURLs": list(this_member.peerURLs),
+                  "clientURLs": list(this_member.clientURLs)}
+        while True:
+            try:
+                await self.store.log.heartbeat(record)
+                live = await self.store.log.members(MEMBER_MAX_AGE_SECONDS)
+            except StorageError as e:
+                logger.warning("member heartbeat failed", extra={"error": str(e)})
+            else:
+                members = [rpc_pb2.Member(ID=m["id"], name=m["name"], peerURLs=m["peerURLs"],
+                                          clientURLs=m["clientURLs"]) for m in live]
+                self._members = sorted(members, key=lambda m: m.name) or [this_member]
+            await asyncio.sleep(HEARTBEAT_SECONDS)
+
     async def stop(self) -> None:
-        if self._progress is not None:
-            self._progress.cancel()
-            self._progress = None
+        for task in (self._progress, self._heartbeats):
+            if task is not None:
+                task.cancel()
+        self._progress = self._heartbeats = None
         if self.grpc_server is not None:
             await self.health.enter_graceful_shutdown()
             # Watch streams never end by themselves: end them now, as etcd does, so that the
@@ -171,7 +234,11 @@ async def serve(config: ServeConfig) -> None:
     server = Server(config)
     try:
         await server.start()
-        await stopping.wait()
+        signalled = asyncio.create_task(stopping.wait())
+        await asyncio.wait([signalled, server.store.failed], return_when=asyncio.FIRST_COMPLETED)
+        if not signalled.done():
+            signalled.cancel()
+            raise StartupError(f"stopping: {server.store.failed.result()}")
         logger.info("received a signal, shutting down")
     finally:
         await server.stop()

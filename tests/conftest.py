@@ -25,6 +25,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from tests.harness import processes  # noqa: E402
+from tests.harness import backends  # noqa: E402
 from tests.harness.backends import BACKENDS  # noqa: E402
 from tests.harness.differential import Connection  # noqa: E402
 
@@ -62,9 +63,9 @@ def shim_server(request, tmp_path_factory):
     if ORACLE_VS_ORACLE:
         server = processes.start_etcd(workdir, extra_args=ETCD_ARGS)
     else:
-        server = processes.start_shim(workdir, backend=request.param)
+        server = backends.start_shim_on(request.param, workdir)
     yield server
-    server.stop()
+    server.stop_with_companions()
 
 
 @pytest.fixture(scope="session")

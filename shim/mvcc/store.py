@@ -42,7 +42,7 @@ from cosmos_etcd_shim.proto.rpc_pb2 import (
     TxnResponse,
 )
 from cosmos_etcd_shim.proto.storage_pb2 import Revision
-from cosmos_etcd_shim.storage import LogConflictError, RevisionLog, StorageError
+from cosmos_etcd_shim.storage import LogCompactedError, LogConflictError, RevisionLog, StorageError
 from cosmos_etcd_shim.storage.base import INITIAL_REVISION
 
 logger = logging.getLogger(__name__)
@@ -74,6 +74,8 @@ class MVCCStore:
         self._tasks: list[asyncio.Task] = []
         self.leases = Lessor(log)
         self._listeners: list[Callable[[list[Revision]], None]] = [self.leases.on_commit]
+        #: Resolved with a reason when this store can no longer serve (it fell behind a compaction).
+        self.failed: asyncio.Future = asyncio.get_running_loop().create_future()
 
     # -- life cycle ---------------------------------------------------------------------------
 
@@ -294,10 +296,21 @@ class MVCCStore:
 
     async def _catch_up(self) -> None:
         self._apply_records(await self.log.read_after(self.revision))
+        if self.log.compact_revision > self.compact_revision:  # another writer compacted
+            self.compact_revision = self.log.compact_revision
+            metrics.COMPACT_REVISION.set(self.compact_revision)
+            self.index.compact(self.compact_revision)
 
     async def _catch_up_quietly(self) -> bool:
         try:
             await self._catch_up()
+        except LogCompactedError as e:
+            # Another writer compacted past what this store has applied: its watchers would miss
+            # events. Stop; a restarted server loads the compacted base (crash-only recovery).
+            logger.error("fell behind a compaction of the shared log", extra={"error": str(e)})
+            if not self.failed.done():
+                self.failed.set_result(f"fell behind a compaction of the shared log: {e}")
+            return False
         except StorageError as e:
             logger.warning("cannot tail the log", extra={"error": str(e)})
             return False

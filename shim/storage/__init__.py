@@ -3,6 +3,12 @@
 The MVCC core is written once against :class:`RevisionLog`; each backend (``embedded``: SQLite
 in a local data directory; ``cosmos``: Azure Cosmos DB) implements it in a module of its own.
 """
-from cosmos_etcd_shim.storage.base import LogConflictError, RecoveredState, RevisionLog, StorageError
+from cosmos_etcd_shim.storage.base import (
+    LogCompactedError,
+    LogConflictError,
+    RecoveredState,
+    RevisionLog,
+    StorageError,
+)
 
-__all__ = ["LogConflictError", "RecoveredState", "RevisionLog", "StorageError"]
+__all__ = ["LogCompactedError", "LogConflictError", "RecoveredState", "RevisionLog", "StorageError"]

@@ -31,6 +31,10 @@ class LogConflictError(StorageError):
     """The first revision of an append already exists in the log: catch up and retry."""
 
 
+class LogCompactedError(StorageError):
+    """The records asked for were compacted away (by another writer) before this one read them."""
+
+
 @dataclasses.dataclass
 class RecoveredState:
     """What a backend holds: the base at the compact revision, and the log after it."""
@@ -48,6 +52,12 @@ class RevisionLog(abc.ABC):
     shared: bool = False
     #: How often a shared log is read for other writers' revisions when this server is idle.
     poll_interval: float = 0.1
+
+    @property
+    @abc.abstractmethod
+    def compact_revision(self) -> int:
+        """The compact revision as this instance last saw it (with a shared log, another writer
+        may have compacted; the store follows after each catch-up)."""
 
     @abc.abstractmethod
     async def open(self) -> RecoveredState:
@@ -84,6 +94,15 @@ class RevisionLog(abc.ABC):
     @abc.abstractmethod
     def size(self) -> tuple[int, int]:
         """(bytes the backend occupies, bytes in use): Status' dbSize and dbSizeInUse."""
+
+    async def heartbeat(self, member: dict) -> None:
+        """Record this server as alive (a shared log lists every live server in MemberList)."""
+        self._member = member
+
+    async def members(self, max_age_seconds: float) -> list[dict]:
+        """The servers whose heartbeat is at most ``max_age_seconds`` old."""
+        member = getattr(self, "_member", None)
+        return [member] if member is not None else []
 
     @abc.abstractmethod
     async def close(self) -> None:

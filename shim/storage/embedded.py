@@ -55,10 +55,15 @@ class EmbeddedLog(RevisionLog):
         self._db: sqlite3.Connection | None = None
         self._lock_fd: int | None = None
         self._head = INITIAL_REVISION
+        self._compacted_at = NOT_COMPACTED
         self._free_bytes = 0
 
     async def _run(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    @property
+    def compact_revision(self) -> int:
+        return self._compacted_at
 
     async def open(self) -> RecoveredState:
         return await self._run(self._open)
@@ -81,7 +86,7 @@ class EmbeddedLog(RevisionLog):
         except sqlite3.Error as e:
             raise DataDirError(f"cannot open the database in {self.data_dir}: {e}") from None
         self._db = db
-        compact_revision = self._compact_revision()
+        compact_revision = self._compacted_at = self._compact_revision()
         base = [KeyValue.FromString(blob) for (blob,) in db.execute("SELECT kv FROM base ORDER BY key")]
         revisions = [Revision.FromString(blob) for (blob,) in db.execute("SELECT record FROM log ORDER BY revision")]
         leases = [Lease.FromString(blob) for (blob,) in db.execute("SELECT record FROM leases")]
@@ -133,6 +138,7 @@ class EmbeddedLog(RevisionLog):
                                  ((k, kv.SerializeToString()) for k, kv in changed.items()))
             self._db.execute("DELETE FROM log WHERE revision < ?", (revision,))
             self._db.execute("INSERT OR REPLACE INTO meta (name, value) VALUES ('compact_revision', ?)", (revision,))
+        self._compacted_at = revision
         self._measure_free_pages()
 
     async def save_lease(self, lease: Lease) -> None:

@@ -28,7 +28,7 @@ import pytest
 from google.protobuf import text_format
 
 from cosmos_etcd_shim.proto import rpc_pb2 as pb
-from tests.harness import processes
+from tests.harness import backends, processes
 from tests.harness.backends import BACKENDS
 from tests.harness.differential import Connection, Mismatch, normalise_response, op_delete, op_put, prefix_end
 from tests.harness.watch_streams import WatchStream, check_atomic, is_progress
@@ -566,14 +566,14 @@ def tuned_connection(request, tmp_path_factory):
         if ORACLE_VS_ORACLE:
             subject = processes.start_etcd(workdir, extra_args=etcd_args)
         else:
-            subject = processes.start_shim(workdir, backend=request.param, extra_args=shim_args)
+            subject = backends.start_shim_on(request.param, workdir, extra_args=shim_args)
     except BaseException:
         etcd.stop()
         raise
     connection = Connection(etcd, subject)
     yield connection
     connection.close()
-    subject.stop()
+    subject.stop_with_companions()
     etcd.stop()
 
 

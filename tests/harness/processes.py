@@ -39,6 +39,8 @@ class Server:
     process: subprocess.Popen
     log_path: pathlib.Path
     argv: list[str]
+    # Processes this one needs (e.g. its Cosmos server): stopped after it.
+    companions: list = dataclasses.field(default_factory=list)
 
     @property
     def url(self) -> str:
@@ -54,6 +56,12 @@ class Server:
                 os.kill(self.process.pid, signal.SIGKILL)
                 self.process.wait(timeout)
         return self.process.returncode
+
+    def stop_with_companions(self) -> int:
+        code = self.stop()
+        for companion in self.companions:
+            companion.stop()
+        return code
 
     def kill(self) -> int:
         """kill -9: no chance to flush or clean up."""
@@ -127,7 +135,8 @@ def shim_argv(data_dir: pathlib.Path, port: int, extra_args: list[str] = ()) -> 
 
 
 def start_shim(workdir: pathlib.Path, backend: str = "embedded", extra_args: list[str] = (),
-               data_dir: pathlib.Path | None = None, port: int | None = None) -> Server:
+               data_dir: pathlib.Path | None = None, port: int | None = None,
+               env: dict[str, str] | None = None) -> Server:
     """The shim as its own process (`python -m cosmos_etcd_shim serve`), on the given backend.
 
     Pass the data_dir (and port) of a stopped shim to restart it on the same data.
@@ -135,7 +144,7 @@ def start_shim(workdir: pathlib.Path, backend: str = "embedded", extra_args: lis
     port = port or free_port()
     data_dir = data_dir or workdir / "shim.data"
     argv = shim_argv(data_dir, port, ["--backend", backend, *extra_args])
-    return _spawn("shim", argv, workdir, f"127.0.0.1:{port}", data_dir)
+    return _spawn("shim", argv, workdir, f"127.0.0.1:{port}", data_dir, env)
 
 
 @contextlib.contextmanager

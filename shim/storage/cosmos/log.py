@@ -77,6 +77,7 @@ from cosmos_etcd_shim.proto.kv_pb2 import Event, KeyValue
 from cosmos_etcd_shim.proto.storage_pb2 import Lease, Revision
 from cosmos_etcd_shim.storage.base import (
     INITIAL_REVISION,
+    LogCompactedError,
     LogConflictError,
     RecoveredState,
     RevisionLog,
@@ -95,10 +96,6 @@ LOAD_ATTEMPTS = 8
 COMPACT_ATTEMPTS = 8
 FULL_CHECKPOINT_MIN_BYTES = 64 * 1024
 CHUNK_WRITE_CONCURRENCY = 4
-
-
-class LogCompactedError(StorageError):
-    """The records asked for were compacted away (by another replica): reload from the base."""
 
 
 class LogCorruptError(StorageError):
