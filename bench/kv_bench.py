@@ -4,7 +4,7 @@
 
 For each server (a fresh process with a temporary data dir, started by tests/harness/processes.py):
 
-  a. `etcdctl check perf --load=s` (etcd's own write benchmark; 60 s a server, skipped by --quick
+  a. `etcdctl check perf --load=s` and `--load=l` (etcd's own write benchmark, a Go client; 60 s each a server, skipped by --quick
      unless --check-perf is given): PASS/FAIL, throughput, slowest request, stddev;
   b. put and get throughput and p50/p99 latency with 16 and 64 concurrent clients (asyncio gRPC
      clients using the shim's generated stubs over a few shared connections, for a fixed duration);
@@ -245,8 +245,9 @@ def bench_server(kind: str, args, workdir: pathlib.Path, profile: str | None, ou
         result["fill_seconds"] = round(asyncio.run(fill(server.endpoint, args.keys, args.value_size)), 2)
         result["memory_loaded_kib"] = memory(pid)
         if args.check_perf:
-            print(f"[{kind}] etcdctl check perf --load=s (60 s)", file=sys.stderr)
-            result["check_perf"] = check_perf(server.endpoint)
+            for load_name in args.check_perf_loads:
+                print(f"[{kind}] etcdctl check perf --load={load_name} (60 s)", file=sys.stderr)
+                result[f"check_perf_{load_name}"] = check_perf(server.endpoint, load_name)
         with Profiler(profile if kind == "shim" else None, pid, out_dir) as profiler:
             for op in ("put", "get"):
                 for clients in args.clients:
@@ -283,9 +284,11 @@ def rows(results: dict, args) -> list[tuple[str, float | None, float | None, boo
 
     out = []
     if args.check_perf:
-        out += [("check perf: writes/s", get("etcd", "check_perf", "writes_per_s"), get("shim", "check_perf", "writes_per_s"), True),
-                ("check perf: slowest request (s)", get("etcd", "check_perf", "slowest_s"), get("shim", "check_perf", "slowest_s"), False),
-                ("check perf: stddev (s)", get("etcd", "check_perf", "stddev_s"), get("shim", "check_perf", "stddev_s"), False)]
+        for load_name in args.check_perf_loads:
+            key = f"check_perf_{load_name}"
+            out += [(f"check perf --load={load_name}: writes/s", get("etcd", key, "writes_per_s"), get("shim", key, "writes_per_s"), True),
+                    (f"check perf --load={load_name}: slowest request (s)", get("etcd", key, "slowest_s"), get("shim", key, "slowest_s"), False),
+                    (f"check perf --load={load_name}: stddev (s)", get("etcd", key, "stddev_s"), get("shim", key, "stddev_s"), False)]
     for op in ("put", "get"):
         for clients in args.clients:
             out += [(f"{op} x{clients}: ops/s", get("etcd", f"{op}_{clients}", "ops_per_s"), get("shim", f"{op}_{clients}", "ops_per_s"), True),
@@ -315,10 +318,10 @@ def table(results: dict, args) -> str:
     for label, e, s, _ in rows(results, args):
         ratio = f"{s / e:.2f}" if e and s is not None else "-"
         lines.append(f"| {label} | {fmt(e)} | {fmt(s)} | {ratio} |")
-    for kind in ("etcd", "shim"):
-        cp = results.get(kind, {}).get("check_perf")
+    for kind, load_name in ((k, n) for k in ("etcd", "shim") for n in args.check_perf_loads):
+        cp = results.get(kind, {}).get(f"check_perf_{load_name}")
         if cp:
-            lines.append(f"\n`etcdctl check perf --load=s` on {kind}: **{cp['verdict']}** "
+            lines.append(f"\n`etcdctl check perf --load={load_name}` on {kind}: **{cp['verdict']}** "
                          f"(throughput {'PASS' if cp.get('throughput_pass') else 'FAIL'}, "
                          f"slowest {'PASS' if cp.get('slowest_pass') else 'FAIL'}, "
                          f"stddev {'PASS' if cp.get('stddev_pass') else 'FAIL'})")
@@ -335,6 +338,9 @@ def main(argv=None) -> int:
     parser.add_argument("--servers", default="etcd,shim", help="comma-separated: etcd,shim")
     parser.add_argument("--clients", default="16,64", help="comma-separated concurrent client counts")
     parser.add_argument("--duration", type=float, help="seconds per put/get run (default 10, quick 3)")
+    parser.add_argument("--check-perf-loads", default="s,l", type=lambda v: v.split(","),
+                        help="etcdctl check perf loads to run, comma-separated (default: s,l; l is a Go client's "
+                             "throughput run with 500 clients)")
     parser.add_argument("--keys", type=int, default=10_000, help="keys loaded for the memory figure")
     parser.add_argument("--value-size", type=int, default=1024)
     parser.add_argument("--keyspace", type=int, default=1000, help="distinct keys the put/get runs use")

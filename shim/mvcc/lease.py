@@ -5,6 +5,11 @@ expiry) deletes its keys in one revision, through the store's commit pipeline so
 ordered with every other write. Granted leases are durable; on restart every lease gets its full
 TTL again, as etcd renews leases when a new leader takes over.
 
+On a log shared by several servers, a server expires only the leases it *keeps*: those granted
+or kept alive through it. Another server's lease may be kept alive there, and revoking it on a
+stale deadline would delete live keys; a lease whose server and client are both gone then stays
+until revoked (coordinated expiry across replicas is not built yet).
+
 Which keys a lease holds is derived from the committed events (a PUT attaches its key to the
 PUT's lease and detaches it from the previous one, a DELETE detaches), so it cannot drift from
 the data.
@@ -48,6 +53,7 @@ class Lessor:
         self.log = log
         self.clock = clock
         self.leases: dict[int, Lease] = {}
+        self._kept: set[int] = set()  # the leases this server expires
         self._key_lease: dict[bytes, int] = {}
         self._revoking: set[int] = set()
 
@@ -55,6 +61,8 @@ class Lessor:
         now = self.clock()
         for record in records:
             self.leases[record.id] = Lease(record.id, record.ttl, now + record.ttl)
+            if not self.log.shared:
+                self._kept.add(record.id)
         for kv in live:
             if kv.lease:
                 self._attach(kv.key, kv.lease)
@@ -77,6 +85,7 @@ class Lessor:
         if lease_id in self.leases:  # granted concurrently while this one was being saved
             raise LeaseExistsError()
         lease = self.leases[lease_id] = Lease(lease_id, ttl, self.clock() + ttl)
+        self._kept.add(lease_id)
         metrics.LEASES.set(len(self.leases))
         return lease
 
@@ -86,6 +95,7 @@ class Lessor:
         if lease is None or lease_id in self._revoking:
             return 0
         lease.expiry = self.clock() + lease.ttl
+        self._kept.add(lease_id)
         return lease.ttl
 
     def get(self, lease_id: int) -> Lease:
@@ -112,13 +122,15 @@ class Lessor:
 
     async def finish_revoke(self, lease_id: int) -> None:
         self.leases.pop(lease_id, None)
+        self._kept.discard(lease_id)
         metrics.LEASES.set(len(self.leases))
         self._revoking.discard(lease_id)
         await self.log.delete_lease(lease_id)
 
     def expired(self) -> list[int]:
         now = self.clock()
-        return [lease.id for lease in self.leases.values() if lease.expiry <= now and lease.id not in self._revoking]
+        return [lease.id for lease in self.leases.values()
+                if lease.expiry <= now and lease.id in self._kept and lease.id not in self._revoking]
 
     # -- keeping attachments in step with the data --------------------------------------------
 

@@ -311,15 +311,13 @@ def test_rejects_random_histories_with_one_corruption(seed):
     reads = [op for op in ops if op.ok and not op.wrote and op.observed and op.guard is None]
     writes = [op for op in ops if op.ok and op.wrote and op.puts and op.guard is None]
     corruption = seed % 4
-    if corruption == 0:  # a read returns an older revision's record (stale) or another state
-        op = rng.choice([r for r in reads if r.revision > 3])
-        op.revision -= 1
-        op_key = next(iter(op.observed))
-        if any(e.revision == op.revision + 1 and e.key == op_key for e in log):
-            pass  # the key changed at that revision: the observation is now wrong
-        else:
-            op.revision = op.revision  # same state: make the value wrong instead
-            op.observed = {op_key: Version(b"never", 2)}
+    if corruption == 0:  # a read that returned the key's previous record: a stale read
+        candidates = [r for r in reads if next(iter(r.observed.values())) is not None
+                      and next(iter(r.observed.values())).version > 1]
+        op = rng.choice(candidates)
+        key, seen = next(iter(op.observed.items()))
+        previous = max((e for e in log if e.key == key and e.revision < seen.mod_revision), key=lambda e: e.revision)
+        op.observed = {key: previous.record()}
     elif corruption == 1:  # an acknowledged write vanishes from the log
         op = rng.choice(writes)
         victim = next(e for e in log if e.revision == op.revision)
