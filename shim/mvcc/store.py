@@ -228,10 +228,25 @@ class MVCCStore:
                 await self._commit(batch)
 
     async def _commit(self, batch: list[_Write]) -> None:
+        # An append at head+1 proves the batch was evaluated on the latest state. A batch that
+        # writes nothing (a failed compare, a delete of nothing) has no such proof on a shared
+        # log: catch up once, and evaluate again if another writer had moved the head.
+        confirmed = not self.log.shared
         while True:
             outcomes, records = self._evaluate(batch)
             if not records:
-                break
+                if confirmed:
+                    break
+                confirmed = True
+                before = self.revision
+                try:
+                    await self._catch_up()
+                except StorageError as e:
+                    self._fail_batch(batch, e)
+                    return
+                if self.revision == before:
+                    break
+                continue
             started = time.perf_counter()
             try:
                 await self.log.append(records)
@@ -334,6 +349,8 @@ class MVCCStore:
     async def _compact(self, item: _Compaction) -> None:
         if item.future.done():
             return
+        if self.log.shared:
+            await self._catch_up_quietly()  # another writer may have moved the head or compacted
         revision = item.revision
         if revision <= self.compact_revision:
             _fail(item.future, CompactedError())

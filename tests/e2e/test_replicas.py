@@ -253,6 +253,7 @@ def history_tuple(e: lin.Event) -> tuple:
 def test_concurrent_writers_through_three_replicas_are_linearizable_and_watched_alike(cluster):
     replicas = cluster.replicas
     timings: dict[str, float] = {}
+    print(f"\nworkload seed {SEED} (set COSMOS_ETCD_TEST_SEED to repeat the same request mix)")
 
     # (c) first: a watch on the whole key space from revision 2 on every replica, before any write.
     streams: list[tuple[WatchStream, int]] = []
@@ -330,7 +331,7 @@ def test_concurrent_writers_through_three_replicas_are_linearizable_and_watched_
             stream.close()
 
     writes = sum(1 for op in ops if op.ok and op.wrote)
-    print(f"\nseed {SEED}: {report.summary()}; {writes} writes in {timings['workload']:.1f}s "
+    print(f"{report.summary()}; {writes} writes in {timings['workload']:.1f}s "
           f"({len(ops) / timings['workload']:.0f} requests/s); cas succeeded "
           f"{sum(1 for op in ops if op.ok and op.guard is not None and op.wrote)}/"
           f"{sum(1 for op in ops if op.ok and op.guard is not None)}; timings "
