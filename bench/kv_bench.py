@@ -40,6 +40,7 @@ sys.path.insert(0, str(REPO))
 import grpc  # noqa: E402
 
 from cosmos_etcd_shim.proto import rpc_pb2, rpc_pb2_grpc  # noqa: E402
+from bench.report import ratio_table  # noqa: E402
 from tests.harness import processes  # noqa: E402
 
 
@@ -305,19 +306,8 @@ def mib(kib):
     return None if kib is None else round(kib / 1024, 1)
 
 
-def fmt(v) -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, float):
-        return f"{v:,.3f}" if abs(v) < 10 else f"{v:,.1f}"
-    return f"{v:,}"
-
-
 def table(results: dict, args) -> str:
-    lines = ["| metric | etcd | shim | shim/etcd |", "|---|---:|---:|---:|"]
-    for label, e, s, _ in rows(results, args):
-        ratio = f"{s / e:.2f}" if e and s is not None else "-"
-        lines.append(f"| {label} | {fmt(e)} | {fmt(s)} | {ratio} |")
+    lines = ratio_table((label, e, s) for label, e, s, _ in rows(results, args))
     for kind, load_name in ((k, n) for k in ("etcd", "shim") for n in args.check_perf_loads):
         cp = results.get(kind, {}).get(f"check_perf_{load_name}")
         if cp:

@@ -40,6 +40,7 @@ sys.path.insert(0, str(REPO))
 import grpc  # noqa: E402
 
 from cosmos_etcd_shim.proto import rpc_pb2, rpc_pb2_grpc  # noqa: E402
+from bench.report import ratio_table  # noqa: E402
 from tests.harness import processes  # noqa: E402
 
 OPTIONS = [("grpc.max_receive_message_length", 64 * 1024 * 1024), ("grpc.use_local_subchannel_pool", 1)]
@@ -292,20 +293,8 @@ def rows(results: dict, args) -> list[tuple[str, float | None, float | None]]:
     return out
 
 
-def fmt(v) -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, float):
-        return f"{v:,.3f}" if abs(v) < 10 else f"{v:,.1f}"
-    return f"{v:,}"
-
-
 def table(results: dict, args) -> str:
-    lines = ["| metric | etcd | shim | shim/etcd |", "|---|---:|---:|---:|"]
-    for label, e, s in rows(results, args):
-        ratio = f"{s / e:.2f}" if e and s is not None else "-"
-        lines.append(f"| {label} | {fmt(e)} | {fmt(s)} | {ratio} |")
-    return "\n".join(lines)
+    return "\n".join(ratio_table(rows(results, args)))
 
 
 def main(argv=None) -> int:

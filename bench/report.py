@@ -1,0 +1,21 @@
+"""The side-by-side table every benchmark prints: each figure for etcd, the shim, and their ratio."""
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+
+def fmt(value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:,.3f}" if abs(value) < 10 else f"{value:,.1f}"
+    return f"{value:,}"
+
+
+def ratio_table(rows: Iterable[tuple[str, float | None, float | None]]) -> list[str]:
+    """Markdown lines: | metric | etcd | shim | shim/etcd |."""
+    lines = ["| metric | etcd | shim | shim/etcd |", "|---|---:|---:|---:|"]
+    for label, etcd, shim in rows:
+        ratio = f"{shim / etcd:.2f}" if etcd and shim is not None else "-"
+        lines.append(f"| {label} | {fmt(etcd)} | {fmt(shim)} | {ratio} |")
+    return lines
