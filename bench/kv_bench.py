@@ -83,10 +83,10 @@ def check_perf(endpoint: str, load: str = "s") -> dict:
                        capture_output=True, text=True, env=env, timeout=300)
     text = r.stdout + r.stderr
     result: dict = {"rc": r.returncode, "seconds": round(time.monotonic() - started, 1)}
-    m = re.search(r"(PASS|FAIL): Throughput is (\d+) writes/s", text)
+    m = re.search(r"(PASS|FAIL): Throughput (?:is|too low:) (\d+) writes/s", text)
     if m:
         result["throughput_pass"], result["writes_per_s"] = m.group(1) == "PASS", int(m.group(2))
-    m = re.search(r"(PASS|FAIL): Slowest request took ([\d.]+)s", text)
+    m = re.search(r"(PASS|FAIL): Slowest request took (?:too long: )?([\d.]+)s", text)
     if m:
         result["slowest_pass"], result["slowest_s"] = m.group(1) == "PASS", float(m.group(2))
     m = re.search(r"(PASS|FAIL): Stddev is ([\d.]+)s", text)
