@@ -64,7 +64,8 @@ def status_of(error: Exception) -> EtcdStatus:
     if known is not None:
         return known
     if isinstance(error, core.StorageUnavailableError):
-        # Clients retry UNAVAILABLE; the write was not applied.
+        # Clients retry UNAVAILABLE. As with etcd's "request timed out", a write whose outcome was
+        # unknown may still have been applied: the client reads before it writes again.
         return EtcdStatus(grpc.StatusCode.UNAVAILABLE, f"cosmos-etcd: storage unavailable: {error}")
     logger.error("unexpected error", exc_info=error)
     return EtcdStatus(grpc.StatusCode.INTERNAL, f"cosmos-etcd: internal error: {type(error).__name__}")

@@ -70,6 +70,8 @@ class MVCCStore:
         self.compact_revision = -1
         self._queue: list[_Write | _Compaction] = []
         self._syncs: list[asyncio.Future] = []
+        # A shared log that just failed is treated as down until a read of it succeeds again.
+        self._storage_down = False
         self._queued = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
         self.leases = Lessor(log)
@@ -207,6 +209,12 @@ class MVCCStore:
             else:
                 await self._queued.wait()
             self._queued.clear()
+            if self._storage_down:
+                # Known outage of a shared log: answer UNAVAILABLE at once rather than make every
+                # request wait out its own retries; then probe, and serve again once it answers.
+                self._fail_waiting(StorageUnavailableError("the shared log is unreachable"))
+                await self._catch_up_quietly()
+                continue
             if self._syncs:
                 # Linearizable reads that arrived before this catch-up began see what it finds.
                 waiting, self._syncs = self._syncs, []
@@ -277,8 +285,15 @@ class MVCCStore:
 
     def _fail_batch(self, batch: list[_Write], error: StorageError) -> None:
         logger.error("write batch failed", extra={"error": str(error), "requests": len(batch)})
+        self._storage_down = self.log.shared
         for item in batch:
             _fail(item.future, StorageUnavailableError(str(error)))
+
+    def _fail_waiting(self, error: StorageUnavailableError) -> None:
+        waiting = [item.future for item in self._queue] + self._syncs
+        self._queue, self._syncs = [], []
+        for future in waiting:
+            _fail(future, error)
 
     def _evaluate(self, batch: list[_Write]):
         outcomes: list[tuple[asyncio.Future, Any]] = []
@@ -317,8 +332,11 @@ class MVCCStore:
             self.index.compact(self.compact_revision)
 
     async def _catch_up_quietly(self) -> bool:
+        """Catch up; False (logged) if the log cannot be read. On a shared log, the outcome also
+        decides whether the log counts as down."""
         try:
             await self._catch_up()
+            self._storage_down = False
         except LogCompactedError as e:
             # Another writer compacted past what this store has applied: its watchers would miss
             # events. Stop; a restarted server loads the compacted base (crash-only recovery).
@@ -328,6 +346,7 @@ class MVCCStore:
             return False
         except StorageError as e:
             logger.warning("cannot tail the log", extra={"error": str(e)})
+            self._storage_down = self.log.shared
             return False
         return True
 

@@ -94,13 +94,20 @@ def _is_transport_error(error: BaseException) -> bool:
     return isinstance(error, aiohttp.ClientError)
 
 
+# A request that has not answered in this time is abandoned (and, for a create, resolved by
+# reading back); an operation that has not succeeded by the deadline fails with UNAVAILABLE, so
+# that clients hear of an outage within seconds and retry elsewhere or later.
+DEFAULT_REQUEST_TIMEOUT = 2.5
+DEFAULT_RETRY_DEADLINE = 4.0
+
+
 class CosmosConnection:
     """One container, reached through ``azure.cosmos.aio`` with the retry rules above."""
 
     def __init__(self, endpoint: str, *, key: str | None = None, credential: Any = None,
                  database: str = layout.DEFAULT_DATABASE, container: str = layout.DEFAULT_CONTAINER,
                  create: bool = True, insecure_skip_tls_verify: bool = False,
-                 request_timeout: float = 10.0, retry_deadline: float = 30.0,
+                 request_timeout: float = DEFAULT_REQUEST_TIMEOUT, retry_deadline: float = DEFAULT_RETRY_DEADLINE,
                  stats: CosmosStats | None = None) -> None:
         if (key is None) == (credential is None):
             raise ValueError("give exactly one of an account key or a credential")
@@ -191,8 +198,12 @@ class CosmosConnection:
             try:
                 while True:
                     attempt += 1
+                    remaining = deadline - loop.time()
+                    if remaining <= 0:
+                        raise CosmosUnavailableError(f"cosmos {op}: no answer before the deadline")
                     try:
-                        return await asyncio.wait_for(request(), self.request_timeout)
+                        # No attempt may outlive the operation's deadline.
+                        return await asyncio.wait_for(request(), min(self.request_timeout, remaining))
                     except CosmosHttpResponseError as e:
                         if e.status_code == THROTTLED:
                             delay = retry_after_seconds(e, default=self._backoff(attempt))
@@ -226,7 +237,7 @@ class CosmosConnection:
     # -- operations ---------------------------------------------------------------------------
 
     async def query(self, op: str, sql: str, parameters: dict[str, Any], partition: str,
-                    max_item_count: int = 100) -> list[dict]:
+                    max_item_count: int = 100, deadline: float | None = None) -> list[dict]:
         """All results of a partition-scoped query (the partition key must be in its WHERE too).
 
         Page by page, each page one request with its own timeout and retries (resumed from the
@@ -245,16 +256,17 @@ class CosmosConnection:
                     return [], None
                 return [item async for item in items], pages.continuation_token
 
-            items, token = await self.call(op, page)
+            items, token = await self.call(op, page, deadline=deadline)
             results.extend(items)
             if not token:
                 return results
 
-    async def read_by_id(self, op: str, document_id: str, partition: str) -> dict | None:
+    async def read_by_id(self, op: str, document_id: str, partition: str,
+                         deadline: float | None = None) -> dict | None:
         """The document or None. A query, not a point read: the local test server answers a point
         read of a missing id with 500, which cannot be told from a real server error."""
         found = await self.query(op, "SELECT * FROM c WHERE c.pk = @pk AND c.id = @id",
-                                 {"@pk": partition, "@id": document_id}, partition)
+                                 {"@pk": partition, "@id": document_id}, partition, deadline=deadline)
         return found[0] if found else None
 
     async def read_item(self, op: str, document_id: str, partition: str) -> dict:
@@ -299,7 +311,8 @@ class CosmosConnection:
             except OutcomeUnknown as e:
                 logger.info("cosmos %s: outcome of creating %s unknown (%s): reading it back", op,
                             document["id"], e)
-            stored = await self.read_by_id(op + "_resolve", document["id"], partition)
+            # The read-back shares the create's deadline: one operation, one time budget.
+            stored = await self.read_by_id(op + "_resolve", document["id"], partition, deadline=deadline)
             if stored is not None:
                 if stored.get(nonce_field) == document[nonce_field]:
                     return stored

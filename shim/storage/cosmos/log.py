@@ -85,7 +85,12 @@ from cosmos_etcd_shim.storage.base import (
 )
 from cosmos_etcd_shim.storage.cosmos import checkpoint, codec, layout
 from cosmos_etcd_shim.storage.cosmos.checkpoint import PageSet, PageSetMissing
-from cosmos_etcd_shim.storage.cosmos.client import Conflict, CosmosConnection
+from cosmos_etcd_shim.storage.cosmos.client import (
+    DEFAULT_REQUEST_TIMEOUT,
+    DEFAULT_RETRY_DEADLINE,
+    Conflict,
+    CosmosConnection,
+)
 from cosmos_etcd_shim.storage.cosmos.stats import CosmosStats
 from cosmos_etcd_shim.storage.embedded import NOT_COMPACTED, SCHEMA
 
@@ -130,8 +135,8 @@ class CosmosLog(RevisionLog):
     def __init__(self, endpoint: str, *, key: str | None = None, credential: Any = None,
                  database: str = layout.DEFAULT_DATABASE, container: str = layout.DEFAULT_CONTAINER,
                  create: bool = True, insecure_skip_tls_verify: bool = False,
-                 fence_seconds: float = DEFAULT_FENCE_SECONDS, request_timeout: float = 10.0,
-                 retry_deadline: float = 30.0, stats: CosmosStats | None = None,
+                 fence_seconds: float = DEFAULT_FENCE_SECONDS, request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
+                 retry_deadline: float = DEFAULT_RETRY_DEADLINE, stats: CosmosStats | None = None,
                  poll_interval: float = RevisionLog.poll_interval) -> None:
         if fence_seconds < 0:
             raise ValueError("fence_seconds must not be negative")
