@@ -222,8 +222,7 @@ def test_version():
 
 def test_console_script_version():
     exe = shutil.which("cosmos-etcd") or os.path.join(os.path.dirname(sys.executable), "cosmos-etcd")
-    if not os.path.exists(exe):
-        pytest.skip("the cosmos-etcd console script is not installed in this environment")
+    assert os.path.exists(exe), "the cosmos-etcd console script is not installed (pip install -e .)"
     r = subprocess.run([exe, "version"], capture_output=True, text=True, timeout=30)
     assert r.returncode == 0, r.stderr
     assert r.stdout == run_shim(["version"]).stdout
