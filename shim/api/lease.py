@@ -34,20 +34,21 @@ class LeaseServicer(rpc_pb2_grpc.LeaseServicer):
 
     async def LeaseKeepAlive(self, request_iterator, context):
         async for request in request_iterator:
-            response = rpc_pb2.LeaseKeepAliveResponse(ID=request.ID, TTL=self.leases.renew(request.ID))
+            response = rpc_pb2.LeaseKeepAliveResponse(ID=request.ID, TTL=await self.leases.renew(request.ID))
             self.headers.fill(response.header)
             yield response
 
     @unary_rpc
     async def LeaseTimeToLive(self, request, context):
+        await self.store.sync()  # its keys as of every write acknowledged anywhere (etcd asks its leader)
         try:
-            lease = self.leases.get(request.ID)
+            lease = await self.leases.get(request.ID)
         except LeaseNotFoundError:
             response = rpc_pb2.LeaseTimeToLiveResponse(ID=request.ID, TTL=-1)  # etcd answers -1, not an error
         else:
             response = rpc_pb2.LeaseTimeToLiveResponse(
                 ID=lease.id, TTL=self.leases.remaining(lease), grantedTTL=lease.ttl,
-                keys=sorted(lease.keys) if request.keys else [])
+                keys=self.leases.keys(lease.id) if request.keys else [])
         self.headers.fill(response.header)
         return response
 

@@ -2,17 +2,20 @@
 
 As in etcd, granting, renewing and checking a lease create no revision; revoking one (or its
 expiry) deletes its keys in one revision, through the store's commit pipeline so that it is
-ordered with every other write. Granted leases are durable; on restart every lease gets its full
-TTL again, as etcd renews leases when a new leader takes over.
+ordered with every other write. Granted leases are durable; on restart of a lone server every
+lease gets its full TTL again, as etcd renews leases when a new leader takes over.
 
-On a log shared by several servers, a server expires only the leases it *keeps*: those granted
-or kept alive through it. Another server's lease may be kept alive there, and revoking it on a
-stale deadline would delete live keys; a lease whose server and client are both gone then stays
-until revoked (coordinated expiry across replicas is not built yet).
+On a log shared by several servers there is no leader: a lease record carries a wall-clock
+deadline. A keep-alive on any server renews the lease there at once and writes the new deadline
+when the stored one is less than half a TTL ahead (at most about two writes per TTL). A server
+that finds a lease expired reads the stored deadline again before revoking it, so a lease kept
+alive elsewhere is never revoked; two servers revoking the same lease are harmless (the second
+deletes nothing). Leases granted or revoked elsewhere are learned by reading the lease records
+periodically and whenever a request names a lease this server does not know.
 
 Which keys a lease holds is derived from the committed events (a PUT attaches its key to the
 PUT's lease and detaches it from the previous one, a DELETE detaches), so it cannot drift from
-the data.
+the data, and it is known even for a lease this server has not loaded yet.
 """
 from __future__ import annotations
 
@@ -40,35 +43,70 @@ NO_LEASE = 0
 EXPIRY_CHECK_SECONDS = 0.5
 
 
+# On a shared log: how often lease records are read to learn other servers' grants and
+# revocations, and how far clocks may disagree before a deadline counts as passed.
+REFRESH_SECONDS = 2.0
+CLOCK_MARGIN_SECONDS = 1.0
+
+
 @dataclasses.dataclass(eq=False)
 class Lease:
     id: int
     ttl: int
-    expiry: float
-    keys: set[bytes] = dataclasses.field(default_factory=set)
+    expiry: float  # on this server's monotonic clock
+    stored_deadline_ms: int = 0  # the deadline last written (shared log only)
 
 
 class Lessor:
-    def __init__(self, log: RevisionLog, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, log: RevisionLog, clock: Callable[[], float] = time.monotonic,
+                 wall_clock: Callable[[], float] = time.time) -> None:
         self.log = log
         self.clock = clock
+        self.wall_clock = wall_clock
         self.leases: dict[int, Lease] = {}
-        self._kept: set[int] = set()  # the leases this server expires
+        self._keys: dict[int, set[bytes]] = {}  # lease id -> keys attached, known or not
         self._key_lease: dict[bytes, int] = {}
         self._revoking: set[int] = set()
+        self._saving: set[int] = set()
 
     def recover(self, records: Iterable[LeaseRecord], live: Iterable[KeyValue]) -> None:
-        now = self.clock()
         for record in records:
-            self.leases[record.id] = Lease(record.id, record.ttl, now + record.ttl)
-            if not self.log.shared:
-                self._kept.add(record.id)
+            self._learn(record)
         for kv in live:
             if kv.lease:
                 self._attach(kv.key, kv.lease)
 
+    def _learn(self, record: LeaseRecord) -> None:
+        if self.log.shared:
+            expiry = self.clock() + (record.deadline_ms / 1000 - self.wall_clock())
+        else:
+            expiry = self.clock() + record.ttl  # a lone server renews every lease on restart
+        self.leases[record.id] = Lease(record.id, record.ttl, expiry, record.deadline_ms)
+        metrics.LEASES.set(len(self.leases))
+
     def exists(self, lease_id: int) -> bool:
         return lease_id in self.leases and lease_id not in self._revoking
+
+    def keys(self, lease_id: int) -> list[bytes]:
+        return sorted(self._keys.get(lease_id, ()))
+
+    async def refresh(self) -> None:
+        """Learn the leases other servers granted, forget those they revoked (shared logs)."""
+        if not self.log.shared:
+            return
+        stored = {record.id: record for record in await self.log.load_leases()}
+        for lease_id, record in stored.items():
+            known = self.leases.get(lease_id)
+            if known is None or record.deadline_ms > known.stored_deadline_ms:  # new, or renewed elsewhere
+                self._learn(record)
+        for lease_id in [i for i in self.leases if i not in stored and i not in self._revoking]:
+            del self.leases[lease_id]
+        metrics.LEASES.set(len(self.leases))
+
+    async def refresh_unknown(self, lease_ids: Iterable[int]) -> None:
+        """Before refusing a lease this server does not know, ask the shared store once."""
+        if self.log.shared and any(i and i not in self.leases for i in lease_ids):
+            await self.refresh()
 
     # -- requests -----------------------------------------------------------------------------
 
@@ -78,27 +116,45 @@ class Lessor:
         while lease_id == NO_LEASE:
             candidate = secrets.randbits(63)
             lease_id = candidate if candidate not in self.leases else NO_LEASE
+        await self.refresh_unknown([lease_id])
         if lease_id in self.leases:
             raise LeaseExistsError()
         ttl = max(ttl, MIN_TTL_SECONDS)
-        await self.log.save_lease(LeaseRecord(id=lease_id, ttl=ttl))
+        record = LeaseRecord(id=lease_id, ttl=ttl, deadline_ms=self._deadline_ms(ttl))
+        await self.log.save_lease(record)
         if lease_id in self.leases:  # granted concurrently while this one was being saved
             raise LeaseExistsError()
-        lease = self.leases[lease_id] = Lease(lease_id, ttl, self.clock() + ttl)
-        self._kept.add(lease_id)
-        metrics.LEASES.set(len(self.leases))
-        return lease
+        self._learn(record)
+        return self.leases[lease_id]
 
-    def renew(self, lease_id: int) -> int:
+    async def renew(self, lease_id: int) -> int:
         """KeepAlive: the lease's full TTL again; its TTL, or 0 if it does not exist (as etcd)."""
+        await self.refresh_unknown([lease_id])
         lease = self.leases.get(lease_id)
         if lease is None or lease_id in self._revoking:
             return 0
         lease.expiry = self.clock() + lease.ttl
-        self._kept.add(lease_id)
+        if self.log.shared and lease.stored_deadline_ms - self.wall_clock() * 1000 < lease.ttl * 500:
+            if lease_id not in self._saving:
+                self._saving.add(lease_id)
+                asyncio.create_task(self._save_deadline(lease))
         return lease.ttl
 
-    def get(self, lease_id: int) -> Lease:
+    async def _save_deadline(self, lease: Lease) -> None:
+        deadline = self._deadline_ms(lease.ttl)
+        try:
+            await self.log.save_lease(LeaseRecord(id=lease.id, ttl=lease.ttl, deadline_ms=deadline))
+            lease.stored_deadline_ms = deadline
+        except Exception:  # the next keep-alive tries again; expiry re-reads the store first
+            logger.warning("cannot store a lease renewal", extra={"lease": f"{lease.id:x}"})
+        finally:
+            self._saving.discard(lease.id)
+
+    def _deadline_ms(self, ttl: int) -> int:
+        return int((self.wall_clock() + ttl) * 1000)
+
+    async def get(self, lease_id: int) -> Lease:
+        await self.refresh_unknown([lease_id])
         lease = self.leases.get(lease_id)
         if lease is None:
             raise LeaseNotFoundError()
@@ -115,22 +171,30 @@ class Lessor:
         if lease_id not in self.leases:
             raise LeaseNotFoundError()
         self._revoking.add(lease_id)
-        return sorted(self.leases[lease_id].keys)
+        return self.keys(lease_id)
 
     def abort_revoke(self, lease_id: int) -> None:
         self._revoking.discard(lease_id)
 
     async def finish_revoke(self, lease_id: int) -> None:
         self.leases.pop(lease_id, None)
-        self._kept.discard(lease_id)
-        metrics.LEASES.set(len(self.leases))
         self._revoking.discard(lease_id)
+        metrics.LEASES.set(len(self.leases))
         await self.log.delete_lease(lease_id)
 
-    def expired(self) -> list[int]:
+    async def expired(self) -> list[int]:
+        """Leases past their deadline. On a shared log the stored deadlines are read first: a lease
+        kept alive through another server has a later one there."""
         now = self.clock()
+        due = [lease.id for lease in self.leases.values() if lease.expiry <= now and lease.id not in self._revoking]
+        if not due or not self.log.shared:
+            return due
+        await self.refresh()
+        now, wall_ms = self.clock(), self.wall_clock() * 1000
+        margin_ms = CLOCK_MARGIN_SECONDS * 1000
         return [lease.id for lease in self.leases.values()
-                if lease.expiry <= now and lease.id in self._kept and lease.id not in self._revoking]
+                if lease.expiry <= now and lease.stored_deadline_ms + margin_ms <= wall_ms
+                and lease.id not in self._revoking]
 
     # -- keeping attachments in step with the data --------------------------------------------
 
@@ -143,22 +207,34 @@ class Lessor:
                     self._attach(key, event.kv.lease)
 
     def _attach(self, key: bytes, lease_id: int) -> None:
-        lease = self.leases.get(lease_id)
-        if lease is not None:
-            lease.keys.add(key)
-            self._key_lease[key] = lease_id
+        self._keys.setdefault(lease_id, set()).add(key)
+        self._key_lease[key] = lease_id
 
     def _detach(self, key: bytes) -> None:
         lease_id = self._key_lease.pop(key, None)
-        if lease_id is not None and lease_id in self.leases:
-            self.leases[lease_id].keys.discard(key)
+        if lease_id is not None:
+            keys = self._keys.get(lease_id)
+            if keys is not None:
+                keys.discard(key)
+                if not keys:
+                    del self._keys[lease_id]
 
 
 async def expire_forever(lessor: Lessor, revoke: Callable[[int], "asyncio.Future"]) -> None:
-    """Revoke leases whose TTL ran out; runs for the life of the server."""
+    """Revoke leases whose TTL ran out (and, on a shared log, keep up with the lease records);
+    runs for the life of the server."""
+    refreshed = lessor.clock()
     while True:
         await asyncio.sleep(EXPIRY_CHECK_SECONDS)
-        for lease_id in lessor.expired():
+        try:
+            if lessor.log.shared and lessor.clock() - refreshed >= REFRESH_SECONDS:
+                await lessor.refresh()
+                refreshed = lessor.clock()
+            due = await lessor.expired()
+        except Exception:
+            logger.warning("cannot read the lease records", exc_info=True)
+            continue
+        for lease_id in due:
             try:
                 await revoke(lease_id)
             except LeaseNotFoundError:

@@ -144,6 +144,7 @@ class MVCCStore:
         return revision, self.compact_revision, digest
 
     async def put(self, p: PutRequest) -> PutResponse:
+        await self.leases.refresh_unknown([p.lease])
         if p.lease and not self.lease_exists(p.lease):
             raise LeaseNotFoundError()
         return await self._write(lambda w: txns.apply_put(w, p))
@@ -152,6 +153,7 @@ class MVCCStore:
         return await self._write(lambda w: txns.apply_delete_range(w, d))
 
     async def txn(self, t: TxnRequest) -> TxnResponse:
+        await self.leases.refresh_unknown(txns.leases_named(t))
         if not txns.is_write(t):
             # Nothing to make durable: evaluate at the committed revision, like a read.
             await self.sync()
@@ -167,6 +169,7 @@ class MVCCStore:
 
     async def revoke_lease(self, lease_id: int) -> None:
         """Delete the lease's keys in one revision, then forget the lease."""
+        await self.leases.refresh_unknown([lease_id])
         try:
             await self._write(lambda w: self._delete_lease_keys(w, lease_id))
         except StorageUnavailableError:

@@ -136,6 +136,18 @@ def is_write(t: TxnRequest) -> bool:
     return False
 
 
+def leases_named(t: TxnRequest) -> set[int]:
+    """The leases the Puts of ``t`` (any branch, any depth) attach keys to."""
+    named = set()
+    for op in (*t.success, *t.failure):
+        kind = op.WhichOneof("request")
+        if kind == "request_put" and op.request_put.lease:
+            named.add(op.request_put.lease)
+        elif kind == "request_txn":
+            named |= leases_named(op.request_txn)
+    return named
+
+
 @dataclasses.dataclass
 class Decision:
     """The branch a Txn takes, and the decisions of the Txns nested in that branch, in order."""

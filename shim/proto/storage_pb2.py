@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from cosmos_etcd_shim.proto import kv_pb2 as cosmos__etcd__shim_dot_proto_dot_kv__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$cosmos_etcd_shim/proto/storage.proto\x12\x12\x63osmosetcd.storage\x1a\x1f\x63osmos_etcd_shim/proto/kv.proto\";\n\x08Revision\x12\x10\n\x08revision\x18\x01 \x01(\x03\x12\x1d\n\x06\x65vents\x18\x02 \x03(\x0b\x32\r.mvccpb.Event\" \n\x05Lease\x12\n\n\x02id\x18\x01 \x01(\x03\x12\x0b\n\x03ttl\x18\x02 \x01(\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$cosmos_etcd_shim/proto/storage.proto\x12\x12\x63osmosetcd.storage\x1a\x1f\x63osmos_etcd_shim/proto/kv.proto\";\n\x08Revision\x12\x10\n\x08revision\x18\x01 \x01(\x03\x12\x1d\n\x06\x65vents\x18\x02 \x03(\x0b\x32\r.mvccpb.Event\"5\n\x05Lease\x12\n\n\x02id\x18\x01 \x01(\x03\x12\x0b\n\x03ttl\x18\x02 \x01(\x03\x12\x13\n\x0b\x64\x65\x61\x64line_ms\x18\x03 \x01(\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,5 +35,5 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_REVISION']._serialized_start=93
   _globals['_REVISION']._serialized_end=152
   _globals['_LEASE']._serialized_start=154
-  _globals['_LEASE']._serialized_end=186
+  _globals['_LEASE']._serialized_end=207
 # @@protoc_insertion_point(module_scope)

@@ -16,9 +16,11 @@ class Revision(_message.Message):
     def __init__(self, revision: _Optional[int] = ..., events: _Optional[_Iterable[_Union[_kv_pb2.Event, _Mapping]]] = ...) -> None: ...
 
 class Lease(_message.Message):
-    __slots__ = ("id", "ttl")
+    __slots__ = ("id", "ttl", "deadline_ms")
     ID_FIELD_NUMBER: _ClassVar[int]
     TTL_FIELD_NUMBER: _ClassVar[int]
+    DEADLINE_MS_FIELD_NUMBER: _ClassVar[int]
     id: int
     ttl: int
-    def __init__(self, id: _Optional[int] = ..., ttl: _Optional[int] = ...) -> None: ...
+    deadline_ms: int
+    def __init__(self, id: _Optional[int] = ..., ttl: _Optional[int] = ..., deadline_ms: _Optional[int] = ...) -> None: ...

@@ -84,6 +84,10 @@ class RevisionLog(abc.ABC):
         """Forget a revoked or expired lease."""
 
     @abc.abstractmethod
+    async def load_leases(self) -> Sequence[Lease]:
+        """Every lease as stored now (on a shared log: granted or renewed by any server)."""
+
+    @abc.abstractmethod
     async def defragment(self) -> None:
         """Give the space of removed records back (etcd's Defragment)."""
 

@@ -89,7 +89,7 @@ class EmbeddedLog(RevisionLog):
         compact_revision = self._compacted_at = self._compact_revision()
         base = [KeyValue.FromString(blob) for (blob,) in db.execute("SELECT kv FROM base ORDER BY key")]
         revisions = [Revision.FromString(blob) for (blob,) in db.execute("SELECT record FROM log ORDER BY revision")]
-        leases = [Lease.FromString(blob) for (blob,) in db.execute("SELECT record FROM leases")]
+        leases = self._load_leases()
         self._head = max(INITIAL_REVISION, compact_revision, revisions[-1].revision if revisions else 0)
         self._measure_free_pages()
         return RecoveredState(compact_revision=compact_revision, base=base, revisions=revisions, leases=leases)
@@ -147,6 +147,12 @@ class EmbeddedLog(RevisionLog):
 
     async def delete_lease(self, lease_id: int) -> None:
         await self._run(self._write, "DELETE FROM leases WHERE id = ?", (lease_id,))
+
+    async def load_leases(self) -> Sequence[Lease]:
+        return await self._run(self._load_leases)
+
+    def _load_leases(self) -> list[Lease]:
+        return [Lease.FromString(blob) for (blob,) in self._db.execute("SELECT record FROM leases")]
 
     def _write(self, statement: str, parameters: tuple) -> None:
         with self._transaction():

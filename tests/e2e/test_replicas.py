@@ -383,3 +383,60 @@ def test_member_list_on_every_replica_lists_all_three(cluster):
                    .header.cluster_id for r in cluster.replicas}
     assert len(cluster_ids) == 1, f"the replicas report different cluster ids: {cluster_ids}"
     cluster.assert_alive()
+
+
+def wait_until(condition, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while True:
+        result = condition()
+        if result:
+            return result
+        assert time.monotonic() < deadline, f"not within {timeout}s: {what}"
+        time.sleep(0.05)
+
+
+def test_leases_are_one_set_across_replicas(cluster):
+    """A lease granted on one replica is usable on another; keep-alives through one replica keep
+    it alive on all (no other replica revokes it); once they stop it expires exactly once; a
+    revocation on one replica is seen by the others."""
+    a, b, c = cluster.replicas
+    lease_of = {r.name: rpc_pb2_grpc.LeaseStub(r.channel) for r in cluster.replicas}
+    granted = lease_of[a.name].LeaseGrant(pb.LeaseGrantRequest(TTL=3), timeout=RPC_TIMEOUT)
+    key = b"/leases/kept-alive"
+    b.kv.Put(pb.PutRequest(key=key, value=b"v", lease=granted.ID), timeout=RPC_TIMEOUT)
+    ttl = lease_of[c.name].LeaseTimeToLive(pb.LeaseTimeToLiveRequest(ID=granted.ID, keys=True), timeout=RPC_TIMEOUT)
+    assert ttl.grantedTTL == 3 and list(ttl.keys) == [key]
+
+    # Keep it alive through A for three TTLs; B and C must keep the key all that time.
+    renewals = iter([pb.LeaseKeepAliveRequest(ID=granted.ID)] * 9)
+    keep_alive = lease_of[a.name].LeaseKeepAlive(renewals_paced(renewals, 1.0), timeout=60)
+    for answer in keep_alive:
+        assert answer.TTL == 3
+        for replica in (b, c):
+            assert replica.kv.Range(pb.RangeRequest(key=key), timeout=RPC_TIMEOUT).count == 1, \
+                f"{replica.name} lost a key whose lease is kept alive through {a.name}"
+
+    # Renewals stopped: the key goes, in a single delete event, and every replica forgets the lease.
+    wait_until(lambda: b.kv.Range(pb.RangeRequest(key=key), timeout=RPC_TIMEOUT).count == 0, 20, "lease expiry")
+    history = a.kv.Range(pb.RangeRequest(key=b"/leases/", range_end=b"/leases0"), timeout=RPC_TIMEOUT)
+    assert history.count == 0
+    for replica in cluster.replicas:
+        wait_until(lambda: lease_of[replica.name].LeaseTimeToLive(
+            pb.LeaseTimeToLiveRequest(ID=granted.ID), timeout=RPC_TIMEOUT).TTL == -1, 10, f"{replica.name} forgets")
+
+    # Revoked on A, granted on B, attached on C.
+    other = lease_of[b.name].LeaseGrant(pb.LeaseGrantRequest(TTL=60), timeout=RPC_TIMEOUT)
+    c.kv.Put(pb.PutRequest(key=b"/leases/revoked", value=b"v", lease=other.ID), timeout=RPC_TIMEOUT)
+    lease_of[a.name].LeaseRevoke(pb.LeaseRevokeRequest(ID=other.ID), timeout=RPC_TIMEOUT)
+    assert c.kv.Range(pb.RangeRequest(key=b"/leases/revoked"), timeout=RPC_TIMEOUT).count == 0
+    wait_until(lambda: lease_of[b.name].LeaseTimeToLive(
+        pb.LeaseTimeToLiveRequest(ID=other.ID), timeout=RPC_TIMEOUT).TTL == -1, 10, "revocation seen on B")
+    cluster.assert_alive()
+
+
+def renewals_paced(requests, seconds: float):
+    """Keep-alive requests one per `seconds`, as a client's keep-alive loop sends them (pacing the
+    requests, not waiting for anything)."""
+    for request in requests:
+        yield request
+        time.sleep(seconds)

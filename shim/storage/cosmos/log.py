@@ -480,6 +480,9 @@ class CosmosLog(RevisionLog):
     async def delete_lease(self, lease_id: int) -> None:
         await self.conn.delete("lease", layout.lease_id(lease_id), layout.LEASE_PARTITION)
 
+    async def load_leases(self) -> list[Lease]:
+        return await self._read_leases("lease")
+
     async def _read_leases(self, op: str) -> list[Lease]:
         documents = await self.conn.query(op, "SELECT * FROM c WHERE c.pk = @pk AND c.kind = @kind",
                                           {"@pk": layout.LEASE_PARTITION, "@kind": layout.KIND_LEASE},
