@@ -440,3 +440,31 @@ def renewals_paced(requests, seconds: float):
     for request in requests:
         yield request
         time.sleep(seconds)
+
+
+def test_a_replica_killed_and_restarted_catches_up(cluster, tmp_path):
+    """kill -9 a replica while the others keep writing; restarted, it serves exactly their state."""
+    a, b, _ = cluster.replicas
+    args = ["--name", "replica-4", "--cosmos-endpoint", f"http://127.0.0.1:{cluster.cosmos.port}",
+            "--cosmos-database", DATABASE, "--cosmos-container", CONTAINER]
+    env = {KEY_VARIABLE: cluster.cosmos.key}
+    fourth = processes.start_shim(tmp_path, backend="cosmos", extra_args=args, env=env)
+    prefix = b"/killed/"
+    try:
+        with grpc.insecure_channel(fourth.endpoint) as channel:
+            rpc_pb2_grpc.KVStub(channel).Put(pb.PutRequest(key=prefix + b"before", value=b"x"), timeout=RPC_TIMEOUT)
+        for i in range(40):
+            (a if i % 2 else b).kv.Put(pb.PutRequest(key=prefix + b"%03d" % i, value=b"v%d" % i), timeout=RPC_TIMEOUT)
+            if i == 20:
+                fourth.kill()
+        fourth = processes.start_shim(tmp_path, backend="cosmos", extra_args=args, env=env,
+                                      port=int(fourth.endpoint.rpartition(":")[2]))
+        everything = pb.RangeRequest(key=prefix, range_end=prefix[:-1] + b"0")
+        expected = a.kv.Range(everything, timeout=RPC_TIMEOUT)
+        with grpc.insecure_channel(fourth.endpoint) as channel:
+            restarted = rpc_pb2_grpc.KVStub(channel).Range(everything, timeout=RPC_TIMEOUT)
+        assert restarted.count == 41 and list(restarted.kvs) == list(expected.kvs)
+        assert restarted.header.revision >= max(kv.mod_revision for kv in expected.kvs)
+    finally:
+        fourth.stop()
+    cluster.assert_alive()
