@@ -113,10 +113,12 @@ class Lessor:
     async def grant(self, lease_id: int, ttl: int) -> Lease:
         if ttl > MAX_TTL_SECONDS:
             raise LeaseTTLTooLargeError()
-        while lease_id == NO_LEASE:
-            candidate = secrets.randbits(63)
-            lease_id = candidate if candidate not in self.leases else NO_LEASE
-        await self.refresh_unknown([lease_id])
+        if lease_id == NO_LEASE:
+            # 63 random bits: another server choosing the same id is not worth a read of the store.
+            while lease_id == NO_LEASE or lease_id in self.leases:
+                lease_id = secrets.randbits(63)
+        else:
+            await self.refresh_unknown([lease_id])  # a client's id may exist on another server
         if lease_id in self.leases:
             raise LeaseExistsError()
         ttl = max(ttl, MIN_TTL_SECONDS)
