@@ -50,6 +50,18 @@ def available() -> str | None:
     return None
 
 
+def require() -> None:
+    """Skip the calling test when the server cannot be started here, or fail it under CI (CI must
+    run everything: .ci/run installs the server)."""
+    reason = available()
+    if reason:
+        import pytest
+
+        if os.environ.get("CI"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+
+
 @dataclasses.dataclass
 class CosmosServer:
     endpoint: str  # http(s)://127.0.0.1:PORT/
