@@ -9,7 +9,6 @@ checks that read the container's raw documents to prove what was (not) written.
 from __future__ import annotations
 
 import asyncio
-import os
 import pathlib
 import random
 import time
