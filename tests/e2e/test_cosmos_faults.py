@@ -57,7 +57,6 @@ import pathlib
 import random
 import threading
 import time
-import urllib.request
 import uuid
 
 import grpc
@@ -71,6 +70,7 @@ from tests.harness import processes
 from tests.harness.backends import LOCAL_COSMOS_KEY
 from tests.harness.faultproxy import FaultProxy, Rule, ThreadedFaultProxy, throttled
 from tests.harness.faultrules import SampledRule, on_proxy
+from tests.harness.metrics import scrape
 from tests.harness.watch_streams import WatchStream, check_atomic
 
 pytestmark = pytest.mark.timeout(240)
@@ -98,13 +98,7 @@ class Shim:
         return rpc_pb2_grpc.KVStub(self.channel)
 
     def metrics(self) -> dict[str, float]:
-        text = urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=10).read().decode()
-        samples = {}
-        for line in text.splitlines():
-            if line and not line.startswith("#"):
-                name, _, value = line.rpartition(" ")
-                samples[name] = float(value)
-        return samples
+        return scrape(self.metrics_port)
 
     def close(self) -> None:
         self.channel.close()

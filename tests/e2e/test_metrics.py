@@ -1,21 +1,10 @@
 """The Prometheus endpoint (--listen-metrics-urls): calls, revisions and commits are counted."""
-import urllib.request
-
 import grpc
 import pytest
 
 from cosmos_etcd_shim.proto import rpc_pb2, rpc_pb2_grpc
+from tests.harness.metrics import scrape
 from tests.harness.processes import free_port, start_shim
-
-
-def scrape(port: int) -> dict[str, float]:
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
-    samples = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            samples[name] = float(value)
-    return samples
 
 
 @pytest.fixture
