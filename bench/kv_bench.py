@@ -40,7 +40,7 @@ sys.path.insert(0, str(REPO))
 import grpc  # noqa: E402
 
 from cosmos_etcd_shim.proto import rpc_pb2, rpc_pb2_grpc  # noqa: E402
-from bench.report import ratio_table  # noqa: E402
+from bench.report import lookup, percentile, ratio_table  # noqa: E402
 from tests.harness import processes  # noqa: E402
 
 
@@ -102,13 +102,6 @@ def check_perf(endpoint: str, load: str = "s") -> dict:
 # ------------------------------------------------------------------------------------------------
 # (b) put / get load
 # ------------------------------------------------------------------------------------------------
-
-def percentile(sorted_values: list[float], p: float) -> float:
-    if not sorted_values:
-        return float("nan")
-    k = min(len(sorted_values) - 1, max(0, round(p / 100 * (len(sorted_values) - 1))))
-    return sorted_values[k]
-
 
 async def load(endpoint: str, op: str, clients: int, duration: float, value_size: int, keyspace: int,
                connections: int = 4) -> dict:
@@ -276,12 +269,7 @@ def bench_server(kind: str, args, workdir: pathlib.Path, profile: str | None, ou
 def rows(results: dict, args) -> list[tuple[str, float | None, float | None, bool]]:
     """(label, etcd, shim, higher_is_better)."""
     def get(kind, *path):
-        value = results.get(kind)
-        for p in path:
-            if not isinstance(value, dict) or p not in value:
-                return None
-            value = value[p]
-        return value
+        return lookup(results, kind, *path)
 
     out = []
     if args.check_perf:

@@ -4,6 +4,24 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 
+def lookup(results: dict, kind: str, *path):
+    """results[kind][path...], or None where any step is missing."""
+    value = results.get(kind)
+    for step in path:
+        if not isinstance(value, dict) or step not in value:
+            return None
+        value = value[step]
+    return value
+
+
+def percentile(sorted_values: list[float], p: float) -> float:
+    """The nearest-rank percentile of an already sorted list (NaN when empty)."""
+    if not sorted_values:
+        return float("nan")
+    k = min(len(sorted_values) - 1, max(0, round(p / 100 * (len(sorted_values) - 1))))
+    return sorted_values[k]
+
+
 def fmt(value) -> str:
     if value is None:
         return "-"

@@ -40,7 +40,7 @@ sys.path.insert(0, str(REPO))
 import grpc  # noqa: E402
 
 from cosmos_etcd_shim.proto import rpc_pb2, rpc_pb2_grpc  # noqa: E402
-from bench.report import ratio_table  # noqa: E402
+from bench.report import lookup, percentile, ratio_table  # noqa: E402
 from tests.harness import processes  # noqa: E402
 
 OPTIONS = [("grpc.max_receive_message_length", 64 * 1024 * 1024), ("grpc.use_local_subchannel_pool", 1)]
@@ -50,13 +50,6 @@ def start_server(kind: str, workdir: pathlib.Path) -> processes.Server:
     if kind == "etcd":
         return processes.start_etcd(workdir / "etcd")
     return processes.start_shim(workdir / "shim", extra_args=["--log-level", "warn"])
-
-
-def percentile(sorted_values: list[float], p: float) -> float:
-    if not sorted_values:
-        return float("nan")
-    k = min(len(sorted_values) - 1, max(0, round(p / 100 * (len(sorted_values) - 1))))
-    return sorted_values[k]
 
 
 def summary(seconds: list[float], prefix: str = "") -> dict:
@@ -266,12 +259,7 @@ async def bench_all(servers: list[str], args, workdir: pathlib.Path) -> dict:
 
 def rows(results: dict, args) -> list[tuple[str, float | None, float | None]]:
     def get(kind, *path):
-        value = results.get(kind)
-        for p in path:
-            if not isinstance(value, dict) or p not in value:
-                return None
-            value = value[p]
-        return value
+        return lookup(results, kind, *path)
 
     out = []
     for key, label, scenario, _ in SCENARIOS:

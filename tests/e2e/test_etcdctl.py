@@ -460,11 +460,8 @@ def test_leases(ctl):
 # Watch (etcdctl watch runs until killed: read the expected number of lines, then stop it)
 # ------------------------------------------------------------------------------------------------
 
-def watch_lines(side: Side, args: list, enough, timeout: float = 15) -> list[str]:
-    """Run `etcdctl watch ...` until `enough(lines)` (or the timeout), then kill it."""
-    proc = subprocess.Popen([ETCDCTL, f"--endpoints={side.server.endpoint}", *side.render(args)],
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=ctl_env(),
-                            encoding="utf-8", errors="backslashreplace")
+def lines_until(proc: subprocess.Popen, enough, timeout: float) -> list[str]:
+    """Read `proc`'s output lines until `enough(lines)` (or the timeout), then kill it."""
     lines: list[str] = []
     done = threading.Event()
 
@@ -480,6 +477,14 @@ def watch_lines(side: Side, args: list, enough, timeout: float = 15) -> list[str
     proc.kill()
     proc.wait()
     return list(lines)
+
+
+def watch_lines(side: Side, args: list, enough, timeout: float = 15) -> list[str]:
+    """Run `etcdctl watch ...` until `enough(lines)` (or the timeout), then kill it."""
+    proc = subprocess.Popen([ETCDCTL, f"--endpoints={side.server.endpoint}", *side.render(args)],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=ctl_env(),
+                            encoding="utf-8", errors="backslashreplace")
+    return lines_until(proc, enough, timeout)
 
 
 def json_events(lines: list[str]) -> list:
@@ -537,21 +542,7 @@ def interactive_watch(side: Side, script: str, enough, fmt: str = "simple", time
                             encoding="utf-8", errors="backslashreplace")
     proc.stdin.write(script)
     proc.stdin.flush()
-    lines: list[str] = []
-    done = threading.Event()
-
-    def reader():
-        for line in proc.stdout:
-            lines.append(line.rstrip("\n"))
-            if enough(lines):
-                break
-        done.set()
-
-    threading.Thread(target=reader, daemon=True).start()
-    done.wait(timeout)
-    proc.kill()
-    proc.wait()
-    return list(lines)
+    return lines_until(proc, enough, timeout)
 
 
 def test_watch_progress_request(ctl):

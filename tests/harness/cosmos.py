@@ -17,11 +17,11 @@ import http.client
 import os
 import pathlib
 import shutil
-import signal
-import socket
 import ssl
 import subprocess
 import time
+
+from tests.harness.processes import free_port, stop_process
 
 PEERS = pathlib.Path(__file__).resolve().parents[1] / "peers"
 SERVER_SCRIPT = PEERS / "cosmos-server.js"
@@ -29,12 +29,6 @@ PACKAGE = PEERS / "node_modules" / "@vercel" / "cosmosdb-server"
 
 # The local server accepts any key; this is the well-known key of Microsoft's emulator, not a secret.
 EMULATOR_KEY = "C2y6yDjf5/R+ob0N8A7Cgv30VRDJIWEHLM+4QDU5DE2nQ9nDuVTqobD4b8mGGyPMbIZnqyMsEcaGQy67XIw/Jw=="
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class CosmosServerUnavailable(RuntimeError):
@@ -77,14 +71,7 @@ class CosmosServer:
 
     def stop(self, timeout: float = 10) -> int:
         """Stop the server by its pid (SIGKILL if it does not exit in time)."""
-        if self.process.poll() is None:
-            os.kill(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.kill(self.process.pid, signal.SIGKILL)
-                self.process.wait(timeout)
-        return self.process.returncode
+        return stop_process(self.process, timeout=timeout)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")

@@ -48,14 +48,7 @@ class Server:
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int:
         """Stop the process by its pid; SIGKILL if it does not exit in time. Returns the exit code."""
-        if self.process.poll() is None:
-            os.kill(self.process.pid, sig)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.kill(self.process.pid, signal.SIGKILL)
-                self.process.wait(timeout)
-        return self.process.returncode
+        return stop_process(self.process, sig, timeout)
 
     def stop_with_companions(self) -> int:
         code = self.stop()
@@ -69,6 +62,18 @@ class Server:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+
+def stop_process(process: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 20) -> int:
+    """Signal a child by its pid; SIGKILL if it does not exit in time. Returns the exit code."""
+    if process.poll() is None:
+        os.kill(process.pid, sig)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.kill(process.pid, signal.SIGKILL)
+            process.wait(timeout)
+    return process.returncode
 
 
 def wait_serving(endpoint: str, process: subprocess.Popen, log_path: pathlib.Path, timeout: float = 30) -> None:
