@@ -1,0 +1,291 @@
+"""The CosmosEtcdCluster spec as the operator reads it: typed, defaulted and validated.
+
+The CRD's OpenAPI schema rejects most bad input at admission; this module is the second line
+for what a schema cannot say (a throughput that is not a multiple of Cosmos's step, regions
+listed twice, an account name Azure would refuse) and for objects that reached the cluster
+before the CRD was installed. Every problem becomes an :class:`InvalidSpec` whose message
+names the field, so that the operator can put it in a condition and stop retrying.
+"""
+from __future__ import annotations
+
+import dataclasses
+import enum
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from cosmos_etcd_shim.storage.cosmos.layout import DEFAULT_CONTAINER, DEFAULT_DATABASE
+
+GROUP = "cosmosetcd.io"
+VERSION = "v1alpha1"
+PLURAL = "cosmosetcdclusters"
+KIND = "CosmosEtcdCluster"
+
+# Azure's rules: 3-44 characters, lowercase letters, digits and hyphens, not at either end.
+ACCOUNT_NAME = re.compile(r"^[a-z0-9](?:[a-z0-9-]{1,42}[a-z0-9])$")
+RESOURCE_GROUP_NAME = re.compile(r"^[-\w._()]{1,89}[-\w_()]$")
+SUBSCRIPTION_ID = re.compile(r"^[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$")
+# Cosmos database and container ids: up to 255 characters, none of / \ ? # and no trailing space.
+SQL_RESOURCE_NAME = re.compile(r"^[^/\\?#]{0,254}[^/\\?#\s]$")
+LOCATION_NAME = re.compile(r"^[a-z0-9]+$")
+
+MANUAL_MINIMUM_RUS = 400
+MANUAL_STEP_RUS = 100
+AUTOSCALE_MINIMUM_MAX_RUS = 1000
+AUTOSCALE_STEP_RUS = 1000
+MAX_STALENESS_PREFIX_RANGE = (1, 2_147_483_647)
+MAX_INTERVAL_SECONDS_RANGE = (5, 86_400)
+
+SERVICE_PRINCIPAL_KEYS = ("clientId", "clientSecret", "tenantId")
+
+
+class InvalidSpec(ValueError):
+    """The spec cannot be acted on; retrying will not help until the user changes it."""
+
+
+class ConsistencyLevel(str, enum.Enum):
+    EVENTUAL = "Eventual"
+    CONSISTENT_PREFIX = "ConsistentPrefix"
+    SESSION = "Session"
+    BOUNDED_STALENESS = "BoundedStaleness"
+    STRONG = "Strong"
+
+
+class ThroughputMode(str, enum.Enum):
+    MANUAL = "Manual"
+    AUTOSCALE = "Autoscale"
+
+
+class DeletionPolicy(str, enum.Enum):
+    RETAIN = "Retain"
+    DELETE = "Delete"
+
+
+@dataclasses.dataclass(frozen=True)
+class Location:
+    name: str
+    failover_priority: int
+    zone_redundant: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class Consistency:
+    level: ConsistencyLevel = ConsistencyLevel.BOUNDED_STALENESS
+    # Only meaningful for BoundedStaleness; Azure's own defaults.
+    max_staleness_prefix: int = 100_000
+    max_interval_seconds: int = 300
+
+
+@dataclasses.dataclass(frozen=True)
+class Throughput:
+    mode: ThroughputMode = ThroughputMode.MANUAL
+    # RU/s for Manual; the autoscale maximum RU/s for Autoscale.
+    request_units: int = MANUAL_MINIMUM_RUS
+
+
+@dataclasses.dataclass(frozen=True)
+class Credentials:
+    # None: workload identity / DefaultAzureCredential from the operator's environment.
+    service_principal_secret: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class ShimTLS:
+    secret_name: str
+    client_cert_auth: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class Shim:
+    replicas: int = 2
+    image: str | None = None  # None: the operator's --shim-image
+    resources: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    tls: ShimTLS | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class ClusterSpec:
+    subscription_id: str
+    resource_group: str
+    location: str
+    account_name: str
+    consistency: Consistency
+    locations: tuple[Location, ...]
+    automatic_failover: bool
+    tags: Mapping[str, str]
+    database: str
+    container: str
+    throughput: Throughput
+    credentials: Credentials
+    shim: Shim
+    deletion_policy: DeletionPolicy
+
+
+def parse(spec: Mapping[str, Any], *, name: str) -> ClusterSpec:
+    """Read a CosmosEtcdCluster's ``spec``; ``name`` is the object's name (the default account name)."""
+    azure = _mapping(spec, "azure", required=True)
+    location = _string(azure, "location", "spec.azure.location", LOCATION_NAME, "a region name such as westeurope")
+    account = _mapping(spec, "account")
+    cosmos = _mapping(spec, "cosmos")
+    return ClusterSpec(
+        subscription_id=_string(azure, "subscriptionId", "spec.azure.subscriptionId", SUBSCRIPTION_ID, "a GUID"),
+        resource_group=_string(azure, "resourceGroup", "spec.azure.resourceGroup", RESOURCE_GROUP_NAME,
+                               "an Azure resource group name"),
+        location=location,
+        account_name=_string(account, "name", "spec.account.name", ACCOUNT_NAME,
+                             "3-44 lowercase letters, digits and hyphens, not starting or ending with a hyphen",
+                             default=name),
+        consistency=_consistency(_mapping(account, "consistency")),
+        locations=_locations(account.get("locations"), location),
+        automatic_failover=_boolean(account, "automaticFailover", "spec.account.automaticFailover", default=True),
+        tags=_tags(account.get("tags")),
+        database=_string(cosmos, "database", "spec.cosmos.database", SQL_RESOURCE_NAME,
+                         "a Cosmos DB id (no / \\ ? #)", default=DEFAULT_DATABASE),
+        container=_string(cosmos, "container", "spec.cosmos.container", SQL_RESOURCE_NAME,
+                          "a Cosmos DB id (no / \\ ? #)", default=DEFAULT_CONTAINER),
+        throughput=_throughput(_mapping(spec, "throughput")),
+        credentials=_credentials(_mapping(azure, "credentials")),
+        shim=_shim(_mapping(spec, "shim")),
+        deletion_policy=_enum(spec, "deletionPolicy", "spec.deletionPolicy", DeletionPolicy, DeletionPolicy.RETAIN),
+    )
+
+
+def _consistency(section: Mapping[str, Any]) -> Consistency:
+    defaults = Consistency()
+    return Consistency(
+        level=_enum(section, "level", "spec.account.consistency.level", ConsistencyLevel, defaults.level),
+        max_staleness_prefix=_integer(section, "maxStalenessPrefix", "spec.account.consistency.maxStalenessPrefix",
+                                      MAX_STALENESS_PREFIX_RANGE, defaults.max_staleness_prefix),
+        max_interval_seconds=_integer(section, "maxIntervalInSeconds",
+                                      "spec.account.consistency.maxIntervalInSeconds",
+                                      MAX_INTERVAL_SECONDS_RANGE, defaults.max_interval_seconds),
+    )
+
+
+def _locations(value: Any, write_region: str) -> tuple[Location, ...]:
+    if value is None:
+        return (Location(name=write_region, failover_priority=0),)
+    if not isinstance(value, list) or not value:
+        raise InvalidSpec("spec.account.locations must be a non-empty list")
+    locations = []
+    for index, item in enumerate(value):
+        field = f"spec.account.locations[{index}]"
+        if not isinstance(item, Mapping):
+            raise InvalidSpec(f"{field} must be an object")
+        locations.append(Location(
+            name=_string(item, "name", f"{field}.name", LOCATION_NAME, "a region name such as westeurope"),
+            failover_priority=_integer(item, "failoverPriority", f"{field}.failoverPriority", (0, 100), index),
+            zone_redundant=_boolean(item, "zoneRedundant", f"{field}.zoneRedundant", default=False),
+        ))
+    names = [location.name for location in locations]
+    priorities = sorted(location.failover_priority for location in locations)
+    if len(set(names)) != len(names):
+        raise InvalidSpec(f"spec.account.locations lists a region twice: {names}")
+    if priorities != list(range(len(locations))):
+        raise InvalidSpec("spec.account.locations: failover priorities must be 0, 1, ... without gaps or repeats")
+    write = next(location for location in locations if location.failover_priority == 0)
+    if write.name != write_region:
+        raise InvalidSpec(f"spec.account.locations: the region with failoverPriority 0 is {write.name!r}, "
+                          f"but spec.azure.location is {write_region!r}; they must be the same")
+    return tuple(sorted(locations, key=lambda location: location.failover_priority))
+
+
+def _throughput(section: Mapping[str, Any]) -> Throughput:
+    mode = _enum(section, "mode", "spec.throughput.mode", ThroughputMode, ThroughputMode.MANUAL)
+    if mode is ThroughputMode.MANUAL:
+        minimum, step = MANUAL_MINIMUM_RUS, MANUAL_STEP_RUS
+    else:
+        minimum, step = AUTOSCALE_MINIMUM_MAX_RUS, AUTOSCALE_STEP_RUS
+    units = _integer(section, "requestUnits", "spec.throughput.requestUnits", (minimum, 1_000_000), minimum)
+    if units % step:
+        raise InvalidSpec(f"spec.throughput.requestUnits must be a multiple of {step} in {mode.value} mode, "
+                          f"not {units}")
+    return Throughput(mode=mode, request_units=units)
+
+
+def _credentials(section: Mapping[str, Any]) -> Credentials:
+    reference = _mapping(section, "servicePrincipalSecretRef")
+    if not reference:
+        return Credentials()
+    return Credentials(service_principal_secret=_string(
+        reference, "name", "spec.azure.credentials.servicePrincipalSecretRef.name", _DNS_SUBDOMAIN,
+        "a Secret name"))
+
+
+def _shim(section: Mapping[str, Any]) -> Shim:
+    tls = _mapping(section, "tls")
+    resources = section.get("resources") or {}
+    if not isinstance(resources, Mapping):
+        raise InvalidSpec("spec.shim.resources must be an object (requests/limits)")
+    image = section.get("image")
+    if image is not None and (not isinstance(image, str) or not image.strip()):
+        raise InvalidSpec("spec.shim.image must be a non-empty image reference")
+    return Shim(
+        replicas=_integer(section, "replicas", "spec.shim.replicas", (1, 50), 2),
+        image=image,
+        resources=dict(resources),
+        tls=ShimTLS(
+            secret_name=_string(tls, "secretName", "spec.shim.tls.secretName", _DNS_SUBDOMAIN, "a Secret name"),
+            client_cert_auth=_boolean(tls, "clientCertAuth", "spec.shim.tls.clientCertAuth", default=True),
+        ) if tls else None,
+    )
+
+
+def _tags(value: Any) -> Mapping[str, str]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+        raise InvalidSpec("spec.account.tags must map strings to strings")
+    if len(value) > 50:
+        raise InvalidSpec("spec.account.tags: Azure allows at most 50 tags")
+    return dict(value)
+
+
+_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
+
+
+def _mapping(parent: Mapping[str, Any], key: str, *, required: bool = False) -> Mapping[str, Any]:
+    value = parent.get(key)
+    if value is None:
+        if required:
+            raise InvalidSpec(f"spec.{key} is required")
+        return {}
+    if not isinstance(value, Mapping):
+        raise InvalidSpec(f"{key} must be an object")
+    return value
+
+
+def _string(section: Mapping[str, Any], key: str, field: str, pattern: re.Pattern[str], meaning: str,
+            *, default: str | None = None) -> str:
+    value = section.get(key, default)
+    if value is None:
+        raise InvalidSpec(f"{field} is required")
+    if not isinstance(value, str) or not pattern.match(value):
+        raise InvalidSpec(f"{field} must be {meaning}, not {value!r}")
+    return value
+
+
+def _integer(section: Mapping[str, Any], key: str, field: str, bounds: tuple[int, int], default: int) -> int:
+    value = section.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidSpec(f"{field} must be an integer, not {value!r}")
+    low, high = bounds
+    if not low <= value <= high:
+        raise InvalidSpec(f"{field} must be between {low} and {high}, not {value}")
+    return value
+
+
+def _boolean(section: Mapping[str, Any], key: str, field: str, *, default: bool) -> bool:
+    value = section.get(key, default)
+    if not isinstance(value, bool):
+        raise InvalidSpec(f"{field} must be true or false, not {value!r}")
+    return value
+
+
+def _enum(section: Mapping[str, Any], key: str, field: str, kind: type[enum.Enum], default: enum.Enum):
+    value = section.get(key, default.value)
+    try:
+        return kind(value)
+    except ValueError:
+        choices = ", ".join(member.value for member in kind)
+        raise InvalidSpec(f"{field} must be one of {choices}, not {value!r}") from None
