@@ -23,7 +23,8 @@ KIND = "CosmosEtcdCluster"
 
 # Azure's rules: 3-44 characters, lowercase letters, digits and hyphens, not at either end.
 ACCOUNT_NAME = re.compile(r"^[a-z0-9](?:[a-z0-9-]{1,42}[a-z0-9])$")
-RESOURCE_GROUP_NAME = re.compile(r"^[-\w._()]{1,89}[-\w_()]$")
+# 1-90 characters; a period is allowed anywhere but at the end.
+RESOURCE_GROUP_NAME = re.compile(r"^[-\w._()]{0,89}[-\w_()]$")
 SUBSCRIPTION_ID = re.compile(r"^[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$")
 # Cosmos database and container ids: up to 255 characters, none of / \ ? # and no trailing space.
 SQL_RESOURCE_NAME = re.compile(r"^[^/\\?#]{0,254}[^/\\?#\s]$")

@@ -1,0 +1,191 @@
+"""The Kubernetes objects that run the shim for one CosmosEtcdCluster, as plain dicts.
+
+Pure functions of the cluster's name, namespace, parsed spec and what Azure told the operator
+(the account endpoint and key): the Deployment running ``cosmos-etcd serve --backend cosmos``,
+the Service in front of it, its PodDisruptionBudget and the Secret holding the account key. Every
+object is owned by the CosmosEtcdCluster (Kubernetes' garbage collector deletes them with it).
+
+Children carry ``app.kubernetes.io/name``, ``component``, ``part-of`` and ``managed-by`` labels
+and ``cosmosetcd.io/cluster: <name>``, but neither the owner's labels nor
+``app.kubernetes.io/instance``: GitOps tools track their own objects by such labels, and children
+that carried them would be shown as out of sync or pruned.
+
+The etcd endpoint is the Service: ``https://<name>.<namespace>.svc:2379`` with
+``spec.shim.tls``, ``http://...`` without.
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+from collections.abc import Mapping
+from typing import Any
+
+import kopf
+
+from cosmos_etcd_operator.spec import ClusterSpec
+
+CLIENT_PORT = 2379
+METRICS_PORT = 2381
+SHIM_UID = 65532
+DATA_DIR = "/var/lib/cosmos-etcd"
+TLS_DIR = "/etc/cosmos-etcd/tls"
+KEY_VARIABLE = "COSMOS_ETCD_COSMOS_KEY"  # the shim reads the account key from it (cosmos-etcd serve --help)
+SECRET_ENDPOINT = "endpoint"
+SECRET_KEY = "key"
+CLUSTER_LABEL = "cosmosetcd.io/cluster"
+MANAGED_BY = "cosmos-etcd-operator"
+KEYS_CHECKSUM_ANNOTATION = "cosmosetcd.io/keys-checksum"
+
+DEFAULT_RESOURCES = {"requests": {"cpu": "250m", "memory": "512Mi"}, "limits": {"memory": "2Gi"}}
+
+
+def keys_secret_name(name: str) -> str:
+    return f"{name}-cosmos-keys"
+
+
+def endpoint(name: str, namespace: str, spec: ClusterSpec) -> str:
+    scheme = "https" if spec.shim.tls else "http"
+    return f"{scheme}://{name}.{namespace}.svc:{CLIENT_PORT}"
+
+
+def selector(name: str) -> dict[str, str]:
+    return {"app.kubernetes.io/name": "cosmos-etcd", CLUSTER_LABEL: name}
+
+
+def labels(name: str) -> dict[str, str]:
+    return {**selector(name), "app.kubernetes.io/component": "etcd", "app.kubernetes.io/part-of": "cosmos-etcd",
+            "app.kubernetes.io/managed-by": MANAGED_BY}
+
+
+def _child(owner: Mapping[str, Any], api_version: str, kind: str, name: str | None = None,
+           **fields: Any) -> dict[str, Any]:
+    """An object in the owner's namespace, labelled for it and owned by it (named after it by default)."""
+    cluster, namespace = owner["metadata"]["name"], owner["metadata"]["namespace"]
+    obj = {"apiVersion": api_version, "kind": kind,
+           "metadata": {"name": name or cluster, "namespace": namespace, "labels": labels(cluster)}, **fields}
+    kopf.append_owner_reference(obj, owner=owner)
+    return obj
+
+
+def keys_secret(owner: Mapping[str, Any], *, account_endpoint: str, key: str) -> dict[str, Any]:
+    """The Secret the shim reads the account key from (base64 in ``data``, as the API returns it)."""
+    return _child(owner, "v1", "Secret", keys_secret_name(owner["metadata"]["name"]), type="Opaque",
+                  data={SECRET_ENDPOINT: _b64(account_endpoint), SECRET_KEY: _b64(key)})
+
+
+def keys_checksum(key: str) -> str:
+    """A digest of the key for the pod template: a rotated key rolls the pods (it reveals nothing)."""
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def service(owner: Mapping[str, Any]) -> dict[str, Any]:
+    return _child(owner, "v1", "Service", spec={
+        "type": "ClusterIP",
+        "selector": selector(owner["metadata"]["name"]),
+        "ports": [{"name": "client", "port": CLIENT_PORT, "targetPort": "client", "protocol": "TCP",
+                   "appProtocol": "grpc"}],
+    })
+
+
+def pod_disruption_budget(owner: Mapping[str, Any]) -> dict[str, Any]:
+    return _child(owner, "policy/v1", "PodDisruptionBudget",
+                  spec={"maxUnavailable": 1, "selector": {"matchLabels": selector(owner["metadata"]["name"])}})
+
+
+def deployment(owner: Mapping[str, Any], spec: ClusterSpec, *, image: str, account_endpoint: str,
+               keys_digest: str) -> dict[str, Any]:
+    """The shim's Deployment. ``image`` is used when the spec names none; ``keys_digest`` is
+    :func:`keys_checksum` of the key in the Secret."""
+    name, namespace = owner["metadata"]["name"], owner["metadata"]["namespace"]
+    tls = spec.shim.tls
+    scheme = "https" if tls else "http"
+    args = [
+        "serve", "--backend", "cosmos",
+        "--name", "$(POD_NAME)",
+        "--data-dir", DATA_DIR,
+        "--cosmos-endpoint", account_endpoint,
+        "--cosmos-database", spec.database,
+        "--cosmos-container", spec.container,
+        "--cosmos-no-create",
+        "--listen-client-urls", f"{scheme}://0.0.0.0:{CLIENT_PORT}",
+        "--advertise-client-urls", endpoint(name, namespace, spec),
+        "--listen-metrics-urls", f"http://0.0.0.0:{METRICS_PORT}",
+    ]
+    mounts = [{"name": "tmp", "mountPath": "/tmp"}, {"name": "data", "mountPath": DATA_DIR}]
+    volumes: list[dict[str, Any]] = [{"name": "tmp", "emptyDir": {}}, {"name": "data", "emptyDir": {}}]
+    if tls:
+        args += ["--cert-file", f"{TLS_DIR}/tls.crt", "--key-file", f"{TLS_DIR}/tls.key"]
+        if tls.client_cert_auth:
+            args += ["--trusted-ca-file", f"{TLS_DIR}/ca.crt", "--client-cert-auth"]
+        mounts.append({"name": "tls", "mountPath": TLS_DIR, "readOnly": True})
+        volumes.append({"name": "tls", "secret": {"secretName": tls.secret_name, "defaultMode": 0o440}})
+    container = {
+        "name": "shim",
+        "image": spec.shim.image or image,
+        "imagePullPolicy": "IfNotPresent",
+        "command": ["cosmos-etcd"],
+        "args": args,
+        "env": [
+            {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+            {"name": KEY_VARIABLE, "valueFrom": {"secretKeyRef": {"name": keys_secret_name(name), "key": SECRET_KEY}}},
+        ],
+        "ports": [{"name": "client", "containerPort": CLIENT_PORT, "protocol": "TCP"},
+                  {"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"}],
+        **_probes(tls is not None),
+        "resources": dict(spec.shim.resources) or DEFAULT_RESOURCES,
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "runAsNonRoot": True,
+            "capabilities": {"drop": ["ALL"]},
+        },
+        "volumeMounts": mounts,
+    }
+    pod = {
+        "automountServiceAccountToken": False,  # the shim never calls the Kubernetes API
+        "enableServiceLinks": False,
+        "securityContext": {"runAsNonRoot": True, "runAsUser": SHIM_UID, "runAsGroup": SHIM_UID, "fsGroup": SHIM_UID,
+                            "seccompProfile": {"type": "RuntimeDefault"}},
+        "affinity": {"podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [{
+            "weight": 100,
+            "podAffinityTerm": {"topologyKey": "kubernetes.io/hostname", "labelSelector": {"matchLabels": selector(name)}},
+        }]}},
+        "containers": [container],
+        "volumes": volumes,
+    }
+    return _child(owner, "apps/v1", "Deployment", spec={
+        "replicas": spec.shim.replicas,
+        "selector": {"matchLabels": selector(name)},
+        "template": {"metadata": {"labels": labels(name), "annotations": {KEYS_CHECKSUM_ANNOTATION: keys_digest}},
+                     "spec": pod},
+    })
+
+
+def _probes(tls: bool) -> dict[str, Any]:
+    """Liveness, readiness and startup probes on the client port.
+
+    Without TLS they ask the shim's grpc.health.v1 service. The kubelet's gRPC probe speaks
+    plaintext only, so with TLS they check that the port accepts connections. The startup probe
+    allows five minutes: a replica replays the log since the last compaction before it serves.
+    """
+    check: dict[str, Any] = {"tcpSocket": {"port": CLIENT_PORT}} if tls else {"grpc": {"port": CLIENT_PORT}}
+    return {
+        "startupProbe": {**check, "periodSeconds": 5, "failureThreshold": 60, "timeoutSeconds": 3},
+        "readinessProbe": {**check, "periodSeconds": 5, "failureThreshold": 3, "timeoutSeconds": 3},
+        "livenessProbe": {**check, "periodSeconds": 10, "failureThreshold": 6, "timeoutSeconds": 5},
+    }
+
+
+def available_replicas(deployment_object: Mapping[str, Any] | None) -> tuple[int, int]:
+    """(available, wanted) replicas of a Deployment as its controller last reported them."""
+    if not deployment_object:
+        return 0, 0
+    wanted = deployment_object.get("spec", {}).get("replicas", 1)
+    status = deployment_object.get("status") or {}
+    if status.get("observedGeneration", 0) < deployment_object.get("metadata", {}).get("generation", 0):
+        return 0, wanted  # the controller has not seen the latest spec yet
+    return status.get("availableReplicas", 0), wanted
+
+
+def _b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()

@@ -1,0 +1,426 @@
+"""The kopf handlers of CosmosEtcdCluster: reconcile, delete, correct drift, follow the shim's pods.
+
+One reconciliation runs the parts in order — credentials, account, database, container, throughput,
+keys, shim — each idempotent (it reads, compares, and changes only what differs) and each reporting
+its own condition (see :mod:`cosmos_etcd_operator.conditions`). It stops at the first part that is
+not ready and writes the status once:
+
+* an Azure long-running operation in progress: its continuation token goes to
+  ``status.pendingOperations.<part>``, and the handler raises ``kopf.TemporaryError`` with ARM's
+  ``Retry-After``; the next run (after an operator restart too) resumes the operation from the
+  token instead of starting another;
+* an Azure error: a condition with Azure's error code; ``TemporaryError`` when retrying can help,
+  ``PermanentError`` (``Stalled``) when it cannot;
+* an invalid spec: ``Ready=False``/``Stalled=True`` with reason ``InvalidSpec`` and a
+  ``PermanentError``: nothing is retried until the spec changes.
+
+Triggers: kopf's create, update and resume handlers (one function); the ``drift`` timer, which
+reconciles settled objects every ``--drift-interval`` seconds (throughput changed behind the
+operator's back is set back, rotated keys are rewritten into the Secret, missing or edited children
+are restored, and a stalled Azure error is retried); events of the shim's Deployments, which move
+the ``Shim`` and ``Ready`` conditions as pods become available or not. All of them take a
+per-object lock and re-read the object first, so they never interleave on one cluster.
+
+What the operator writes on a CosmosEtcdCluster: ``status`` (including kopf's own progress and last
+handled spec under ``status.kopf``) and its finalizer ``cosmosetcd.io/finalizer`` — never ``spec``,
+labels or annotations, which belong to whoever applies the object (kubectl, Helm, Argo CD, Flux).
+
+Deletion: with ``deletionPolicy: Retain`` the Azure account stays; with ``Delete`` it is deleted
+(a long-running operation, handled like the others). Children go with the object through their
+owner references.
+"""
+from __future__ import annotations
+
+import asyncio
+import base64
+import collections
+import dataclasses
+import time
+from typing import Any
+
+import kopf
+from azure.core.exceptions import AzureError as AzureCoreError
+from azure.core.exceptions import ClientAuthenticationError
+
+from cosmos_etcd_operator import children
+from cosmos_etcd_operator.arm import AccountReady, AzureError, CosmosResources, Deleted, Pending, ThroughputReady
+from cosmos_etcd_operator.cloud import AzureCloud
+from cosmos_etcd_operator.conditions import (ACCOUNT, CONTAINER, CREDENTIALS, DATABASE, FALSE, IN_PROGRESS,
+                                             INVALID_SPEC, KEYS, READY, SHIM, STALLED, THROUGHPUT, TRUE, UNAVAILABLE, WAITING,
+                                             Condition, Conditions, events, now)
+from cosmos_etcd_operator.credentials import Credentials, InvalidCredentials
+from cosmos_etcd_operator.kubeapi import Kube, KubeError, cluster_path, connection_info, contains, \
+    load_configuration, object_path
+from cosmos_etcd_operator.metrics import AZURE_OPERATIONS, RECONCILE_SECONDS, RECONCILIATIONS
+from cosmos_etcd_operator.spec import GROUP, PLURAL, VERSION, ClusterSpec, DeletionPolicy, InvalidSpec, parse
+
+FINALIZER = f"{GROUP}/finalizer"
+DELETION = "deletion"  # the key of the account deletion in status.pendingOperations
+
+# Outcomes of a reconciliation (also the metric's "result" label).
+READY_RESULT, PROGRESSING, PENDING, ERROR, STALLED_RESULT, INVALID, SKIPPED, DELETED = (
+    "ready", "progressing", "pending", "error", "stalled", "invalid", "skipped", "deleted")
+
+
+@dataclasses.dataclass
+class OperatorContext:
+    """What every handler shares, handed to kopf as the operator's memo (``memo.context``)."""
+
+    kube: Kube
+    credentials: Credentials
+    cloud: AzureCloud
+    shim_image: str
+    retry_delay: float  # before retrying after an error that carries no Retry-After
+    polling_interval: float | None = None  # ARM polling when ARM gives no Retry-After (None: arm.py's)
+    locks: collections.defaultdict = dataclasses.field(default_factory=lambda: collections.defaultdict(asyncio.Lock))
+
+    def lock(self, namespace: str, name: str) -> asyncio.Lock:
+        return self.locks[namespace, name]
+
+
+@dataclasses.dataclass(frozen=True)
+class Outcome:
+    result: str
+    message: str = ""
+    delay: float | None = None
+
+
+class _Stop(Exception):
+    """A part is not ready: the reconciliation ends here with ``outcome``."""
+
+    def __init__(self, outcome: Outcome):
+        super().__init__(outcome.message)
+        self.outcome = outcome
+
+
+def register(registry: kopf.OperatorRegistry, *, drift_interval: float) -> None:
+    """Put the handlers into ``registry``."""
+    on = {"registry": registry}
+    kopf.on.login(id="login", **on)(login)
+    for cause in (kopf.on.create, kopf.on.update, kopf.on.resume):
+        cause(GROUP, VERSION, PLURAL, id="reconcile", **on)(on_change)
+    kopf.on.delete(GROUP, VERSION, PLURAL, id="delete", **on)(on_delete)
+    kopf.timer(GROUP, VERSION, PLURAL, id="drift", interval=drift_interval, initial_delay=drift_interval,
+               **on)(on_drift)
+    kopf.on.event("apps", "v1", "deployments", id="shim-availability",
+                  labels={"app.kubernetes.io/managed-by": children.MANAGED_BY}, **on)(on_deployment_event)
+
+
+def configure(settings: kopf.OperatorSettings) -> None:
+    """Where kopf keeps its state: in status and our own finalizer, so that no metadata that a
+    GitOps tool owns is touched. kopf does not scan CRDs or namespaces (less RBAC): the resources
+    are known, and namespaces are named exactly."""
+    settings.persistence.finalizer = FINALIZER
+    settings.persistence.progress_storage = kopf.StatusProgressStorage(field="status.kopf.progress")
+    settings.persistence.diffbase_storage = kopf.StatusDiffBaseStorage(field="status.kopf.lastHandledConfiguration")
+    settings.scanning.disabled = True
+
+
+def login(**_: Any) -> kopf.ConnectionInfo:
+    """kopf logs in exactly as the operator's own client does."""
+    return connection_info(load_configuration())
+
+
+# -- kopf's entry points ---------------------------------------------------------------------------
+
+async def on_change(namespace: str, name: str, logger, memo: kopf.Memo, **_: Any) -> None:
+    outcome = await reconcile(memo.context, namespace, name, logger, trigger="change")
+    if outcome.result == PENDING:
+        raise kopf.TemporaryError(outcome.message, delay=outcome.delay)
+    if outcome.result == ERROR:
+        raise kopf.TemporaryError(outcome.message, delay=outcome.delay or memo.context.retry_delay)
+    if outcome.result in (STALLED_RESULT, INVALID):
+        raise kopf.PermanentError(outcome.message)
+
+
+async def on_drift(namespace: str, name: str, logger, memo: kopf.Memo, **_: Any) -> None:
+    outcome = await reconcile(memo.context, namespace, name, logger, trigger="drift")
+    if outcome.result == PENDING:  # come back when ARM says, not a whole interval later
+        raise kopf.TemporaryError(outcome.message, delay=outcome.delay)
+
+
+async def on_delete(namespace: str, name: str, logger, memo: kopf.Memo, **_: Any) -> None:
+    context: OperatorContext = memo.context
+    async with context.lock(namespace, name):
+        body = await context.kube.get(cluster_path(namespace, name))
+        if body is None:
+            return
+        outcome = await Reconciliation(context, body, logger).delete()
+    if outcome.result != DELETED:
+        # Never PermanentError: kopf would then release the object and leave the account behind
+        # unnoticed. Switching deletionPolicy to Retain lets it go.
+        raise kopf.TemporaryError(outcome.message, delay=outcome.delay or context.retry_delay)
+
+
+async def on_deployment_event(type: str | None, body: kopf.Body, namespace: str, memo: kopf.Memo,
+                              **_: Any) -> None:
+    """The shim's Deployment changed: move ``Shim`` (and ``Ready``) with its available replicas."""
+    name = body.get("metadata", {}).get("labels", {}).get(children.CLUSTER_LABEL)
+    owned = any(reference.get("kind") == "CosmosEtcdCluster" and reference.get("name") == name
+                for reference in body.get("metadata", {}).get("ownerReferences", []))
+    if not name or not owned:
+        return
+    context: OperatorContext = memo.context
+    async with context.lock(namespace, name):
+        cluster = await context.kube.get(cluster_path(namespace, name))
+        if cluster is None or cluster["metadata"].get("deletionTimestamp"):
+            return
+        status = cluster.get("status") or {}
+        conditions = Conditions(status.get("conditions"), status.get("observedGeneration", 1))
+        ready = conditions.get(READY) or {}
+        if (conditions.get(SHIM) or {}).get("reason", WAITING) == WAITING or ready.get("reason") == INVALID_SPEC:
+            return  # the shim's part has not been reached yet, or nothing may move
+        shim = _shim_condition(None if type == "DELETED" else body)
+        current = conditions.get(SHIM)
+        if (current["status"], current["message"]) == (shim.status, shim.message):
+            return
+        conditions.set(shim)
+        conditions.summarize(stalled=conditions.status_of(STALLED) == TRUE)
+        await _patch_status(context.kube, namespace, name, {"conditions": conditions.as_list()})
+        _post_events(cluster, status.get("conditions"), conditions.as_list())
+
+
+# -- reconciliation --------------------------------------------------------------------------------
+
+async def reconcile(context: OperatorContext, namespace: str, name: str, logger, *, trigger: str) -> Outcome:
+    """One reconciliation of the object as stored now (``trigger``: change or drift)."""
+    started = time.monotonic()
+    async with context.lock(namespace, name):
+        body = await context.kube.get(cluster_path(namespace, name))
+        if body is None or body["metadata"].get("deletionTimestamp"):
+            return Outcome(SKIPPED)
+        if trigger == "drift" and not _settled(body):
+            return Outcome(SKIPPED)
+        outcome = await Reconciliation(context, body, logger).run()
+    RECONCILIATIONS.labels(trigger, outcome.result).inc()
+    RECONCILE_SECONDS.observe(time.monotonic() - started)
+    return outcome
+
+
+def _settled(body: dict[str, Any]) -> bool:
+    """The handlers have processed the current spec, and it was valid: the timer may look."""
+    status = body.get("status") or {}
+    ready = Conditions(status.get("conditions"), 0).get(READY) or {}
+    return status.get("observedGeneration") == body["metadata"].get("generation") and \
+        ready.get("reason") != INVALID_SPEC
+
+
+class Reconciliation:
+    """One pass over one CosmosEtcdCluster, from the object as read; :meth:`run` or :meth:`delete`."""
+
+    def __init__(self, context: OperatorContext, body: dict[str, Any], logger):
+        self.context, self.body, self.logger = context, body, logger
+        self.kube = context.kube
+        self.name, self.namespace = body["metadata"]["name"], body["metadata"]["namespace"]
+        self.status = body.get("status") or {}
+        self.generation = body["metadata"].get("generation", 1)
+        self.conditions = Conditions(self.status.get("conditions"), self.generation)
+        self.before = Conditions(self.status.get("conditions"), self.generation)
+        self.observed = self.status.get("observedGeneration")
+        self.pending = dict(self.status.get("pendingOperations") or {})
+        self.new_status: dict[str, Any] = {}
+        self.pending_changes: dict[str, Any] = {}
+
+    async def run(self) -> Outcome:
+        try:
+            spec = parse(self.body.get("spec") or {}, name=self.name)
+            outcome = await self._parts(spec)
+        except InvalidSpec as e:
+            outcome = Outcome(INVALID, f"invalid spec: {e}")
+            self.conditions.summarize(invalid_spec=str(e))
+        except _Stop as stop:
+            outcome = stop.outcome
+            self.conditions.summarize(stalled=outcome.result == STALLED_RESULT)
+        else:
+            self.conditions.summarize()
+        await self._write_status()
+        if outcome.result in (ERROR, STALLED_RESULT, INVALID):
+            self.logger.warning(outcome.message)
+        return outcome
+
+    async def delete(self) -> Outcome:
+        try:
+            spec = parse(self.body.get("spec") or {}, name=self.name)
+        except InvalidSpec as e:
+            self.logger.warning(f"the spec is invalid ({e}); nothing is deleted in Azure")
+            return Outcome(DELETED)
+        if spec.deletion_policy is DeletionPolicy.RETAIN:
+            kopf.info(self.body, reason="Retained", message=f"account {spec.account_name} stays in Azure "
+                      f"(deletionPolicy Retain)")
+            return Outcome(DELETED)
+        try:
+            credential = await self._credentials(spec)
+            async with self._resources(credential, spec) as resources:
+                await self._azure(ACCOUNT, lambda token: resources.delete_account(spec, token), key=DELETION)
+        except _Stop as stop:
+            self.conditions.summarize(stalled=False)
+            await self._write_status()
+            return stop.outcome
+        kopf.info(self.body, reason="Deleted", message=f"account {spec.account_name} deleted (deletionPolicy Delete)")
+        return Outcome(DELETED)
+
+    async def _parts(self, spec: ClusterSpec) -> Outcome:
+        credential = await self._credentials(spec)
+        async with self._resources(credential, spec) as resources:
+            account = await self._azure(ACCOUNT, lambda token: resources.ensure_account(spec, token))
+            assert isinstance(account, AccountReady)
+            self.new_status["accountEndpoint"] = account.document_endpoint
+            self._ready(ACCOUNT, self._account_reason(account),
+                        f"account {spec.account_name} ({account.provisioning_state}) at {account.document_endpoint}")
+            await self._azure(DATABASE, lambda token: resources.ensure_database(spec, token))
+            self._ready(DATABASE, "Ready", f"database {spec.database}")
+            await self._azure(CONTAINER, lambda token: resources.ensure_container(spec, token))
+            self._ready(CONTAINER, "Ready", f"container {spec.container}")
+            throughput = await self._azure(THROUGHPUT, lambda token: resources.ensure_throughput(spec, token))
+            assert isinstance(throughput, ThroughputReady)
+            self.new_status["throughput"] = {"mode": throughput.mode.value, "requestUnits": throughput.request_units}
+            self._ready(THROUGHPUT, throughput.mode.value, f"{throughput.mode.value} {throughput.request_units} RU/s"
+                        + (" (maximum)" if throughput.mode.value == "Autoscale" else ""))
+            keys = await self._azure(KEYS, lambda _: resources.list_keys(spec), long_running=False)
+        key = keys.primary_master_key
+        secret = children.keys_secret(self.body, account_endpoint=account.document_endpoint, key=key)
+        await self._kube(KEYS, secret)
+        self._ready(KEYS, "Stored", f"account endpoint and primary key in Secret {secret['metadata']['name']}")
+        return await self._shim(spec, account.document_endpoint, children.keys_checksum(key))
+
+    async def _shim(self, spec: ClusterSpec, account_endpoint: str, keys_digest: str) -> Outcome:
+        await self._kube(SHIM, children.service(self.body))
+        await self._kube(SHIM, children.pod_disruption_budget(self.body))
+        deployment = await self._kube(SHIM, children.deployment(
+            self.body, spec, image=self.context.shim_image, account_endpoint=account_endpoint,
+            keys_digest=keys_digest))
+        self.new_status["endpoint"] = children.endpoint(self.name, self.namespace, spec)
+        shim = _shim_condition(deployment)
+        self.conditions.set(shim)
+        return Outcome(READY_RESULT if shim.status == TRUE else PROGRESSING, shim.message)
+
+    async def _credentials(self, spec: ClusterSpec):
+        secret_name = spec.credentials.service_principal_secret
+        if secret_name is None:
+            credential, who = self.context.credentials.default(), "the operator's own identity"
+        else:
+            secret = await self._read(CREDENTIALS, object_path("v1", "Secret", self.namespace, secret_name))
+            if secret is None:
+                self._fail(CREDENTIALS, "SecretNotFound", f"Secret {secret_name!r} not found in namespace "
+                           f"{self.namespace}", retryable=True)
+            data = {key: base64.b64decode(value).decode("utf-8", errors="replace")
+                    for key, value in (secret.get("data") or {}).items()}
+            try:
+                credential = self.context.credentials.for_service_principal(data, secret_name)
+            except InvalidCredentials as e:
+                self._fail(CREDENTIALS, "InvalidSecret", str(e), retryable=True)
+            who = f"service principal {data['clientId']} (Secret {secret_name})"
+        try:
+            await credential.get_token(self.context.cloud.credential_scope)
+        except ClientAuthenticationError as e:  # refused by the authority, or no identity at all
+            self._fail(CREDENTIALS, "AuthenticationFailed", _first_line(e.message), retryable=True)
+        except AzureCoreError as e:  # the authority did not answer
+            self._fail(CREDENTIALS, "TokenRequestFailed", _first_line(e.message), retryable=True)
+        self._ready(CREDENTIALS, "SignedIn", f"signed in to {self.context.cloud.resource_manager} as {who}")
+        return credential
+
+    def _resources(self, credential, spec: ClusterSpec) -> CosmosResources:
+        return CosmosResources(credential, self.context.cloud, spec.subscription_id,
+                               polling_interval=self.context.polling_interval)
+
+    async def _azure(self, part: str, call, *, key: str | None = None, long_running: bool = True):
+        """Run one Azure step, resuming its pending operation; stop unless it is done."""
+        key = key or part.lower()
+        token = self.pending.get(key, {}).get("token") if long_running else None
+        try:
+            result = await call(token)
+        except AzureError as e:
+            AZURE_OPERATIONS.labels(part, e.code).inc()
+            if key in self.pending:  # a failed operation is over: the next pass reads and starts anew
+                self.pending_changes[key] = None
+            self._fail(part, e.code, e.message, retryable=e.retryable, delay=e.retry_after)
+        except InvalidSpec as e:  # e.g. an existing account that cannot be adopted
+            self.conditions.set(Condition(part, FALSE, INVALID_SPEC, str(e)))
+            raise
+        if isinstance(result, Pending):
+            AZURE_OPERATIONS.labels(part, "pending").inc()
+            previous = self.pending.get(key) or {}
+            self.pending_changes[key] = {
+                "operation": result.operation, "token": result.token, "generation": self.generation,
+                "startedAt": previous.get("startedAt") if previous.get("operation") == result.operation else now(),
+            }
+            self.conditions.set(Condition(part, FALSE, IN_PROGRESS, f"{result.operation}: in progress"))
+            self.conditions.wait_after(part)
+            raise _Stop(Outcome(PENDING, f"{part}: {result.operation} in progress", delay=result.retry_after))
+        AZURE_OPERATIONS.labels(part, "ready" if not isinstance(result, Deleted) else "deleted").inc()
+        if key in self.pending:
+            self.pending_changes[key] = None
+        return result
+
+    async def _read(self, part: str, path: str) -> dict[str, Any] | None:
+        try:
+            return await self.kube.get(path)
+        except KubeError as e:
+            self._fail(part, e.reason, str(e), retryable=True)
+
+    async def _kube(self, part: str, desired: dict[str, Any]) -> dict[str, Any]:
+        """Create, update or restore one child; a restoration gets an event."""
+        try:
+            stored, change = await self.kube.ensure(desired)
+        except KubeError as e:
+            self._fail(part, e.reason, str(e), retryable=True)
+        kind, name = desired["kind"], desired["metadata"]["name"]
+        if change == "created" and self.before.status_of(part) == TRUE:
+            kopf.info(self.body, reason="Restored", message=f"{kind} {name} was missing: created again")
+        elif change == "updated" and self.before.status_of(part) == TRUE and self.generation == self.observed:
+            kopf.info(self.body, reason="Restored", message=f"{kind} {name} differed from the spec: set back")
+        return stored
+
+    def _account_reason(self, account: AccountReady) -> str:
+        """Created or Adopted, as first seen: later passes find every account existing."""
+        previous = self.conditions.get(ACCOUNT) or {}
+        if previous.get("status") == TRUE:
+            return previous["reason"]
+        return "Adopted" if account.adopted else "Created"
+
+    def _ready(self, part: str, reason: str, message: str) -> None:
+        self.conditions.set(Condition(part, TRUE, reason, message))
+
+    def _fail(self, part: str, reason: str, message: str, *, retryable: bool, delay: float | None = None):
+        self.conditions.set(Condition(part, FALSE, reason, message))
+        self.conditions.wait_after(part)
+        raise _Stop(Outcome(ERROR if retryable else STALLED_RESULT, f"{part}: {reason}: {message}", delay))
+
+    async def _write_status(self) -> None:
+        """One status write, and none when nothing changed (no watch event, no resourceVersion)."""
+        status = {"observedGeneration": self.generation, "conditions": self.conditions.as_list(), **self.new_status}
+        if self.pending_changes:
+            status["pendingOperations"] = self.pending_changes
+        stored = {key: value for key, value in self.status.items() if key != "kopf"}
+        if contains(stored, {key: value for key, value in status.items() if key != "pendingOperations"}) and \
+                all(stored.get("pendingOperations", {}).get(key) == value
+                    for key, value in self.pending_changes.items()):
+            return
+        await _patch_status(self.kube, self.namespace, self.name, status)
+        _post_events(self.body, self.status.get("conditions"), status["conditions"])
+
+
+def _shim_condition(deployment: dict[str, Any] | None) -> Condition:
+    if deployment is None:
+        return Condition(SHIM, FALSE, "DeploymentMissing", "the shim's Deployment is missing")
+    available, wanted = children.available_replicas(deployment)
+    message = f"{available} of {wanted} replicas available"
+    return Condition(SHIM, TRUE, "Available", message) if available > 0 else \
+        Condition(SHIM, FALSE, UNAVAILABLE, message)
+
+
+def _post_events(body: dict[str, Any], before: list[dict[str, Any]] | None, after: list[dict[str, Any]]) -> None:
+    for type_, reason, message in events(before, after):
+        kopf.event(body, type=type_, reason=reason, message=message)
+
+
+async def _patch_status(kube: Kube, namespace: str, name: str, status: dict[str, Any]) -> None:
+    try:
+        await kube.merge_patch(cluster_path(namespace, name) + "/status", {"status": status})
+    except KubeError as e:
+        if e.status != 404:  # deleted meanwhile: nothing to report on
+            raise
+
+
+def _first_line(message: str | None) -> str:
+    return (message or "").strip().splitlines()[0][:500] if (message or "").strip() else "authentication failed"

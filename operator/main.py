@@ -1,0 +1,171 @@
+"""``cosmos-etcd operator``: the kopf operator that turns CosmosEtcdClusters into Cosmos DB accounts
+and running shims.
+
+It logs in to Kubernetes as kopf and the ``kubernetes`` client do by default (the pod's service
+account, else ``KUBECONFIG``) and to Azure per cluster (see :mod:`cosmos_etcd_operator.credentials`),
+in the cloud that ``--cloud`` names. kopf runs standalone (one operator replica) unless ``--peering``
+names a KopfPeering; it watches every namespace unless ``--namespace`` names some. Liveness is
+answered at ``http://<--liveness-address>/healthz``; Prometheus metrics at
+``http://<--metrics-address>/metrics``. Logs are JSON lines on stderr; each CosmosEtcdCluster also
+gets Kubernetes events when it becomes ready, when a part starts an operation or fails, when a
+child is restored, and when it is deleted (``kubectl describe``).
+
+:func:`run` is the operator itself; tests run it in-process with the same flags.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import logging
+import sys
+import threading
+
+import kopf
+
+from cosmos_etcd_operator import cloud as clouds
+from cosmos_etcd_operator import handlers
+from cosmos_etcd_operator.credentials import Credentials
+from cosmos_etcd_operator.kubeapi import Kube, load_configuration
+from cosmos_etcd_operator.metrics import serve_metrics
+from cosmos_etcd_shim import __version__
+
+DEFAULT_SHIM_IMAGE = f"ghcr.io/cosmos-etcd/cosmos-etcd:{__version__}"
+LOG_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING, "error": logging.ERROR}
+# Their info level logs every HTTP request: only with --log-level debug.
+CHATTY_LOGGERS = ("azure", "urllib3", "kubernetes")
+
+
+@dataclasses.dataclass(frozen=True)
+class OperatorConfig:
+    cloud: clouds.AzureCloud
+    namespaces: tuple[str, ...] = ()  # none: every namespace
+    liveness_address: str = "0.0.0.0:8080"
+    metrics_address: str = "0.0.0.0:9090"
+    peering: str | None = None  # None: standalone
+    shim_image: str = DEFAULT_SHIM_IMAGE
+    log_level: str = "info"
+    drift_interval: float = 60.0
+    retry_delay: float = 30.0
+
+
+@dataclasses.dataclass(frozen=True)
+class _Defaults(OperatorConfig):
+    """The defaults of the flags: an OperatorConfig before a cloud is chosen."""
+    cloud: clouds.AzureCloud | None = None
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def parser() -> argparse.ArgumentParser:
+    defaults = _Defaults()
+    p = _Parser(prog="cosmos-etcd operator", description=(
+        "Run the Kubernetes operator: every CosmosEtcdCluster becomes an Azure Cosmos DB account, database, "
+        "container and throughput, and a shim Deployment serving etcd in front of them."))
+    p.add_argument("--namespace", action="append", default=[], dest="namespaces", metavar="NAMESPACE",
+                   help="watch this namespace (repeatable; default: every namespace)")
+    p.add_argument("--liveness-address", default=defaults.liveness_address, metavar="HOST:PORT",
+                   help="serve the liveness probe at http://HOST:PORT/healthz (default: %(default)s)")
+    p.add_argument("--metrics-address", default=defaults.metrics_address, metavar="HOST:PORT",
+                   help="serve Prometheus metrics at http://HOST:PORT/metrics (default: %(default)s)")
+    p.add_argument("--peering", default=None, metavar="NAME",
+                   help="coordinate with other operator replicas through this KopfPeering (default: standalone)")
+    p.add_argument("--cloud", choices=clouds.CLOUD_NAMES, default=clouds.PUBLIC,
+                   help="the Azure cloud (default: %(default)s)")
+    p.add_argument("--arm-endpoint", default=None, metavar="URL",
+                   help="the Resource Manager endpoint of --cloud custom")
+    p.add_argument("--authority-host", default=None, metavar="URL",
+                   help=f"the Entra ID authority (default: ${clouds.AUTHORITY_HOST_VARIABLE}, else the cloud's)")
+    p.add_argument("--azure-ca-file", default=None, metavar="FILE",
+                   help="PEM CA certificates to trust for Azure endpoints, for clouds with a private CA "
+                        "(default: the system's)")
+    p.add_argument("--shim-image", default=defaults.shim_image, metavar="IMAGE",
+                   help="the shim's image when a CosmosEtcdCluster names none (default: %(default)s)")
+    p.add_argument("--drift-interval", type=_seconds, default=defaults.drift_interval, metavar="SECONDS",
+                   help="how often each ready cluster is compared with Azure and its objects (default: %(default)s)")
+    p.add_argument("--retry-delay", type=_seconds, default=defaults.retry_delay, metavar="SECONDS",
+                   help="wait before retrying after an error that says nothing of when (default: %(default)s)")
+    p.add_argument("--log-level", choices=sorted(LOG_LEVELS), default=defaults.log_level,
+                   help="log level (default: %(default)s)")
+    return p
+
+
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, not {text!r}")
+    return value
+
+
+def parse_args(argv: list[str]) -> OperatorConfig:
+    """The operator's configuration from its flags; a contradiction exits with status 2."""
+    p = parser()
+    args = p.parse_args(argv)
+    try:
+        cloud = clouds.resolve(args.cloud, arm_endpoint=args.arm_endpoint, authority_host=args.authority_host,
+                               ca_file=args.azure_ca_file)
+    except clouds.InvalidCloud as e:
+        p.error(str(e))
+    for option in ("liveness_address", "metrics_address"):
+        if not _is_address(getattr(args, option)):
+            p.error(f"--{option.replace('_', '-')} must be HOST:PORT, not {getattr(args, option)!r}")
+    return OperatorConfig(cloud=cloud, namespaces=tuple(args.namespaces), liveness_address=args.liveness_address,
+                          metrics_address=args.metrics_address, peering=args.peering, shim_image=args.shim_image,
+                          log_level=args.log_level, drift_interval=args.drift_interval, retry_delay=args.retry_delay)
+
+
+def _is_address(text: str) -> bool:
+    host, _, port = text.rpartition(":")
+    return bool(host) and port.isdigit() and int(port) < 65536
+
+
+async def run(config: OperatorConfig, *, stop_flag: asyncio.Event | threading.Event | None = None,
+              ready_flag: asyncio.Event | threading.Event | None = None) -> None:
+    """Run the operator until ``stop_flag`` is set (or SIGTERM/SIGINT)."""
+    registry = kopf.OperatorRegistry()
+    handlers.register(registry, drift_interval=config.drift_interval)
+    settings = kopf.OperatorSettings()
+    handlers.configure(settings)
+    settings.posting.level = logging.INFO
+    kube = Kube(load_configuration())
+    metrics = serve_metrics(config.metrics_address)
+    try:
+        async with Credentials(config.cloud) as credentials:
+            context = handlers.OperatorContext(kube=kube, credentials=credentials, cloud=config.cloud,
+                                               shim_image=config.shim_image, retry_delay=config.retry_delay)
+            await kopf.operator(
+                registry=registry, settings=settings, memo=kopf.Memo(context=context),
+                clusterwide=not config.namespaces, namespaces=config.namespaces,
+                standalone=config.peering is None, peering_name=config.peering,
+                liveness_endpoint=f"http://{config.liveness_address}/healthz",
+                stop_flag=stop_flag, ready_flag=ready_flag)
+    finally:
+        metrics.shutdown()
+        metrics.server_close()
+        kube.close()
+
+
+def configure_logging(level: str) -> None:
+    kopf.configure(debug=level == "debug", log_format=kopf.LogFormat.JSON)
+    logging.getLogger().setLevel(LOG_LEVELS[level])
+    for name in CHATTY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.DEBUG if level == "debug" else logging.WARNING)
+
+
+def main(argv: list[str]) -> int:
+    config = parse_args(argv)
+    configure_logging(config.log_level)
+    try:
+        load_configuration()
+    except Exception as e:  # the kubernetes client raises several kinds for a missing or bad kubeconfig
+        print(f"cosmos-etcd operator: error: no Kubernetes login: {e}", file=sys.stderr)
+        return 1
+    try:
+        asyncio.run(run(config))
+    except OSError as e:  # a metrics or liveness port in use
+        print(f"cosmos-etcd operator: error: {e}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,182 @@
+"""The shim's Kubernetes objects as operator/children.py renders them: valid for a current
+Kubernetes (kubernetes-validate --strict), and with the fields the operator promises."""
+from __future__ import annotations
+
+import base64
+
+import kubernetes_validate
+import pytest
+
+from cosmos_etcd_operator import children
+from cosmos_etcd_operator.spec import parse
+
+KUBERNETES_VERSION = "1.33.0"
+OWNER = {"apiVersion": "cosmosetcd.io/v1alpha1", "kind": "CosmosEtcdCluster",
+         "metadata": {"name": "tenant-a", "namespace": "control-planes", "uid": "0b4c9d1e-uid"}}
+AZURE = {"subscriptionId": "00000000-0000-0000-0000-000000000000", "resourceGroup": "rg", "location": "westeurope"}
+ACCOUNT_ENDPOINT = "https://tenant-a.documents.azure.com:443/"
+
+
+# The pod's name, and the account key from the keys Secret (never a flag: flags show in process lists).
+SHIM_ENV = [{"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+            {"name": "COSMOS_ETCD_COSMOS_KEY",
+             "valueFrom": {"secretKeyRef": {"name": "tenant-a-cosmos-keys", "key": "key"}}}]
+
+
+def serve_args(account_endpoint: str) -> list[str]:
+    """The shim's command line for cluster tenant-a in control-planes, without TLS."""
+    return ["serve", "--backend", "cosmos", "--name", "$(POD_NAME)", "--data-dir", "/var/lib/cosmos-etcd",
+            "--cosmos-endpoint", account_endpoint, "--cosmos-database", "EtcdDB", "--cosmos-container", "EtcdData",
+            "--cosmos-no-create", "--listen-client-urls", "http://0.0.0.0:2379",
+            "--advertise-client-urls", "http://tenant-a.control-planes.svc:2379",
+            "--listen-metrics-urls", "http://0.0.0.0:2381"]
+
+
+def _render(shim: dict | None = None, cosmos: dict | None = None) -> dict:
+    spec = parse({"azure": AZURE, "shim": shim or {}, "cosmos": cosmos or {}}, name="tenant-a")
+    return children.deployment(OWNER, spec, image="registry.example/cosmos-etcd:1", account_endpoint=ACCOUNT_ENDPOINT,
+                               keys_digest="0123456789abcdef")
+
+
+def _container(deployment: dict) -> dict:
+    [container] = deployment["spec"]["template"]["spec"]["containers"]
+    return container
+
+
+@pytest.mark.parametrize("shim", [{}, {"tls": {"secretName": "tenant-a-tls"}},
+                                  {"tls": {"secretName": "tenant-a-tls", "clientCertAuth": False}, "replicas": 5,
+                                   "resources": {"requests": {"cpu": 1, "memory": "1Gi"}}}])
+def test_every_child_is_valid_for_kubernetes(shim):
+    spec = parse({"azure": AZURE, "shim": shim}, name="tenant-a")
+    objects = [
+        children.deployment(OWNER, spec, image="img:1", account_endpoint=ACCOUNT_ENDPOINT, keys_digest="d"),
+        children.service(OWNER), children.pod_disruption_budget(OWNER),
+        children.keys_secret(OWNER, account_endpoint=ACCOUNT_ENDPOINT, key="c2VjcmV0"),
+    ]
+    for obj in objects:
+        kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
+
+
+def test_deployment_runs_the_shim_on_cosmos_without_tls():
+    deployment = _render()
+    container = _container(deployment)
+    assert deployment["spec"]["replicas"] == 2
+    assert container["image"] == "registry.example/cosmos-etcd:1"
+    assert container["command"] == ["cosmos-etcd"]
+    assert container["args"] == serve_args(ACCOUNT_ENDPOINT)
+    assert container["env"] == SHIM_ENV
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert container[probe]["grpc"] == {"port": 2379}
+    assert container["resources"] == children.DEFAULT_RESOURCES
+    assert deployment["spec"]["template"]["metadata"]["annotations"] == {
+        "cosmosetcd.io/keys-checksum": "0123456789abcdef"}
+
+
+def test_deployment_is_restricted():
+    """What Pod Security's "restricted" level requires, and a read-only root with writable scratch."""
+    deployment = _render()
+    pod = deployment["spec"]["template"]["spec"]
+    container = _container(deployment)
+    assert pod["securityContext"] == {"runAsNonRoot": True, "runAsUser": 65532, "runAsGroup": 65532,
+                                      "fsGroup": 65532, "seccompProfile": {"type": "RuntimeDefault"}}
+    assert container["securityContext"] == {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+                                            "runAsNonRoot": True, "capabilities": {"drop": ["ALL"]}}
+    assert pod["automountServiceAccountToken"] is False
+    assert {m["mountPath"]: m["name"] for m in container["volumeMounts"]} == {
+        "/tmp": "tmp", "/var/lib/cosmos-etcd": "data"}
+    assert pod["volumes"] == [{"name": "tmp", "emptyDir": {}}, {"name": "data", "emptyDir": {}}]
+
+
+def test_replicas_prefer_different_nodes():
+    deployment = _render({"replicas": 3})
+    assert deployment["spec"]["replicas"] == 3
+    [term] = deployment["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"][
+        "preferredDuringSchedulingIgnoredDuringExecution"]
+    assert term["podAffinityTerm"] == {"topologyKey": "kubernetes.io/hostname",
+                                       "labelSelector": {"matchLabels": children.selector("tenant-a")}}
+    assert deployment["spec"]["selector"] == {"matchLabels": children.selector("tenant-a")}
+    template_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert children.selector("tenant-a").items() <= template_labels.items()
+
+
+def test_tls_serves_https_from_the_secret():
+    deployment = _render({"tls": {"secretName": "tenant-a-tls"}, "image": "mine:2"})
+    container = _container(deployment)
+    args = container["args"]
+    assert container["image"] == "mine:2"
+    assert args[args.index("--listen-client-urls") + 1] == "https://0.0.0.0:2379"
+    assert args[args.index("--advertise-client-urls") + 1] == "https://tenant-a.control-planes.svc:2379"
+    assert args[-7:] == ["--cert-file", "/etc/cosmos-etcd/tls/tls.crt", "--key-file", "/etc/cosmos-etcd/tls/tls.key",
+                         "--trusted-ca-file", "/etc/cosmos-etcd/tls/ca.crt", "--client-cert-auth"]
+    assert {"name": "tls", "mountPath": "/etc/cosmos-etcd/tls", "readOnly": True} in container["volumeMounts"]
+    assert {"name": "tls", "secret": {"secretName": "tenant-a-tls", "defaultMode": 0o440}} in \
+        deployment["spec"]["template"]["spec"]["volumes"]
+    # The kubelet's gRPC probe cannot speak TLS: the probes check the port instead.
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert container[probe]["tcpSocket"] == {"port": 2379} and "grpc" not in container[probe]
+
+
+def test_tls_without_client_certificates():
+    args = _container(_render({"tls": {"secretName": "tenant-a-tls", "clientCertAuth": False}}))["args"]
+    assert "--cert-file" in args and "--client-cert-auth" not in args and "--trusted-ca-file" not in args
+
+
+def test_other_database_and_container():
+    args = _container(_render(cosmos={"database": "Db2", "container": "C2"}))["args"]
+    assert args[args.index("--cosmos-database") + 1] == "Db2"
+    assert args[args.index("--cosmos-container") + 1] == "C2"
+
+
+def test_service_pdb_and_secret():
+    service = children.service(OWNER)
+    assert service["metadata"]["name"] == "tenant-a"
+    assert service["spec"]["ports"] == [{"name": "client", "port": 2379, "targetPort": "client", "protocol": "TCP",
+                                         "appProtocol": "grpc"}]
+    assert service["spec"]["selector"] == children.selector("tenant-a")
+    pdb = children.pod_disruption_budget(OWNER)
+    assert pdb["spec"] == {"maxUnavailable": 1, "selector": {"matchLabels": children.selector("tenant-a")}}
+    secret = children.keys_secret(OWNER, account_endpoint=ACCOUNT_ENDPOINT, key="the-key")
+    assert secret["metadata"]["name"] == "tenant-a-cosmos-keys"
+    assert {k: base64.b64decode(v).decode() for k, v in secret["data"].items()} == {
+        "endpoint": ACCOUNT_ENDPOINT, "key": "the-key"}
+
+
+def test_children_are_owned_and_labelled_but_carry_no_gitops_tracking_label():
+    spec = parse({"azure": AZURE}, name="tenant-a")
+    for obj in (children.deployment(OWNER, spec, image="i", account_endpoint=ACCOUNT_ENDPOINT, keys_digest="d"),
+                children.service(OWNER), children.pod_disruption_budget(OWNER),
+                children.keys_secret(OWNER, account_endpoint=ACCOUNT_ENDPOINT, key="k")):
+        metadata = obj["metadata"]
+        assert metadata["namespace"] == "control-planes"
+        assert metadata["ownerReferences"] == [{
+            "apiVersion": "cosmosetcd.io/v1alpha1", "kind": "CosmosEtcdCluster", "name": "tenant-a",
+            "uid": "0b4c9d1e-uid", "controller": True, "blockOwnerDeletion": True}]
+        assert metadata["labels"] == {
+            "app.kubernetes.io/name": "cosmos-etcd", "cosmosetcd.io/cluster": "tenant-a",
+            "app.kubernetes.io/component": "etcd", "app.kubernetes.io/part-of": "cosmos-etcd",
+            "app.kubernetes.io/managed-by": "cosmos-etcd-operator"}
+
+
+def test_endpoint_follows_tls():
+    plain = parse({"azure": AZURE}, name="abc")
+    tls = parse({"azure": AZURE, "shim": {"tls": {"secretName": "t"}}}, name="abc")
+    assert children.endpoint("abc", "ns", plain) == "http://abc.ns.svc:2379"
+    assert children.endpoint("abc", "ns", tls) == "https://abc.ns.svc:2379"
+
+
+def test_keys_checksum_changes_with_the_key_and_hides_it():
+    assert children.keys_checksum("k1") != children.keys_checksum("k2")
+    assert "k1" not in children.keys_checksum("k1") and len(children.keys_checksum("k1")) == 16
+
+
+@pytest.mark.parametrize("deployment, expected", [
+    (None, (0, 0)),
+    ({"metadata": {"generation": 2}, "spec": {"replicas": 2}, "status": {"observedGeneration": 2,
+                                                                         "availableReplicas": 1}}, (1, 2)),
+    # The controller has not seen the latest spec: what it reported is about an older one.
+    ({"metadata": {"generation": 3}, "spec": {"replicas": 2}, "status": {"observedGeneration": 2,
+                                                                         "availableReplicas": 2}}, (0, 2)),
+    ({"metadata": {"generation": 1}, "spec": {"replicas": 3}}, (0, 3)),
+])
+def test_available_replicas(deployment, expected):
+    assert children.available_replicas(deployment) == expected
