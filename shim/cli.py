@@ -1,4 +1,5 @@
-"""The ``cosmos-etcd`` command: ``serve`` (the etcd server), ``version``.
+"""The ``cosmos-etcd`` command: ``serve`` (the etcd server), ``operator`` (the Kubernetes operator,
+in package ``cosmos_etcd_operator``), ``version``.
 
 Flags are spelled as etcd's where they mean the same. Errors a user can fix (a bad flag, a port
 in use, an unusable data directory) are one line on stderr and a non-zero exit, never a traceback.
@@ -11,7 +12,7 @@ import sys
 
 from cosmos_etcd_shim import ETCD_VERSION, __version__
 from cosmos_etcd_shim import config as cfg
-from cosmos_etcd_shim import logs
+from cosmos_etcd_shim import logs, tls
 
 
 class _Parser(argparse.ArgumentParser):
@@ -44,10 +45,45 @@ def _parser() -> argparse.ArgumentParser:
                        help="backend size quota reported by Status; 0 is etcd's default of 2 GiB")
     serve.add_argument("--watch-progress-notify-interval", default="10m",
                        help="how often idle watchers that asked for progress get a notification (default: %(default)s)")
+    serve.add_argument("--max-concurrent-streams", type=int, default=defaults.max_concurrent_streams,
+                       help="maximum concurrent gRPC streams per client connection (default: %(default)s, no limit)")
+    serve.add_argument("--max-watchers-per-stream", type=int, default=defaults.max_watchers_per_stream,
+                       help="maximum watchers on one Watch stream; not an etcd flag (default: %(default)s)")
+    serve.add_argument("--max-range-keys", type=int, default=defaults.max_range_keys,
+                       help="maximum keys in one Range answer, use limit to page; not an etcd flag "
+                            "(default: %(default)s)")
     serve.add_argument("--log-level", choices=sorted(logs.LEVELS), default=defaults.log_level,
                        help="log level (default: %(default)s)")
     serve.add_argument("--backend", choices=cfg.BACKENDS, default=defaults.backend,
                        help="where the data lives (default: %(default)s)")
+
+    security = serve.add_argument_group(
+        "client TLS (https:// client URLs)",
+        "As etcd's flags. Certificate files are re-read when they change. /metrics stays plain http.")
+    security.add_argument("--cert-file", default="", help="the server's TLS certificate (PEM, chain allowed)")
+    security.add_argument("--key-file", default="", help="the key of --cert-file (PEM, unencrypted)")
+    security.add_argument("--trusted-ca-file", default="",
+                          help="CA certificates client certificates must chain to; requires client certificates")
+    security.add_argument("--client-cert-auth", action="store_true",
+                          help="require a client certificate signed by --trusted-ca-file")
+    security.add_argument("--auto-tls", action="store_true",
+                          help="without --cert-file, a generated self-signed certificate (development only)")
+    security.add_argument("--self-signed-cert-validity", type=int, default=defaults.self_signed_cert_validity,
+                          help="years of validity of the --auto-tls certificate (default: %(default)s)")
+    security.add_argument("--cipher-suites", default="",
+                          help="comma-separated TLS 1.2 cipher suites, IANA names as etcd's (default: gRPC's)")
+    security.add_argument("--tls-min-version", default=defaults.tls_min_version,
+                          help="minimum TLS version (default: %(default)s; only TLS1.2 is supported)")
+    security.add_argument("--tls-max-version", default=defaults.tls_max_version,
+                          help="maximum TLS version (default: TLS1.3; only TLS1.3 is supported)")
+
+    auth = serve.add_argument_group("the etcd Auth API", "As etcd's flags.")
+    auth.add_argument("--auth-token", default=defaults.auth_token,
+                      help="token type: only 'simple' (etcd's default) is supported (default: %(default)s)")
+    auth.add_argument("--auth-token-ttl", type=int, default=defaults.auth_token_ttl,
+                      help="seconds a simple token lives after its last use (default: %(default)s)")
+    auth.add_argument("--bcrypt-cost", type=int, default=defaults.bcrypt_cost,
+                      help="bcrypt cost of password hashes, 4 to 31 (default: %(default)s)")
 
     cosmos = serve.add_argument_group(
         "Cosmos DB backend (--backend cosmos)",
@@ -64,11 +100,18 @@ def _parser() -> argparse.ArgumentParser:
     cosmos.add_argument("--cosmos-poll-interval", type=float, default=defaults.cosmos_poll_interval,
                         help="seconds between reads of the log for other replicas' writes when idle (default: %(default)s)")
 
+    # Listed for --help only: main() hands everything after "operator" to the operator's own parser.
+    commands.add_parser("operator", help="run the Kubernetes operator (see cosmos-etcd operator --help)")
     commands.add_parser("version", help="print the version")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["operator"]:
+        # Imported only here: kopf, the Kubernetes client and the Azure SDKs are the operator's.
+        from cosmos_etcd_operator.main import main as operator_main
+        return operator_main(argv[1:])
     args = _parser().parse_args(argv)
     if args.command == "version":
         print(f"cosmos-etcd {__version__} (etcd API {ETCD_VERSION})")
@@ -80,20 +123,33 @@ def _serve(args: argparse.Namespace) -> int:
     # Heavy imports only when serving. uvloop: the gRPC server spends most of its time in the loop.
     import uvloop
 
-    from cosmos_etcd_shim.server import StartupError, serve
-
     try:
         config = cfg.ServeConfig(
             name=args.name,
             data_dir=args.data_dir,
-            listen_client_urls=cfg.split_urls(args.listen_client_urls),
-            advertise_client_urls=cfg.split_urls(args.advertise_client_urls),
-            initial_advertise_peer_urls=cfg.split_urls(args.initial_advertise_peer_urls),
-            listen_metrics_urls=cfg.split_urls(args.listen_metrics_urls),
+            listen_client_urls=cfg.split_list(args.listen_client_urls),
+            advertise_client_urls=cfg.split_list(args.advertise_client_urls),
+            initial_advertise_peer_urls=cfg.split_list(args.initial_advertise_peer_urls),
+            listen_metrics_urls=cfg.split_list(args.listen_metrics_urls),
             max_request_bytes=args.max_request_bytes,
             max_txn_ops=args.max_txn_ops,
             quota_backend_bytes=args.quota_backend_bytes,
             watch_progress_notify_interval=cfg.parse_duration(args.watch_progress_notify_interval),
+            max_concurrent_streams=args.max_concurrent_streams,
+            max_watchers_per_stream=args.max_watchers_per_stream,
+            max_range_keys=args.max_range_keys,
+            cert_file=args.cert_file,
+            key_file=args.key_file,
+            trusted_ca_file=args.trusted_ca_file,
+            client_cert_auth=args.client_cert_auth,
+            auto_tls=args.auto_tls,
+            self_signed_cert_validity=args.self_signed_cert_validity,
+            cipher_suites=cfg.split_list(args.cipher_suites),
+            tls_min_version=args.tls_min_version,
+            tls_max_version=args.tls_max_version,
+            auth_token=args.auth_token,
+            auth_token_ttl=args.auth_token_ttl,
+            bcrypt_cost=args.bcrypt_cost,
             log_level=args.log_level,
             backend=args.backend,
             cosmos_endpoint=args.cosmos_endpoint,
@@ -104,9 +160,12 @@ def _serve(args: argparse.Namespace) -> int:
             cosmos_no_create=args.cosmos_no_create,
             cosmos_poll_interval=args.cosmos_poll_interval,
         )
+        tls.use_cipher_suites(config)  # before the server module imports gRPC, which reads them once
     except cfg.ConfigError as e:
         print(f"cosmos-etcd serve: error: {e}", file=sys.stderr)
         return 2
+    from cosmos_etcd_shim.server import StartupError, serve  # imports gRPC: after use_cipher_suites
+
     logs.configure(config.log_level)
     try:
         uvloop.run(serve(config))

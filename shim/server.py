@@ -14,15 +14,20 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from cosmos_etcd_shim import ETCD_CLUSTER_VERSION, ETCD_VERSION
-from cosmos_etcd_shim import member, metrics
+from cosmos_etcd_shim import member, metrics, tls
+from cosmos_etcd_shim.api.auth import AuthServicer
+from cosmos_etcd_shim.api.callers import Callers
 from cosmos_etcd_shim.api.cluster import ClusterServicer
+from cosmos_etcd_shim.api.decoding import DecodeErrors
 from cosmos_etcd_shim.api.errors import answer_unimplemented
 from cosmos_etcd_shim.api.header import ResponseHeaders
 from cosmos_etcd_shim.api.kv import KVServicer
 from cosmos_etcd_shim.api.lease import LeaseServicer
 from cosmos_etcd_shim.api.watch import WatchServicer
 from cosmos_etcd_shim.api.maintenance import MaintenanceServicer, ServerInfo
-from cosmos_etcd_shim.config import COSMOS_KEY_VARIABLE, ServeConfig
+from cosmos_etcd_shim.config import COSMOS_KEY_VARIABLE, ConfigError, ServeConfig
+from cosmos_etcd_shim.mvcc.auth import AuthStore
+from cosmos_etcd_shim.mvcc.reads import RangeLimits
 from cosmos_etcd_shim.mvcc.store import MVCCStore
 from cosmos_etcd_shim.mvcc.watch import WatchHub
 from cosmos_etcd_shim.proto import rpc_pb2, rpc_pb2_grpc
@@ -34,6 +39,10 @@ logger = logging.getLogger(__name__)
 # etcd lets gRPC receive this much beyond --max-request-bytes, so that its own, clearer
 # "request is too large" answers requests a little over the limit.
 GRPC_OVERHEAD_BYTES = 512 * 1024
+# The largest message gRPC sends, as etcd's (math.MaxInt32); a Range answer is refused before it is built beyond it.
+MAX_SEND_BYTES = 2**31 - 1
+# gRPC takes --max-concurrent-streams as a C int; at or above this it means no limit, as etcd's default.
+GRPC_MAX_INT = 2**31 - 1
 SHUTDOWN_GRACE_SECONDS = 5
 
 
@@ -86,12 +95,15 @@ def identity_of(config: ServeConfig) -> member.MemberIdentity:
 
 
 def grpc_options(config: ServeConfig) -> list[tuple[str, int]]:
-    return [
+    options = [
         ("grpc.max_receive_message_length", config.max_request_bytes + GRPC_OVERHEAD_BYTES),
-        ("grpc.max_send_message_length", 2**31 - 1),
+        ("grpc.max_send_message_length", MAX_SEND_BYTES),
         # Another process on the same port must be an error, not a silent second listener.
         ("grpc.so_reuseport", 0),
     ]
+    if config.max_concurrent_streams < GRPC_MAX_INT:
+        options.append(("grpc.max_concurrent_streams", config.max_concurrent_streams))
+    return options
 
 
 class Server:
@@ -104,6 +116,7 @@ class Server:
         self.health = health.aio.HealthServicer()
         self._progress: asyncio.Task | None = None
         self._heartbeats: asyncio.Task | None = None
+        self._auth_upkeep: asyncio.Task | None = None
         self._members: list[rpc_pb2.Member] = []
         self.watch_hub: WatchHub | None = None
 
@@ -111,9 +124,12 @@ class Server:
         config = self.config
         for address in (*config.listen_addresses, *config.metrics_addresses):
             _check_can_listen(address)  # before anything is opened or logged: one clear line
-        self.store = store = MVCCStore(open_backend(config))
+        credentials = _tls_credentials(config)
+        self.store = store = MVCCStore(open_backend(config), RangeLimits(config.max_range_keys, MAX_SEND_BYTES))
+        auth = AuthStore(store.log, config.bcrypt_cost, config.auth_token_ttl)
         try:
             await store.open()
+            await auth.open()
             identity = identity_of(config)
         except Exception as e:  # storage, credentials, files: the user's to fix, in one line
             await store.close()
@@ -128,40 +144,42 @@ class Server:
         )
         self._members = [this_member]
         self._heartbeats = asyncio.create_task(self._heartbeat_forever(this_member))
+        self._auth_upkeep = asyncio.create_task(auth.maintain_forever())
+        callers = Callers(auth, config.requires_client_certificates)
 
-        server = grpc.aio.server(options=grpc_options(config))
-        hub = WatchHub(store.index, store.log, lambda: store.revision, lambda: store.compact_revision)
+        server = grpc.aio.server(options=grpc_options(config), interceptors=[DecodeErrors()])
+        hub = WatchHub(store.index, store.log, lambda: store.revision, lambda: store.compact_revision,
+                       config.max_watchers_per_stream)
         store.on_commit(hub.on_commit)
         self.watch_hub = hub
         self._progress = asyncio.create_task(hub.notify_progress_every(config.watch_progress_notify_interval))
         servicers = [
-            (KVServicer(store, headers, config.max_request_bytes, config.max_txn_ops), rpc_pb2_grpc.KVServicer,
-             rpc_pb2_grpc.add_KVServicer_to_server),
-            (WatchServicer(hub, headers, config.max_request_bytes + GRPC_OVERHEAD_BYTES), rpc_pb2_grpc.WatchServicer,
-             rpc_pb2_grpc.add_WatchServicer_to_server),
-            (LeaseServicer(store, headers, config.max_request_bytes), rpc_pb2_grpc.LeaseServicer,
+            (KVServicer(store, headers, config.max_request_bytes, config.max_txn_ops, callers),
+             rpc_pb2_grpc.KVServicer, rpc_pb2_grpc.add_KVServicer_to_server),
+            (WatchServicer(hub, headers, config.max_request_bytes + GRPC_OVERHEAD_BYTES, callers),
+             rpc_pb2_grpc.WatchServicer, rpc_pb2_grpc.add_WatchServicer_to_server),
+            (LeaseServicer(store, headers, config.max_request_bytes, callers), rpc_pb2_grpc.LeaseServicer,
              rpc_pb2_grpc.add_LeaseServicer_to_server),
             (ClusterServicer(headers, lambda: self._members), rpc_pb2_grpc.ClusterServicer,
              rpc_pb2_grpc.add_ClusterServicer_to_server),
             (MaintenanceServicer(store, headers, ServerInfo(ETCD_VERSION, ETCD_CLUSTER_VERSION,
-                                                            config.quota_backend_bytes)),
+                                                            config.quota_backend_bytes), callers),
              rpc_pb2_grpc.MaintenanceServicer, rpc_pb2_grpc.add_MaintenanceServicer_to_server),
-            # Auth arrives with its issue; until then every Auth call answers UNIMPLEMENTED.
-            (rpc_pb2_grpc.AuthServicer(), rpc_pb2_grpc.AuthServicer, rpc_pb2_grpc.add_AuthServicer_to_server),
+            (AuthServicer(callers, headers), rpc_pb2_grpc.AuthServicer, rpc_pb2_grpc.add_AuthServicer_to_server),
         ]
         for servicer, service, add_to_server in servicers:
             answer_unimplemented(servicer, service)
             add_to_server(servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         for address in config.listen_addresses:
-            _bind(server, address)
+            _bind(server, address, credentials if address in config.tls_addresses else None)
         await server.start()
         for address in config.metrics_addresses:
             metrics.serve_metrics(address)
         await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
         self.grpc_server = server
         logger.info("serving client traffic", extra={
-            "listen": config.listen_addresses, "member_name": config.name, "data_dir": config.data_dir,
+            "listen": list(config.listen_client_urls), "member_name": config.name, "data_dir": config.data_dir,
             "backend": config.backend, "revision": store.revision,
             "member_id": f"{identity.member_id:x}", "cluster_id": f"{identity.cluster_id:x}",
         })
@@ -183,10 +201,10 @@ class Server:
             await asyncio.sleep(HEARTBEAT_SECONDS)
 
     async def stop(self) -> None:
-        for task in (self._progress, self._heartbeats):
+        for task in (self._progress, self._heartbeats, self._auth_upkeep):
             if task is not None:
                 task.cancel()
-        self._progress = self._heartbeats = None
+        self._progress = self._heartbeats = self._auth_upkeep = None
         if self.grpc_server is not None:
             await self.health.enter_graceful_shutdown()
             # Watch streams never end by themselves: end them now, as etcd does, so that the
@@ -200,9 +218,25 @@ class Server:
             self.store = None
 
 
-def _bind(server: grpc.aio.Server, address: str) -> None:
+def _tls_credentials(config: ServeConfig) -> grpc.ServerCredentials | None:
+    """The https:// client URLs' credentials; None when every client URL is plain http."""
+    if not config.tls_enabled:
+        if config.cert_file or config.auto_tls:  # as etcd warns
+            logger.warning("client URLs are http: ignoring --cert-file, --key-file and --auto-tls")
+        return None
     try:
-        server.add_insecure_port(address)
+        tls.use_cipher_suites(config)
+        return tls.server_credentials(config)
+    except ConfigError as e:
+        raise StartupError(str(e)) from None
+
+
+def _bind(server: grpc.aio.Server, address: str, credentials: grpc.ServerCredentials | None) -> None:
+    try:
+        if credentials is None:
+            server.add_insecure_port(address)
+        else:
+            server.add_secure_port(address, credentials)
     except RuntimeError:
         raise StartupError(f"cannot listen on {address}") from None
 

@@ -46,6 +46,10 @@ FUTURE_REV = EtcdStatus(grpc.StatusCode.OUT_OF_RANGE, "etcdserver: mvcc: require
 LEASE_NOT_FOUND = EtcdStatus(grpc.StatusCode.NOT_FOUND, "etcdserver: requested lease not found")
 LEASE_EXISTS = EtcdStatus(grpc.StatusCode.FAILED_PRECONDITION, "etcdserver: lease already exists")
 LEASE_TTL_TOO_LARGE = EtcdStatus(grpc.StatusCode.OUT_OF_RANGE, "etcdserver: too large lease TTL")
+_FAILED = grpc.StatusCode.FAILED_PRECONDITION
+PERMISSION_DENIED = EtcdStatus(grpc.StatusCode.PERMISSION_DENIED, "etcdserver: permission denied")
+# A watch the caller may not create is cancelled with the formatted status as its reason.
+WATCH_PERMISSION_DENIED = f"rpc error: code = PermissionDenied desc = {PERMISSION_DENIED.message}"
 
 _FROM_CORE = {
     core.CompactedError: COMPACTED,
@@ -54,6 +58,24 @@ _FROM_CORE = {
     core.LeaseNotFoundError: LEASE_NOT_FOUND,
     core.LeaseExistsError: LEASE_EXISTS,
     core.LeaseTTLTooLargeError: LEASE_TTL_TOO_LARGE,
+    core.RootUserNotExistError: EtcdStatus(_FAILED, "etcdserver: root user does not exist"),
+    core.RootRoleNotExistError: EtcdStatus(_FAILED, "etcdserver: root user does not have root role"),
+    core.UserAlreadyExistError: EtcdStatus(_FAILED, "etcdserver: user name already exists"),
+    core.UserEmptyError: EtcdStatus(_INVALID, "etcdserver: user name is empty"),
+    core.UserNotFoundError: EtcdStatus(_FAILED, "etcdserver: user name not found"),
+    core.RoleAlreadyExistError: EtcdStatus(_FAILED, "etcdserver: role name already exists"),
+    core.RoleNotFoundError: EtcdStatus(_FAILED, "etcdserver: role name not found"),
+    core.RoleEmptyError: EtcdStatus(_INVALID, "etcdserver: role name is empty"),
+    core.AuthFailedError: EtcdStatus(_INVALID, "etcdserver: authentication failed, invalid user ID or password"),
+    core.PermissionNotGivenError: EtcdStatus(_INVALID, "etcdserver: permission not given"),
+    core.PermissionDeniedError: PERMISSION_DENIED,
+    core.RoleNotGrantedError: EtcdStatus(_FAILED, "etcdserver: role is not granted to the user"),
+    core.PermissionNotGrantedError: EtcdStatus(_FAILED, "etcdserver: permission is not granted to the role"),
+    core.AuthNotEnabledError: EtcdStatus(_FAILED, "etcdserver: authentication is not enabled"),
+    core.InvalidAuthTokenError: EtcdStatus(grpc.StatusCode.UNAUTHENTICATED, "etcdserver: invalid auth token"),
+    core.InvalidAuthMgmtError: EtcdStatus(_INVALID, "etcdserver: invalid auth management"),
+    # etcd has no gRPC error for this one: its clients get the auth package's text, code Unknown.
+    core.NoPasswordUserError: EtcdStatus(grpc.StatusCode.UNKNOWN, core.NoPasswordUserError.message),
 }
 
 
@@ -67,6 +89,12 @@ def status_of(error: Exception) -> EtcdStatus:
         # Clients retry UNAVAILABLE. As with etcd's "request timed out", a write whose outcome was
         # unknown may still have been applied: the client reads before it writes again.
         return EtcdStatus(grpc.StatusCode.UNAVAILABLE, f"cosmos-etcd: storage unavailable: {error}")
+    if isinstance(error, core.RangeTooLargeError):
+        # etcd has no such limit; RESOURCE_EXHAUSTED is what it answers for a response over gRPC's send limit.
+        bound = "--max-range-keys" if error.unit == "keys" else "the gRPC send limit"
+        message = (f"cosmos-etcd: range answer has more than {error.limit} {error.unit} ({bound}); "
+                   "read it in pages with limit")
+        return EtcdStatus(grpc.StatusCode.RESOURCE_EXHAUSTED, message)
     logger.error("unexpected error", exc_info=error)
     return EtcdStatus(grpc.StatusCode.INTERNAL, f"cosmos-etcd: internal error: {type(error).__name__}")
 

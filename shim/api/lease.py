@@ -1,7 +1,12 @@
-"""The Lease service: Grant, Revoke, KeepAlive (a stream), TimeToLive, Leases."""
+"""The Lease service: Grant, Revoke, KeepAlive (a stream), TimeToLive, Leases.
+
+With auth enabled, as etcd 3.5: revoking a lease needs write permission on every key it holds;
+Grant and Revoke refuse an invalid token; KeepAlive, TimeToLive and Leases check nothing.
+"""
 from __future__ import annotations
 
 from cosmos_etcd_shim.api import validation
+from cosmos_etcd_shim.api.callers import Callers
 from cosmos_etcd_shim.api.errors import unary_rpc
 from cosmos_etcd_shim.api.header import ResponseHeaders
 from cosmos_etcd_shim.mvcc.errors import LeaseNotFoundError
@@ -10,14 +15,16 @@ from cosmos_etcd_shim.proto import rpc_pb2, rpc_pb2_grpc
 
 
 class LeaseServicer(rpc_pb2_grpc.LeaseServicer):
-    def __init__(self, store: MVCCStore, headers: ResponseHeaders, max_request_bytes: int) -> None:
+    def __init__(self, store: MVCCStore, headers: ResponseHeaders, max_request_bytes: int, callers: Callers) -> None:
         self.store = store
+        self.callers = callers
         self.leases = store.leases
         self.headers = headers
         self.max_request_bytes = max_request_bytes
 
     @unary_rpc
     async def LeaseGrant(self, request, context):
+        self.callers.of(context)
         validation.check_size(request, self.max_request_bytes)
         lease = await self.leases.grant(request.ID, request.TTL)
         response = rpc_pb2.LeaseGrantResponse(ID=lease.id, TTL=lease.ttl)
@@ -26,7 +33,9 @@ class LeaseServicer(rpc_pb2_grpc.LeaseServicer):
 
     @unary_rpc
     async def LeaseRevoke(self, request, context):
+        caller = self.callers.of(context)
         validation.check_size(request, self.max_request_bytes)
+        self.callers.auth.check_lease_revoke(caller, self.leases.keys(request.ID))
         await self.store.revoke_lease(request.ID)
         response = rpc_pb2.LeaseRevokeResponse()
         self.headers.fill(response.header)

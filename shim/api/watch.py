@@ -1,11 +1,20 @@
-"""The Watch service: one bidirectional stream per client, many watchers on each."""
+"""The Watch service: one bidirectional stream per client, many watchers on each.
+
+With auth enabled a watcher is created only if the stream's caller (its token when the stream
+opened) may read the whole watched range, then receives every event in it, as in etcd. Unlike
+etcd 3.5, which checks only the start key of a "from key" watch, the whole range to the end of
+the key space is checked.
+"""
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
 
+from cosmos_etcd_shim.api.callers import Callers
+from cosmos_etcd_shim.api.errors import WATCH_PERMISSION_DENIED
 from cosmos_etcd_shim.api.header import ResponseHeaders
+from cosmos_etcd_shim.mvcc.errors import AuthError
 from cosmos_etcd_shim.mvcc.watch import WatchHub
 from cosmos_etcd_shim.proto import rpc_pb2_grpc
 from cosmos_etcd_shim.proto.rpc_pb2 import WatchResponse
@@ -14,14 +23,15 @@ logger = logging.getLogger(__name__)
 
 
 class WatchServicer(rpc_pb2_grpc.WatchServicer):
-    def __init__(self, hub: WatchHub, headers: ResponseHeaders, fragment_bytes: int) -> None:
+    def __init__(self, hub: WatchHub, headers: ResponseHeaders, fragment_bytes: int, callers: Callers) -> None:
         self.hub = hub
+        self.callers = callers
         self.headers = headers
         self.fragment_bytes = fragment_bytes
 
     async def Watch(self, request_iterator, context):
         stream = self.hub.open_stream()
-        requests = asyncio.create_task(self._read_requests(request_iterator, stream))
+        requests = asyncio.create_task(self._read_requests(request_iterator, stream, context))
         try:
             while True:
                 response = asyncio.ensure_future(stream.next_response())
@@ -46,16 +56,30 @@ class WatchServicer(rpc_pb2_grpc.WatchServicer):
                 await requests
             stream.close()
 
-    @staticmethod
-    async def _read_requests(request_iterator, stream) -> None:
+    async def _read_requests(self, request_iterator, stream, context) -> None:
         async for request in request_iterator:
+            # A client that does not read its answers is not read either: HTTP/2 holds it back.
+            await stream.wait_for_reader()
             kind = request.WhichOneof("request_union")
             if kind == "create_request":
-                stream.create(request.create_request)
+                if self._may_watch(request.create_request, context):
+                    stream.create(request.create_request)
+                else:  # as etcd: created and cancelled at once, watch id 0
+                    stream.send(WatchResponse(created=True, canceled=True, cancel_reason=WATCH_PERMISSION_DENIED),
+                                self.hub.revision)
             elif kind == "cancel_request":
                 stream.cancel(request.cancel_request.watch_id)
             elif kind == "progress_request":
                 stream.request_progress()
+
+    def _may_watch(self, create, context) -> bool:
+        """Any refusal (no user, an invalid token, no read permission) reads as etcd's permission
+        denied, as etcd 3.5 reports them all. An empty key watches from the first key (``\\0``)."""
+        try:
+            self.callers.auth.check_read(self.callers.of(context), create.key or b"\0", create.range_end)
+        except AuthError:
+            return False
+        return True
 
 
 def fragments(response: WatchResponse, limit: int) -> list[WatchResponse]:

@@ -3,17 +3,33 @@
 The order of operations is etcd's (``applierV3backend.Range`` over ``mvcc.rangeKeys``): the
 revision is checked, ``count`` is the number of live keys in the range ignoring the limit and the
 min/max revision filters, the filters apply next, then the sort, then the limit sets ``more``.
+
+:class:`RangeLimits` bound what one answer may hold. They are checked on the KeyValues chosen,
+which the index already holds, before the answer is built: a refused Range costs no copy.
 """
 from __future__ import annotations
 
+import dataclasses
 import itertools
+import sys
 
-from cosmos_etcd_shim.mvcc.errors import CompactedError, FutureRevisionError
+from cosmos_etcd_shim.mvcc.errors import CompactedError, FutureRevisionError, RangeTooLargeError
 from cosmos_etcd_shim.mvcc.index import KeyIndex
 from cosmos_etcd_shim.proto.kv_pb2 import KeyValue
 from cosmos_etcd_shim.proto.rpc_pb2 import RangeRequest, RangeResponse
 
 INT64_MAX = 2**63 - 1
+
+
+@dataclasses.dataclass(frozen=True)
+class RangeLimits:
+    """The most keys, and bytes of KeyValues, one Range answer may hold."""
+
+    max_keys: int = sys.maxsize
+    max_bytes: int = sys.maxsize
+
+
+UNLIMITED = RangeLimits()
 
 _SORT_KEYS = {
     RangeRequest.KEY: lambda kv: kv.key,
@@ -44,7 +60,8 @@ def check_revision(requested: int, current: int, compact_revision: int) -> int:
     return requested
 
 
-def execute_range(index: KeyIndex, r: RangeRequest, current: int, compact_revision: int) -> RangeResponse:
+def execute_range(index: KeyIndex, r: RangeRequest, current: int, compact_revision: int,
+                  limits: RangeLimits = UNLIMITED) -> RangeResponse:
     """Serve ``r`` from ``index`` whose latest visible revision is ``current``."""
     revision = check_revision(r.revision, current, compact_revision)
     response = RangeResponse()
@@ -81,10 +98,17 @@ def execute_range(index: KeyIndex, r: RangeRequest, current: int, compact_revisi
         response.more = True
     response.count = count
     if r.keys_only:
-        response.kvs.extend(_without_value(kv) for kv in kvs)
-    else:
-        response.kvs.extend(kvs)
+        kvs = [_without_value(kv) for kv in kvs]
+    _check_limits(kvs, limits)
+    response.kvs.extend(kvs)
     return response
+
+
+def _check_limits(kvs: list[KeyValue], limits: RangeLimits) -> None:
+    if len(kvs) > limits.max_keys:
+        raise RangeTooLargeError(limits.max_keys, "keys")
+    if sum(map(KeyValue.ByteSize, kvs)) > limits.max_bytes:
+        raise RangeTooLargeError(limits.max_bytes, "bytes")
 
 
 def _within_filters(kv: KeyValue, r: RangeRequest) -> bool:

@@ -28,7 +28,7 @@ from cosmos_etcd_shim.mvcc.errors import CompactedError, FutureRevisionError, Le
 from cosmos_etcd_shim.mvcc.errors import StorageUnavailableError
 from cosmos_etcd_shim.mvcc.index import KeyIndex
 from cosmos_etcd_shim.mvcc.lease import Lessor, expire_forever
-from cosmos_etcd_shim.mvcc.reads import check_revision, execute_range
+from cosmos_etcd_shim.mvcc.reads import UNLIMITED, RangeLimits, check_revision, execute_range
 from cosmos_etcd_shim.proto.rpc_pb2 import (
     CompactionRequest,
     CompactionResponse,
@@ -63,8 +63,9 @@ class _Compaction:
 
 
 class MVCCStore:
-    def __init__(self, log: RevisionLog) -> None:
+    def __init__(self, log: RevisionLog, range_limits: RangeLimits = UNLIMITED) -> None:
         self.log = log
+        self.range_limits = range_limits
         self.index = KeyIndex()
         self.revision = INITIAL_REVISION
         self.compact_revision = -1
@@ -129,7 +130,7 @@ class MVCCStore:
         await future
 
     def range(self, r: RangeRequest) -> RangeResponse:
-        return execute_range(self.index, r, self.revision, self.compact_revision)
+        return execute_range(self.index, r, self.revision, self.compact_revision, self.range_limits)
 
     def hash_kv(self, requested: int) -> tuple[int, int, int]:
         """(revision, compact revision, CRC-32 of every version kept up to that revision).
@@ -157,7 +158,7 @@ class MVCCStore:
         if not txns.is_write(t):
             # Nothing to make durable: evaluate at the committed revision, like a read.
             await self.sync()
-            return self._run_txn(txns.WriteTxn(self.index, self.revision, self.compact_revision), t)
+            return self._run_txn(txns.WriteTxn(self.index, self.revision, self.compact_revision, self.range_limits), t)
         return await self._write(lambda w: self._run_txn(w, t))
 
     def _run_txn(self, w: txns.WriteTxn, t: TxnRequest) -> TxnResponse:
@@ -305,7 +306,7 @@ class MVCCStore:
         for item in batch:
             if item.future.done():  # the client went away before its request was applied
                 continue
-            w = txns.WriteTxn(self.index, revision, self.compact_revision)
+            w = txns.WriteTxn(self.index, revision, self.compact_revision, self.range_limits)
             try:
                 outcome = item.apply(w)
             except MVCCError as e:

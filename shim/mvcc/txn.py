@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 
 from cosmos_etcd_shim.mvcc.errors import CompactedError, FutureRevisionError, KeyNotFoundError, LeaseNotFoundError
 from cosmos_etcd_shim.mvcc.index import KeyIndex
-from cosmos_etcd_shim.mvcc.reads import execute_range, range_end_of
+from cosmos_etcd_shim.mvcc.reads import UNLIMITED, RangeLimits, execute_range, range_end_of
 from cosmos_etcd_shim.proto.kv_pb2 import Event, KeyValue
 from cosmos_etcd_shim.proto.rpc_pb2 import (
     Compare,
@@ -38,10 +38,12 @@ LeaseLookup = Callable[[int], bool]
 class WriteTxn:
     """The changes of one revision, readable by the requests that make them."""
 
-    def __init__(self, index: KeyIndex, begin: int, compact_revision: int) -> None:
+    def __init__(self, index: KeyIndex, begin: int, compact_revision: int,
+                 range_limits: RangeLimits = UNLIMITED) -> None:
         self.index = index
         self.begin = begin
         self.compact_revision = compact_revision
+        self.range_limits = range_limits
         self.events: list[Event] = []
 
     @property
@@ -54,7 +56,7 @@ class WriteTxn:
         return self.begin + 1 if self.events else self.begin
 
     def range(self, r: RangeRequest) -> RangeResponse:
-        return execute_range(self.index, r, self.read_revision, self.compact_revision)
+        return execute_range(self.index, r, self.read_revision, self.compact_revision, self.range_limits)
 
     def get(self, key: bytes) -> KeyValue | None:
         return self.index.get(key, self.read_revision)

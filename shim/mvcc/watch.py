@@ -10,6 +10,9 @@ responses. Each watcher has a cursor, ``next_revision``: the first revision it h
   reads slowly) catches up from the durable log, a bounded number of revisions at a time, and
   becomes synced again when its cursor reaches the store's revision. A slow client therefore
   costs a bounded queue, not memory that grows with the write rate, and never slows the others.
+  Its requests are not read either until it reads again (:meth:`WatchStream.wait_for_reader`), so
+  that the answers to its creates and progress requests cannot pile up, and at most
+  ``max_watchers`` watchers live on one stream.
 
 One revision's events always travel in one response (the API layer splits it only for a client
 that asked for fragments), and a response never holds a revision twice, so watches are ordered, unique, reliable and atomic as
@@ -21,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import sys
 from collections.abc import Iterable
 
 from cosmos_etcd_shim import metrics
@@ -41,6 +45,7 @@ CATCH_UP_REVISIONS = 1000
 AUTO_WATCH_ID = 0  # the client leaves the choice to the server
 PROGRESS_RESPONSE_ID = -1  # WatchProgressRequest's answer, when every watcher is synced
 DUPLICATE_WATCH_ID = "mvcc: duplicate watch ID provided on the WatchStream"
+EMPTY_WATCHER_RANGE = "mvcc: watcher range is empty"
 END_OF_STREAM = WatchResponse()  # queued by end(); never sent
 
 
@@ -75,9 +80,11 @@ class Watcher:
 class WatchHub:
     """All watch streams of one server, fed by the store's commits."""
 
-    def __init__(self, index: KeyIndex, log: RevisionLog, current_revision, compact_revision) -> None:
+    def __init__(self, index: KeyIndex, log: RevisionLog, current_revision, compact_revision,
+                 max_watchers: int = sys.maxsize) -> None:
         self.index = index
         self.log = log
+        self.max_watchers = max_watchers  # per stream
         self._current_revision = current_revision
         self._compact_revision = compact_revision
         self.streams: set[WatchStream] = set()
@@ -133,16 +140,16 @@ class WatchStream:
 
     def create(self, r: WatchCreateRequest) -> None:
         hub = self.hub
-        watch_id = r.watch_id
-        if watch_id == AUTO_WATCH_ID:
-            watch_id = self._choose_id()
-        elif watch_id in self.watchers:
+        refusal = self._refusal(r)
+        if refusal:
             # As etcd: "created" and "canceled" at once, under the id -1.
-            self.send(WatchResponse(watch_id=-1, created=True, canceled=True,
-                                    cancel_reason=DUPLICATE_WATCH_ID), hub.revision)
+            self.send(WatchResponse(watch_id=-1, created=True, canceled=True, cancel_reason=refusal), hub.revision)
             return
+        watch_id = r.watch_id if r.watch_id != AUTO_WATCH_ID else self._choose_id()
         current = hub.revision
-        start = r.start_revision if r.start_revision > 0 else current + 1
+        # Only 0 means "from now": a negative start is a past one like any other (below the compact
+        # revision, the watcher is cancelled as compacted), as in etcd.
+        start = r.start_revision if r.start_revision != 0 else current + 1
         filters = set(r.filters)
         watcher = Watcher(
             id=watch_id,
@@ -161,6 +168,16 @@ class WatchStream:
             watcher.synced = True
         else:
             self._catching_up.set()
+
+    def _refusal(self, r: WatchCreateRequest) -> str:
+        if r.watch_id != AUTO_WATCH_ID and r.watch_id in self.watchers:
+            return DUPLICATE_WATCH_ID
+        if r.range_end not in (b"", b"\x00") and r.key >= r.range_end:
+            return EMPTY_WATCHER_RANGE
+        if len(self.watchers) >= self.hub.max_watchers:
+            limit = self.hub.max_watchers
+            return f"cosmos-etcd: too many watchers on the stream (--max-watchers-per-stream {limit})"
+        return ""
 
     def _choose_id(self) -> int:
         while self._next_id in self.watchers:
@@ -217,6 +234,13 @@ class WatchStream:
     def _congested(self) -> bool:
         return self._outbound.qsize() >= MAX_QUEUED_RESPONSES
 
+    async def wait_for_reader(self) -> None:
+        """Return at once, unless the client has a full queue of responses unread: then once it
+        has read half of them."""
+        while self._congested():
+            self._drained.clear()
+            await self._drained.wait()
+
     def deliver_live(self, records: list[Revision]) -> None:
         """A committed batch, to every synced watcher (or unsync them if the client lags)."""
         revision = records[-1].revision
@@ -270,9 +294,7 @@ class WatchStream:
 
     async def _catch_up_step(self) -> bool:
         """Send the next slice of history to the unsynced watchers; False when all are synced."""
-        while self._congested():  # the client is not reading: wait until it has read half
-            self._drained.clear()
-            await self._drained.wait()
+        await self.wait_for_reader()
         lagging = self._lagging()
         if not lagging:
             self._answer_pending_progress()

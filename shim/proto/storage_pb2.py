@@ -22,18 +22,21 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from cosmos_etcd_shim.proto import auth_pb2 as cosmos__etcd__shim_dot_proto_dot_auth__pb2
 from cosmos_etcd_shim.proto import kv_pb2 as cosmos__etcd__shim_dot_proto_dot_kv__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$cosmos_etcd_shim/proto/storage.proto\x12\x12\x63osmosetcd.storage\x1a\x1f\x63osmos_etcd_shim/proto/kv.proto\";\n\x08Revision\x12\x10\n\x08revision\x18\x01 \x01(\x03\x12\x1d\n\x06\x65vents\x18\x02 \x03(\x0b\x32\r.mvccpb.Event\"5\n\x05Lease\x12\n\n\x02id\x18\x01 \x01(\x03\x12\x0b\n\x03ttl\x18\x02 \x01(\x03\x12\x13\n\x0b\x64\x65\x61\x64line_ms\x18\x03 \x01(\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$cosmos_etcd_shim/proto/storage.proto\x12\x12\x63osmosetcd.storage\x1a!cosmos_etcd_shim/proto/auth.proto\x1a\x1f\x63osmos_etcd_shim/proto/kv.proto\";\n\x08Revision\x12\x10\n\x08revision\x18\x01 \x01(\x03\x12\x1d\n\x06\x65vents\x18\x02 \x03(\x0b\x32\r.mvccpb.Event\"5\n\x05Lease\x12\n\n\x02id\x18\x01 \x01(\x03\x12\x0b\n\x03ttl\x18\x02 \x01(\x03\x12\x13\n\x0b\x64\x65\x61\x64line_ms\x18\x03 \x01(\x03\"h\n\tAuthState\x12\x0f\n\x07\x65nabled\x18\x01 \x01(\x08\x12\x10\n\x08revision\x18\x02 \x01(\x04\x12\x1b\n\x05users\x18\x03 \x03(\x0b\x32\x0c.authpb.User\x12\x1b\n\x05roles\x18\x04 \x03(\x0b\x32\x0c.authpb.Roleb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'cosmos_etcd_shim.proto.storage_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_REVISION']._serialized_start=93
-  _globals['_REVISION']._serialized_end=152
-  _globals['_LEASE']._serialized_start=154
-  _globals['_LEASE']._serialized_end=207
+  _globals['_REVISION']._serialized_start=128
+  _globals['_REVISION']._serialized_end=187
+  _globals['_LEASE']._serialized_start=189
+  _globals['_LEASE']._serialized_end=242
+  _globals['_AUTHSTATE']._serialized_start=244
+  _globals['_AUTHSTATE']._serialized_end=348
 # @@protoc_insertion_point(module_scope)

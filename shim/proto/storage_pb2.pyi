@@ -1,3 +1,4 @@
+from cosmos_etcd_shim.proto import auth_pb2 as _auth_pb2
 from cosmos_etcd_shim.proto import kv_pb2 as _kv_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
@@ -24,3 +25,15 @@ class Lease(_message.Message):
     ttl: int
     deadline_ms: int
     def __init__(self, id: _Optional[int] = ..., ttl: _Optional[int] = ..., deadline_ms: _Optional[int] = ...) -> None: ...
+
+class AuthState(_message.Message):
+    __slots__ = ("enabled", "revision", "users", "roles")
+    ENABLED_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    USERS_FIELD_NUMBER: _ClassVar[int]
+    ROLES_FIELD_NUMBER: _ClassVar[int]
+    enabled: bool
+    revision: int
+    users: _containers.RepeatedCompositeFieldContainer[_auth_pb2.User]
+    roles: _containers.RepeatedCompositeFieldContainer[_auth_pb2.Role]
+    def __init__(self, enabled: _Optional[bool] = ..., revision: _Optional[int] = ..., users: _Optional[_Iterable[_Union[_auth_pb2.User, _Mapping]]] = ..., roles: _Optional[_Iterable[_Union[_auth_pb2.Role, _Mapping]]] = ...) -> None: ...

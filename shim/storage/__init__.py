@@ -4,6 +4,8 @@ The MVCC core is written once against :class:`RevisionLog`; each backend (``embe
 in a local data directory; ``cosmos``: Azure Cosmos DB) implements it in a module of its own.
 """
 from cosmos_etcd_shim.storage.base import (
+    AuthConflictError,
+    AuthRecord,
     LogCompactedError,
     LogConflictError,
     RecoveredState,
@@ -11,4 +13,4 @@ from cosmos_etcd_shim.storage.base import (
     StorageError,
 )
 
-__all__ = ["LogCompactedError", "LogConflictError", "RecoveredState", "RevisionLog", "StorageError"]
+__all__ = ["AuthConflictError", "AuthRecord", "LogCompactedError", "LogConflictError", "RecoveredState", "RevisionLog", "StorageError"]

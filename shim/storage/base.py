@@ -7,7 +7,9 @@ revision is head+1 is the compare-and-swap on the log head: it fails with
 nothing is written. Compaction at revision R folds the records *before* R into the base and
 removes them; record R itself stays, so a watch may still start exactly at the compact revision.
 
-Leases live beside the log: granting one does not create a revision, as in etcd.
+Leases live beside the log: granting one does not create a revision, as in etcd. So does the
+auth state (users, roles, whether auth is enabled): one opaque record whose version every save
+increments, saved only if nobody saved another version meanwhile (a compare-and-swap).
 """
 from __future__ import annotations
 
@@ -33,6 +35,18 @@ class LogConflictError(StorageError):
 
 class LogCompactedError(StorageError):
     """The records asked for were compacted away (by another writer) before this one read them."""
+
+
+class AuthConflictError(StorageError):
+    """Another server saved the auth state since this one read it: read it again and retry."""
+
+
+@dataclasses.dataclass(frozen=True)
+class AuthRecord:
+    """The auth state as a backend keeps it: bytes the backend does not interpret, and a version."""
+
+    version: int
+    data: bytes
 
 
 @dataclasses.dataclass
@@ -86,6 +100,15 @@ class RevisionLog(abc.ABC):
     @abc.abstractmethod
     async def load_leases(self) -> Sequence[Lease]:
         """Every lease as stored now (on a shared log: granted or renewed by any server)."""
+
+    @abc.abstractmethod
+    async def load_auth(self) -> AuthRecord | None:
+        """The auth state as stored now (on a shared log: saved by any server); None if never saved."""
+
+    @abc.abstractmethod
+    async def save_auth(self, record: AuthRecord) -> None:
+        """Store ``record`` if the stored version is ``record.version - 1`` (0 when none is stored),
+        else raise :class:`AuthConflictError` and store nothing."""
 
     @abc.abstractmethod
     async def defragment(self) -> None:

@@ -23,6 +23,8 @@ from cosmos_etcd_shim.proto.kv_pb2 import KeyValue
 from cosmos_etcd_shim.proto.storage_pb2 import Lease, Revision
 from cosmos_etcd_shim.storage.base import (
     INITIAL_REVISION,
+    AuthConflictError,
+    AuthRecord,
     LogConflictError,
     RecoveredState,
     RevisionLog,
@@ -41,6 +43,7 @@ CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS log (revision INTEGER PRIMARY KEY, record BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS base (key BLOB PRIMARY KEY, kv BLOB NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS leases (id INTEGER PRIMARY KEY, record BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS auth (id INTEGER PRIMARY KEY CHECK (id = 0), version INTEGER NOT NULL, record BLOB NOT NULL);
 """
 
 
@@ -153,6 +156,24 @@ class EmbeddedLog(RevisionLog):
 
     def _load_leases(self) -> list[Lease]:
         return [Lease.FromString(blob) for (blob,) in self._db.execute("SELECT record FROM leases")]
+
+    async def load_auth(self) -> AuthRecord | None:
+        return await self._run(self._load_auth)
+
+    def _load_auth(self) -> AuthRecord | None:
+        row = self._db.execute("SELECT version, record FROM auth WHERE id = 0").fetchone()
+        return None if row is None else AuthRecord(version=row[0], data=row[1])
+
+    async def save_auth(self, record: AuthRecord) -> None:
+        await self._run(self._save_auth, record)
+
+    def _save_auth(self, record: AuthRecord) -> None:
+        with self._transaction():
+            stored = self._load_auth()
+            if (stored.version if stored else 0) != record.version - 1:
+                raise AuthConflictError(f"auth version {record.version - 1} is not the stored one")
+            self._db.execute("INSERT OR REPLACE INTO auth (id, version, record) VALUES (0, ?, ?)",
+                             (record.version, record.data))
 
     def _write(self, statement: str, parameters: tuple) -> None:
         with self._transaction():

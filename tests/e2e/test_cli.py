@@ -33,7 +33,9 @@ pytestmark = shim_only
 
 SHIM = [sys.executable, "-m", "cosmos_etcd_shim"]
 ETCD_FLAGS = ["--name", "--data-dir", "--listen-client-urls", "--advertise-client-urls", "--max-request-bytes",
-              "--max-txn-ops", "--quota-backend-bytes", "--log-level"]
+              "--max-txn-ops", "--quota-backend-bytes", "--log-level", "--max-concurrent-streams", "--cert-file",
+              "--key-file", "--trusted-ca-file", "--client-cert-auth", "--auto-tls", "--self-signed-cert-validity",
+              "--cipher-suites", "--tls-min-version", "--tls-max-version"]
 
 
 def run_shim(args: list[str], cwd=None, timeout: float = 30) -> subprocess.CompletedProcess:

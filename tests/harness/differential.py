@@ -259,10 +259,13 @@ class Side:
                 self._stubs[service] = getattr(rpc_pb2_grpc, f"{service}Stub")(self.channel)
         return self._stubs[service]
 
-    def invoke(self, service: str, method: str, request: message.Message, timeout: float = DEFAULT_TIMEOUT):
-        """The raw outcome of one unary call: the response message, or an `Error`."""
+    def invoke(self, service: str, method: str, request: message.Message, timeout: float = DEFAULT_TIMEOUT,
+               token: str | None = None):
+        """The raw outcome of one unary call (with etcd's auth ``token`` metadata when given): the
+        response message, or an `Error`."""
+        metadata = [("token", token)] if token is not None else None
         try:
-            return getattr(self.stub(service), method)(request, timeout=timeout)
+            return getattr(self.stub(service), method)(request, timeout=timeout, metadata=metadata)
         except grpc.RpcError as e:
             return Error(e.code(), e.details())
 
@@ -356,14 +359,16 @@ class DifferentialPair:
             request = request(self.view(side))
         return translate_request(request, self.base[side.name])
 
-    def call(self, service: str, method: str, request, *, timeout: float = DEFAULT_TIMEOUT):
+    def call(self, service: str, method: str, request, *, timeout: float = DEFAULT_TIMEOUT,
+             tokens: dict[str, str] | None = None):
         """Send `request` (a message with `rev()` placeholders, or a callable of a `SideView`) to
-        both servers; raise `Mismatch` unless they answer alike. Returns the normalised response
-        (revisions relative to the base), or the `Error` both returned."""
+        both servers, each with its own auth token from `tokens` (side name -> token) if given;
+        raise `Mismatch` unless they answer alike. Returns the normalised response (revisions
+        relative to the base), or the `Error` both returned."""
         requests, raw, normalised, nonzero = {}, {}, {}, {}
         for side in self.sides:
             req = self.request_for(side, request)
-            out = side.invoke(service, method, req, timeout)
+            out = side.invoke(service, method, req, timeout, token=(tokens or {}).get(side.name))
             requests[side.name], raw[side.name] = req, out
             if isinstance(out, Error):
                 normalised[side.name], nonzero[side.name] = out, frozenset()
@@ -377,11 +382,12 @@ class DifferentialPair:
             raise Mismatch(self._mismatch_report(exchange, request))
         return normalised[a]
 
-    def call_side(self, side: str, service: str, method: str, request, *, timeout: float = DEFAULT_TIMEOUT):
+    def call_side(self, side: str, service: str, method: str, request, *, timeout: float = DEFAULT_TIMEOUT,
+                  tokens: dict[str, str] | None = None):
         """Send `request` to one side only (for behaviour the reference cannot show, e.g. requests
         that crash etcd 3.5.1). Returns the normalised response or the `Error`; nothing compared."""
         s = self.side(side)
-        out = s.invoke(service, method, self.request_for(s, request), timeout)
+        out = s.invoke(service, method, self.request_for(s, request), timeout, token=(tokens or {}).get(side))
         return out if isinstance(out, Error) else normalise_response(out, self.base[side])[0]
 
     def raw(self, side: str):
@@ -419,16 +425,17 @@ class DifferentialPair:
         return _clip("\n".join(lines), lines=600)
 
     # -- conveniences: KV calls that must succeed on both sides
-    def ok(self, service: str, method: str, request):
-        out = self.call(service, method, request)
+    def ok(self, service: str, method: str, request, *, tokens: dict[str, str] | None = None):
+        out = self.call(service, method, request, tokens=tokens)
         if isinstance(out, Error):
             raise AssertionError(f"{service}.{method} failed on both sides with {out!r}; "
                                  f"request: {_show_placeholders(text_format.MessageToString(request)) if not callable(request) else request}")
         return out
 
-    def expect_error(self, service: str, method: str, request, code: grpc.StatusCode, details: str) -> Error:
+    def expect_error(self, service: str, method: str, request, code: grpc.StatusCode, details: str, *,
+                     tokens: dict[str, str] | None = None) -> Error:
         """Both sides must fail alike, with exactly this code and message."""
-        out = self.call(service, method, request)
+        out = self.call(service, method, request, tokens=tokens)
         expected = Error(code, details)
         if out != expected:
             raise AssertionError(f"{service}.{method}: expected {expected!r} from both sides, both answered {describe(out)}")

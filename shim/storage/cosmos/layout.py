@@ -20,6 +20,8 @@ partitioned by ``/pk`` into a few logical partitions:
     * ``ckpt-<set>-<page>.<w>.<i>`` (kind ``chunk``): parts of an oversized page.
 ``pk = "lease"`` ``lease-<id, 16 hex digits>`` (kind ``lease``): one granted lease each.
 ``pk = "member"`` ``member-<id, 16 hex digits>`` (kind ``member``): shim replicas' heartbeats.
+``pk = "auth"`` ``auth`` (kind ``auth``): etcd's auth state (users, roles, enabled), one document
+    whose version ``v`` every save increments (replaced only if unchanged since read: its etag).
 
 Ids use only ``[0-9a-z.-]`` (Cosmos forbids ``/ \\ ? #`` and allows 255 characters).
 Payloads are protobuf bytes, zlib-compressed when that helps (``z``), base64 in JSON.
@@ -39,6 +41,7 @@ LOG_PARTITION = "log"
 BASE_PARTITION = "base"
 LEASE_PARTITION = "lease"
 MEMBER_PARTITION = "member"
+AUTH_PARTITION = "auth"
 
 KIND_LOG = "log"
 KIND_CHUNK = "chunk"
@@ -46,8 +49,10 @@ KIND_META = "meta"
 KIND_PAGE = "page"
 KIND_LEASE = "lease"
 KIND_MEMBER = "member"
+KIND_AUTH = "auth"
 
 META_ID = "meta"
+AUTH_ID = "auth"
 
 # Only the fields that queries filter or sort on are indexed; the payloads (large base64
 # strings) are not, which keeps the RU charge of a write close to its size alone.

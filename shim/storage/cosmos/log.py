@@ -77,6 +77,8 @@ from cosmos_etcd_shim.proto.kv_pb2 import Event, KeyValue
 from cosmos_etcd_shim.proto.storage_pb2 import Lease, Revision
 from cosmos_etcd_shim.storage.base import (
     INITIAL_REVISION,
+    AuthConflictError,
+    AuthRecord,
     LogCompactedError,
     LogConflictError,
     RecoveredState,
@@ -157,6 +159,7 @@ class CosmosLog(RevisionLog):
         self._gc_task: asyncio.Task | None = None
         self._background: set[asyncio.Task] = set()
         self._closed = False
+        self._auth_read: tuple[int, str] = (0, "")  # (version, etag) of the auth document last read
 
     def __repr__(self) -> str:
         return f"CosmosLog({self.conn!r})"
@@ -175,6 +178,7 @@ class CosmosLog(RevisionLog):
     async def open(self) -> RecoveredState:
         await self.conn.connect()
         await self._ensure_meta()
+        await self._ensure_auth()
         return await self.reload()
 
     async def reload(self) -> RecoveredState:
@@ -198,6 +202,15 @@ class CosmosLog(RevisionLog):
                 "compact": NOT_COMPACTED, "cdoc": 0, "chain": []}
         try:
             await self.conn.call("open", lambda: self.conn.container.create_item(meta))
+        except cosmos_exceptions.CosmosResourceExistsError:
+            pass
+
+    async def _ensure_auth(self) -> None:
+        # Version 0, nothing saved: the document always exists, so that reading it (once a second
+        # on every replica) is a point read.
+        auth = {"id": layout.AUTH_ID, "pk": layout.AUTH_PARTITION, "kind": layout.KIND_AUTH, "v": 0, "d": "", "w": ""}
+        try:
+            await self.conn.call("open", lambda: self.conn.container.create_item(auth))
         except cosmos_exceptions.CosmosResourceExistsError:
             pass
 
@@ -489,6 +502,31 @@ class CosmosLog(RevisionLog):
                                           layout.LEASE_PARTITION)
         return [Lease.FromString(base64.b64decode(d["d"])) for d in documents]
 
+    # -- auth ---------------------------------------------------------------------------------
+
+    async def load_auth(self) -> AuthRecord | None:
+        document = await self.conn.read_item("auth", layout.AUTH_ID, layout.AUTH_PARTITION)
+        self._auth_read = (document["v"], document["_etag"])
+        return _auth_record(document)
+
+    async def save_auth(self, record: AuthRecord) -> None:
+        """Replace the auth document if unchanged since it was read at ``record.version - 1`` (its
+        etag). A replace answered 412 is read back: our nonce there means an earlier attempt of this
+        same request landed (its answer was lost), anything else a save by another server."""
+        version, etag = self._auth_read
+        if version != record.version - 1:
+            raise AuthConflictError(f"auth version {record.version - 1} was not the last one read ({version})")
+        nonce = checkpoint.new_nonce()
+        document = {"id": layout.AUTH_ID, "pk": layout.AUTH_PARTITION, "kind": layout.KIND_AUTH,
+                    "v": record.version, "d": base64.b64encode(record.data).decode("ascii"), "w": nonce}
+        try:
+            stored = await self.conn.replace_if_match("auth", document, etag)
+        except cosmos_exceptions.CosmosAccessConditionFailedError:
+            stored = await self.conn.read_item("auth", layout.AUTH_ID, layout.AUTH_PARTITION)
+            if stored.get("w") != nonce:
+                raise AuthConflictError("another server saved the auth state") from None
+        self._auth_read = (record.version, stored["_etag"])
+
     # -- members ------------------------------------------------------------------------------
 
     async def heartbeat(self, member: dict) -> None:
@@ -526,7 +564,8 @@ class CosmosLog(RevisionLog):
         """A SQLite database in the embedded backend's format, from one consistent read: a data
         directory holding only this file (as ``cosmos-etcd.db``) is a complete embedded store."""
         loaded = await self._load("snapshot")
-        await asyncio.to_thread(_write_sqlite, pathlib.Path(destination), loaded)
+        auth = _auth_record(await self.conn.read_item("snapshot", layout.AUTH_ID, layout.AUTH_PARTITION))
+        await asyncio.to_thread(_write_sqlite, pathlib.Path(destination), loaded, auth)
 
     def size(self) -> tuple[int, int]:
         in_use = self._log_bytes + sum(p.bytes for p in self._chain)
@@ -573,7 +612,13 @@ def _check_contiguous(docs: list[_Doc]) -> None:
                                   f"{after.first}..{after.last}")
 
 
-def _write_sqlite(destination: pathlib.Path, loaded: _Loaded) -> None:
+def _auth_record(document: dict) -> AuthRecord | None:
+    if document["v"] == 0:
+        return None
+    return AuthRecord(version=document["v"], data=base64.b64decode(document["d"]))
+
+
+def _write_sqlite(destination: pathlib.Path, loaded: _Loaded, auth: AuthRecord | None) -> None:
     compact = loaded.meta["compact"]
     temporary = destination.with_name(destination.name + ".part")
     with contextlib.suppress(FileNotFoundError):
@@ -590,4 +635,6 @@ def _write_sqlite(destination: pathlib.Path, loaded: _Loaded) -> None:
                             if r.revision >= compact))
             db.executemany("INSERT INTO leases (id, record) VALUES (?, ?)",
                            ((lease.id, lease.SerializeToString()) for lease in loaded.leases))
+            if auth is not None:
+                db.execute("INSERT INTO auth (id, version, record) VALUES (0, ?, ?)", (auth.version, auth.data))
     os.replace(temporary, destination)

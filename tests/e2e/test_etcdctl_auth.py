@@ -87,3 +87,24 @@ def test_auth_lifecycle(ctl):
     ctl.check("role", "list", expect_rc=0)
     ctl.check("user", "list", expect_rc=0)
     ctl.verify()
+
+
+def test_a_tenant_restricted_to_its_prefix(ctl):
+    """The README's commands, as written there."""
+    tenant, root = "--user=tenant-a:tenantpw", "--user=root:rootpw"
+    ctl.check("user", "add", "root", "--new-user-password=rootpw", expect_rc=0)
+    ctl.check("user", "grant-role", "root", "root", expect_rc=0)
+    ctl.check("role", "add", "tenant-a", expect_rc=0)
+    ctl.check("role", "grant-permission", "tenant-a", "readwrite", "/tenant-a/", "--prefix", expect_rc=0)
+    ctl.check("user", "add", "tenant-a", "--new-user-password=tenantpw", expect_rc=0)
+    ctl.check("user", "grant-role", "tenant-a", "tenant-a", expect_rc=0)
+    ctl.check("auth", "enable", expect_rc=0)
+    ctl.check(tenant, "put", "/tenant-a/registry/x", "1", expect_rc=0)
+    ctl.check(tenant, "get", "/tenant-b/", "--prefix", expect_rc=1)
+    ctl.check(root, "user", "list", expect_rc=0)
+    ctl.check(root, "auth", "disable", expect_rc=0)
+    ctl.check("del", "/tenant-a/", "--prefix", expect_rc=0)
+    for user in ("tenant-a", "root"):
+        ctl.check("user", "delete", user, expect_rc=0)
+    ctl.check("role", "delete", "tenant-a", expect_rc=0)
+    ctl.verify()
