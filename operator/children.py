@@ -131,7 +131,7 @@ def deployment(owner: Mapping[str, Any], spec: ClusterSpec, *, image: str, accou
         ],
         "ports": [{"name": "client", "containerPort": CLIENT_PORT, "protocol": "TCP"},
                   {"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"}],
-        **_probes(tls is not None),
+        **_probes(),
         "resources": dict(spec.shim.resources) or DEFAULT_RESOURCES,
         "securityContext": {
             "allowPrivilegeEscalation": False,
@@ -161,18 +161,21 @@ def deployment(owner: Mapping[str, Any], spec: ClusterSpec, *, image: str, accou
     })
 
 
-def _probes(tls: bool) -> dict[str, Any]:
-    """Liveness, readiness and startup probes on the client port.
+def _probes() -> dict[str, Any]:
+    """Liveness, readiness and startup probes on the shim's health endpoints (etcd 3.6's).
 
-    Without TLS they ask the shim's grpc.health.v1 service. The kubelet's gRPC probe speaks
-    plaintext only, so with TLS they check that the port accepts connections. The startup probe
-    allows five minutes: a replica replays the log since the last compaction before it serves.
+    They are served on the metrics port, plain http whether or not the client port speaks TLS.
+    Liveness asks ``/livez`` (this process answers from memory: a Cosmos DB outage does not restart
+    it), readiness ``/readyz`` (a linearizable read: a replica that cannot reach the log takes no
+    traffic). The startup probe allows five minutes: a replica replays the log since the last
+    compaction before it serves.
     """
-    check: dict[str, Any] = {"tcpSocket": {"port": CLIENT_PORT}} if tls else {"grpc": {"port": CLIENT_PORT}}
+    def on(path: str) -> dict[str, Any]:
+        return {"httpGet": {"path": path, "port": "metrics"}}
     return {
-        "startupProbe": {**check, "periodSeconds": 5, "failureThreshold": 60, "timeoutSeconds": 3},
-        "readinessProbe": {**check, "periodSeconds": 5, "failureThreshold": 3, "timeoutSeconds": 3},
-        "livenessProbe": {**check, "periodSeconds": 10, "failureThreshold": 6, "timeoutSeconds": 5},
+        "startupProbe": {**on("/livez"), "periodSeconds": 5, "failureThreshold": 60, "timeoutSeconds": 3},
+        "readinessProbe": {**on("/readyz"), "periodSeconds": 5, "failureThreshold": 3, "timeoutSeconds": 3},
+        "livenessProbe": {**on("/livez"), "periodSeconds": 10, "failureThreshold": 6, "timeoutSeconds": 5},
     }
 
 

@@ -1,10 +1,15 @@
 """Prometheus metrics of the shim, served on ``--listen-metrics-urls`` at ``/metrics``.
 
-A leaf module: every layer may record into it, none depends on anything else through it.
+A leaf module: every layer may record into it, none depends on anything else through it. The
+listener runs on the event loop, and also serves the routes it is given (the health endpoints).
 """
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram, start_http_server
+from collections.abc import Iterable
+
+from aiohttp import web
+from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client.aiohttp import make_aiohttp_handler
 
 GRPC_REQUESTS = Counter("cosmos_etcd_grpc_requests", "etcd gRPC calls answered, by method and status code",
                         ["method", "code"])
@@ -20,7 +25,18 @@ WATCH_STREAMS = Gauge("cosmos_etcd_watch_streams", "open watch streams")
 LEASES = Gauge("cosmos_etcd_leases", "leases granted and not yet revoked or expired")
 
 
-def serve_metrics(address: str) -> None:
-    """Serve ``/metrics`` on ``host:port`` from a background thread."""
-    host, _, port = address.rpartition(":")
-    start_http_server(int(port), addr=host.strip("[]"))
+async def serve_metrics(addresses: Iterable[str], routes: Iterable[web.RouteDef] = ()) -> web.AppRunner:
+    """Serve ``/metrics`` and ``routes`` on every ``host:port``; ``await runner.cleanup()`` stops it."""
+    app = web.Application()
+    app.router.add_get("/metrics", make_aiohttp_handler())
+    app.router.add_routes(routes)
+    runner = web.AppRunner(app, access_log=None)  # probes every few seconds: no line each
+    await runner.setup()
+    try:
+        for address in addresses:
+            host, _, port = address.rpartition(":")
+            await web.TCPSite(runner, host.strip("[]"), int(port)).start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    return runner

@@ -11,6 +11,7 @@ import signal
 import socket
 
 import grpc
+from aiohttp import web
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from cosmos_etcd_shim import ETCD_CLUSTER_VERSION, ETCD_VERSION
@@ -26,6 +27,7 @@ from cosmos_etcd_shim.api.lease import LeaseServicer
 from cosmos_etcd_shim.api.watch import WatchServicer
 from cosmos_etcd_shim.api.maintenance import MaintenanceServicer, ServerInfo
 from cosmos_etcd_shim.config import COSMOS_KEY_VARIABLE, ConfigError, ServeConfig
+from cosmos_etcd_shim.health import HealthChecks, http_routes
 from cosmos_etcd_shim.mvcc.auth import AuthStore
 from cosmos_etcd_shim.mvcc.reads import RangeLimits
 from cosmos_etcd_shim.mvcc.store import MVCCStore
@@ -113,6 +115,8 @@ class Server:
         self.config = config
         self.store: MVCCStore | None = None
         self.grpc_server: grpc.aio.Server | None = None
+        # /metrics and the health endpoints on --listen-metrics-urls
+        self.http_listener: web.AppRunner | None = None
         self.health = health.aio.HealthServicer()
         self._progress: asyncio.Task | None = None
         self._heartbeats: asyncio.Task | None = None
@@ -174,8 +178,9 @@ class Server:
         for address in config.listen_addresses:
             _bind(server, address, credentials if address in config.tls_addresses else None)
         await server.start()
-        for address in config.metrics_addresses:
-            metrics.serve_metrics(address)
+        if config.metrics_addresses:
+            self.http_listener = await metrics.serve_metrics(config.metrics_addresses,
+                                                             http_routes(HealthChecks(store)))
         await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
         self.grpc_server = server
         logger.info("serving client traffic", extra={
@@ -205,6 +210,9 @@ class Server:
             if task is not None:
                 task.cancel()
         self._progress = self._heartbeats = self._auth_upkeep = None
+        if self.http_listener is not None:  # first: probes then fail while requests drain
+            await self.http_listener.cleanup()
+            self.http_listener = None
         if self.grpc_server is not None:
             await self.health.enter_graceful_shutdown()
             # Watch streams never end by themselves: end them now, as etcd does, so that the

@@ -116,6 +116,11 @@ class MVCCStore:
     def lease_exists(self, lease_id: int) -> bool:
         return self.leases.exists(lease_id)
 
+    @property
+    def storage_down(self) -> bool:
+        """A shared log failed and has not answered since: what needs it fails at once until it does."""
+        return self._storage_down
+
     async def sync(self) -> None:
         """Wait until every write any writer had made durable when this call began is applied here.
 

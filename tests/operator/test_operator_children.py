@@ -9,6 +9,7 @@ import pytest
 
 from cosmos_etcd_operator import children
 from cosmos_etcd_operator.spec import parse
+from cosmos_etcd_shim.health import READ_TIMEOUT_SECONDS
 
 KUBERNETES_VERSION = "1.33.0"
 OWNER = {"apiVersion": "cosmosetcd.io/v1alpha1", "kind": "CosmosEtcdCluster",
@@ -43,6 +44,20 @@ def _container(deployment: dict) -> dict:
     return container
 
 
+def assert_probed_over_http(container: dict) -> None:
+    """The probes ask the shim's /livez and /readyz on the named metrics port, which is where
+    --listen-metrics-urls serves (plain http, TLS or not): no gRPC or TCP fallback."""
+    args = container["args"]
+    assert args[args.index("--listen-metrics-urls") + 1] == "http://0.0.0.0:2381"
+    assert {"name": "metrics", "containerPort": 2381, "protocol": "TCP"} in container["ports"]
+    paths = {"startupProbe": "/livez", "readinessProbe": "/readyz", "livenessProbe": "/livez"}
+    for probe, path in paths.items():
+        assert container[probe]["httpGet"] == {"path": path, "port": "metrics"}, probe
+        assert not {"grpc", "tcpSocket", "exec"} & container[probe].keys(), probe
+        # The shim's health read gives up first: the kubelet gets the shim's answer, not its own timeout.
+        assert container[probe]["timeoutSeconds"] > READ_TIMEOUT_SECONDS, probe
+
+
 @pytest.mark.parametrize("shim", [{}, {"tls": {"secretName": "tenant-a-tls"}},
                                   {"tls": {"secretName": "tenant-a-tls", "clientCertAuth": False}, "replicas": 5,
                                    "resources": {"requests": {"cpu": 1, "memory": "1Gi"}}}])
@@ -65,8 +80,7 @@ def test_deployment_runs_the_shim_on_cosmos_without_tls():
     assert container["command"] == ["cosmos-etcd"]
     assert container["args"] == serve_args(ACCOUNT_ENDPOINT)
     assert container["env"] == SHIM_ENV
-    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-        assert container[probe]["grpc"] == {"port": 2379}
+    assert_probed_over_http(container)
     assert container["resources"] == children.DEFAULT_RESOURCES
     assert deployment["spec"]["template"]["metadata"]["annotations"] == {
         "cosmosetcd.io/keys-checksum": "0123456789abcdef"}
@@ -111,9 +125,8 @@ def test_tls_serves_https_from_the_secret():
     assert {"name": "tls", "mountPath": "/etc/cosmos-etcd/tls", "readOnly": True} in container["volumeMounts"]
     assert {"name": "tls", "secret": {"secretName": "tenant-a-tls", "defaultMode": 0o440}} in \
         deployment["spec"]["template"]["spec"]["volumes"]
-    # The kubelet's gRPC probe cannot speak TLS: the probes check the port instead.
-    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-        assert container[probe]["tcpSocket"] == {"port": 2379} and "grpc" not in container[probe]
+    # The health endpoints stay plain http: the same probes as without TLS.
+    assert_probed_over_http(container)
 
 
 def test_tls_without_client_certificates():

@@ -126,11 +126,11 @@ async def test_create_until_ready(kube_api, arm_stand_in, arm_service_principal,
     assert shim["env"] == SHIM_ENV
     assert shim["ports"] == [{"name": "client", "containerPort": 2379, "protocol": "TCP"},
                              {"name": "metrics", "containerPort": 2381, "protocol": "TCP"}]
-    assert shim["readinessProbe"] == {"grpc": {"port": 2379}, "periodSeconds": 5, "failureThreshold": 3,
-                                      "timeoutSeconds": 3}
-    assert shim["livenessProbe"] == {"grpc": {"port": 2379}, "periodSeconds": 10, "failureThreshold": 6,
-                                     "timeoutSeconds": 5}
-    assert shim["startupProbe"]["grpc"] == {"port": 2379}
+    assert shim["readinessProbe"] == {"httpGet": {"path": "/readyz", "port": "metrics"}, "periodSeconds": 5,
+                                      "failureThreshold": 3, "timeoutSeconds": 3}
+    assert shim["livenessProbe"] == {"httpGet": {"path": "/livez", "port": "metrics"}, "periodSeconds": 10,
+                                     "failureThreshold": 6, "timeoutSeconds": 5}
+    assert shim["startupProbe"]["httpGet"] == {"path": "/livez", "port": "metrics"}
     assert shim["resources"] == {"requests": {"cpu": "250m", "memory": "512Mi"}, "limits": {"memory": "2Gi"}}
     assert shim["securityContext"] == {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
                                        "runAsNonRoot": True, "capabilities": {"drop": ["ALL"]}}

@@ -17,6 +17,7 @@ import helm_python
 import pytest
 import yaml
 
+from cosmos_etcd_shim.health import READ_TIMEOUT_SECONDS
 from tests.harness.manifests import kubernetes_errors, load_documents, pod_spec_of, restricted_violations
 from tests.harness.project import CHART_DIR, PACKAGE_VERSION, REPO
 
@@ -74,6 +75,19 @@ def container(deployment: dict) -> dict:
 def flags(deployment: dict) -> dict[str, str]:
     """The container's --flag=value arguments (a bare --flag maps to "")."""
     return dict(arg.partition("=")[::2] for arg in container(deployment)["args"] if arg.startswith("--"))
+
+
+def assert_probed_over_http(deployment: dict, metrics_port: int) -> None:
+    """The shim's probes ask /livez and /readyz on the named metrics port, which is where
+    --listen-metrics-urls serves (plain http, TLS or not): no gRPC or TCP fallback."""
+    shim = container(deployment)
+    assert flags(deployment)["--listen-metrics-urls"] == f"http://0.0.0.0:{metrics_port}"
+    assert {"name": "metrics", "containerPort": metrics_port, "protocol": "TCP"} in shim["ports"]
+    for probe, path in {"startupProbe": "/livez", "readinessProbe": "/readyz", "livenessProbe": "/livez"}.items():
+        assert shim[probe]["httpGet"] == {"path": path, "port": "metrics"}, probe
+        assert not {"grpc", "tcpSocket", "exec"} & shim[probe].keys(), probe
+        # The shim's health read gives up first: the kubelet gets the shim's answer, not its own timeout.
+        assert shim[probe]["timeoutSeconds"] > READ_TIMEOUT_SECONDS, probe
 
 
 def selects(selector: dict[str, str], deployment: dict) -> bool:
@@ -271,9 +285,8 @@ def test_standalone_shim_with_tls(render):
     assert (args["--cert-file"], args["--key-file"], args["--trusted-ca-file"]) == \
         (f"{directory}/tls.crt", f"{directory}/tls.key", f"{directory}/ca.crt")
     assert "--client-cert-auth" in args
-    # The kubelet's gRPC probe cannot speak TLS: the port is probed instead.
-    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-        assert shim[probe]["tcpSocket"] == {"port": 2379}, probe
+    # The health endpoints stay plain http: the same probes as without TLS.
+    assert_probed_over_http(deployment, 2381)
     # The shim never calls the Kubernetes API.
     assert pod["automountServiceAccountToken"] is False
     assert only(objects, "ServiceAccount", "shim")["automountServiceAccountToken"] is False
@@ -291,11 +304,9 @@ def test_standalone_shim_with_tls(render):
     assert selects(budget["spec"]["selector"]["matchLabels"], deployment)
 
 
-def test_shim_without_tls_is_probed_over_grpc(render):
-    deployment = only(render({"shim": STANDALONE_SHIM}), "Deployment", "shim")
-    shim = container(deployment)
-    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-        assert shim[probe]["grpc"] == {"port": 2379}, probe
+def test_shim_without_tls_is_probed_on_its_metrics_port(render):
+    deployment = only(render({"shim": {**STANDALONE_SHIM, "metricsPort": 9381}}), "Deployment", "shim")
+    assert_probed_over_http(deployment, 9381)
     args = flags(deployment)
     assert args["--listen-client-urls"] == "http://0.0.0.0:2379"
     assert not {"--cert-file", "--key-file", "--client-cert-auth"} & args.keys()
