@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import os
 import pathlib
 import platform
@@ -42,6 +41,7 @@ sys.path.insert(0, str(REPO))
 import grpc  # noqa: E402
 
 from cosmos_etcd_shim.proto import rpc_pb2, rpc_pb2_grpc  # noqa: E402
+from bench.report import publish  # noqa: E402
 from tests.harness import processes  # noqa: E402
 from tests.harness.backends import LOCAL_COSMOS_KEY  # noqa: E402
 from tests.harness.cosmos import start_cosmos  # noqa: E402
@@ -533,13 +533,9 @@ def main(argv=None) -> int:
             print("part 3: restart time", file=sys.stderr)
             results["restart"] = asyncio.run(part_restart(work, args))
             texts.append("### Restart time against history length\n\n" + restart_table(results["restart"]))
-    results["total_seconds"] = round(time.monotonic() - started, 1)
-    print("\n\n".join(texts))
-    print(f"\n({results['total_seconds']} s; {os.cpu_count()} CPUs; local Cosmos server (@vercel/cosmosdb-server), "
-          f"the load generator is one Python process on the same machine)")
-    if args.out:
-        args.out.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
-        print(f"JSON written to {args.out}")
+    publish(results, "\n\n".join(texts), started,
+            "local Cosmos server (@vercel/cosmosdb-server), the load generator is one Python process on the same machine",
+            args.out)
     return 0
 
 

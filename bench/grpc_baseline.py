@@ -10,7 +10,6 @@ exceed: the difference to the shim's figure in kv_bench.py is the cost of the sh
 from __future__ import annotations
 
 import argparse
-import asyncio
 import pathlib
 import subprocess
 import sys

@@ -1,6 +1,10 @@
 """The side-by-side table every benchmark prints: each figure for etcd, the shim, and their ratio."""
 from __future__ import annotations
 
+import json
+import os
+import pathlib
+import time
 from collections.abc import Iterable
 
 
@@ -37,3 +41,18 @@ def ratio_table(rows: Iterable[tuple[str, float | None, float | None]]) -> list[
         ratio = f"{shim / etcd:.2f}" if etcd and shim is not None else "-"
         lines.append(f"| {label} | {fmt(etcd)} | {fmt(shim)} | {ratio} |")
     return lines
+
+
+def ratios(rows: Iterable[tuple]) -> dict[str, float | None]:
+    """shim/etcd of each (label, etcd, shim, ...) row, for the JSON results."""
+    return {label: (round(shim / etcd, 3) if etcd and shim is not None else None) for label, etcd, shim, *_ in rows}
+
+
+def publish(results: dict, text: str, started: float, note: str, out: pathlib.Path | None) -> None:
+    """Print the tables and a line on the run (its time, the CPUs, `note`); write the results as JSON to `out`."""
+    results["total_seconds"] = round(time.monotonic() - started, 1)
+    print(text)
+    print(f"\n({results['total_seconds']} s; {os.cpu_count()} CPUs; {note})")
+    if out:
+        out.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+        print(f"JSON written to {out}")

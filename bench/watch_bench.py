@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import pathlib
 import platform
@@ -40,7 +39,7 @@ sys.path.insert(0, str(REPO))
 import grpc  # noqa: E402
 
 from cosmos_etcd_shim.proto import rpc_pb2, rpc_pb2_grpc  # noqa: E402
-from bench.report import lookup, percentile, ratio_table  # noqa: E402
+from bench.report import lookup, percentile, publish, ratio_table, ratios  # noqa: E402
 from tests.harness import processes  # noqa: E402
 
 OPTIONS = [("grpc.max_receive_message_length", 64 * 1024 * 1024), ("grpc.use_local_subchannel_pool", 1)]
@@ -309,14 +308,9 @@ def main(argv=None) -> int:
                                   "clients": args.clients, "duration_s": args.duration}}
     with tempfile.TemporaryDirectory(prefix="watch-bench-") as tmp:
         results.update(asyncio.run(bench_all(servers, args, pathlib.Path(tmp))))
-    results["ratios"] = {label: (round(s / e, 3) if e and s is not None else None) for label, e, s in rows(results, args)}
-    results["total_seconds"] = round(time.monotonic() - started, 1)
-    print(table(results, args))
-    print(f"\n({results['total_seconds']} s; {os.cpu_count()} CPUs; the load generator is one Python process"
-          f" on the same machine)")
-    if args.out:
-        args.out.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
-        print(f"JSON written to {args.out}")
+    results["ratios"] = ratios(rows(results, args))
+    publish(results, table(results, args), started, "the load generator is one Python process on the same machine",
+            args.out)
     return 0
 
 

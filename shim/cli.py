@@ -7,7 +7,6 @@ in use, an unusable data directory) are one line on stderr and a non-zero exit, 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 
 from cosmos_etcd_shim import ETCD_VERSION, __version__

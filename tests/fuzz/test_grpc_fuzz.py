@@ -34,7 +34,7 @@ from hypothesis.database import DirectoryBasedExampleDatabase
 from cosmos_etcd_shim.proto import rpc_pb2 as pb
 from tests.conftest import ETCD_ARGS
 from tests.harness import processes
-from tests.harness.differential import CHANNEL_OPTIONS, Connection, Error, Mismatch, normalise_response
+from tests.harness.differential import Connection, Error, Mismatch, normalise_response
 
 SETTINGS = settings(max_examples=200, deadline=None,
                     database=DirectoryBasedExampleDatabase(os.path.join(tempfile.gettempdir(), "cosmos-etcd-fuzz")),

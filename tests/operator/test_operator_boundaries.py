@@ -10,7 +10,7 @@ import urllib.request
 import kmock
 
 from tests.harness import arm
-from tests.harness.kube import CLUSTERS, DEPLOYMENTS, EVENTS, SECRETS
+from tests.harness.kube import CLUSTERS, EVENTS, SECRETS
 from tests.harness.operator import NAMESPACE
 from tests.operator.test_operator_lifecycle import SPEC, ready_cluster
 

@@ -194,7 +194,7 @@ async def test_existing_account_is_adopted(kube_api, arm_stand_in, arm_service_p
     keys_before = dict(existing.keys)
     cluster = await ready_cluster(kube_api, arm_service_principal, start_operator)
     assert cluster.condition("Account")["reason"] == "Adopted"
-    account_path = f"/databaseAccounts/tenant-a-etcd"
+    account_path = "/databaseAccounts/tenant-a-etcd"
     assert _arm_calls(arm_stand_in, "PUT", account_path) == 0  # never recreated
     assert _arm_calls(arm_stand_in, "PATCH", account_path) == 1  # its consistency set to the spec's
     account = arm_stand_in.account(arm.SUBSCRIPTION, arm.RESOURCE_GROUP, "tenant-a-etcd")
