@@ -2,7 +2,7 @@
 for kopf and for the CosmosEtcdCluster CRD.
 
 :class:`KubeAPI` adds to ``kmock.KubernetesEmulator`` what the operator depends on and kmock
-leaves out (see /work/shared/TESTING.md):
+leaves out (see the shared TESTING.md notes):
 
 * ``metadata.uid``, ``resourceVersion``, ``creationTimestamp`` on create, a name from
   ``generateName``; ``generation`` (for objects with a ``spec``) starting at 1 and incremented when
