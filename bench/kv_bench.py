@@ -41,7 +41,7 @@ sys.path.insert(0, str(REPO))
 import grpc  # noqa: E402
 
 from cosmos_etcd_shim.proto import rpc_pb2, rpc_pb2_grpc  # noqa: E402
-from bench.report import lookup, percentile, publish, ratio_table, ratios  # noqa: E402
+from bench.report import lookup, percentile, publish, ratio_table, ratios, stop_flushed  # noqa: E402
 from tests.harness import processes  # noqa: E402
 
 
@@ -260,7 +260,7 @@ def bench_server(kind: str, args, workdir: pathlib.Path, profile: str | None, ou
             result["profile"] = str(profiler.output)
             result["profile_top"] = speedscope_summary(profiler.output)
     finally:
-        rc = server.stop()
+        rc = stop_flushed(server)
         result["exit_code"] = rc
         if kind == "shim" and profile == "cprofile":
             prof = workdir / "shim.cprofile"

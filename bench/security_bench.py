@@ -45,7 +45,7 @@ import trustme  # noqa: E402
 
 from cosmos_etcd_shim.proto import auth_pb2, rpc_pb2, rpc_pb2_grpc  # noqa: E402
 from bench.kv_bench import check_perf, load, memory, mib  # noqa: E402
-from bench.report import lookup, percentile, publish, ratio_table, ratios  # noqa: E402
+from bench.report import lookup, percentile, publish, ratio_table, ratios, stop_flushed  # noqa: E402
 from tests.harness import processes  # noqa: E402
 from tests.harness.differential import prefix_end  # noqa: E402
 
@@ -164,8 +164,7 @@ def bench_server(kind: str, config: str, pki: Pki, args, workdir: pathlib.Path) 
             print(f"[{kind} mtls] etcdctl check perf --load=s (60 s)", file=sys.stderr)
             result["check_perf_s"] = check_perf(server.url, "s", pki.etcdctl_flags())
     finally:
-        result["exit_code"] = server.stop()
-        os.sync()  # its writes, flushed now, would otherwise slow the next server's fsyncs
+        result["exit_code"] = stop_flushed(server)
     return result
 
 

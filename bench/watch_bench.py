@@ -39,7 +39,7 @@ sys.path.insert(0, str(REPO))
 import grpc  # noqa: E402
 
 from cosmos_etcd_shim.proto import rpc_pb2, rpc_pb2_grpc  # noqa: E402
-from bench.report import lookup, percentile, publish, ratio_table, ratios  # noqa: E402
+from bench.report import lookup, percentile, publish, ratio_table, ratios, stop_flushed  # noqa: E402
 from tests.harness import processes  # noqa: E402
 
 OPTIONS = [("grpc.max_receive_message_length", 64 * 1024 * 1024), ("grpc.use_local_subchannel_pool", 1)]
@@ -247,7 +247,7 @@ async def bench_server(kind: str, args, workdir: pathlib.Path) -> dict:
         print(f"[{kind}] keep-alives x{args.clients} streams, {args.duration}s", file=sys.stderr)
         result["keep_alive"] = await keep_alives(server.endpoint, args.clients, 100, args.duration)
     finally:
-        result["exit_code"] = server.stop()
+        result["exit_code"] = stop_flushed(server)
     return result
 
 
