@@ -26,9 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import os
 import pathlib
-import platform
 import re
 import sys
 import tempfile
@@ -41,7 +39,7 @@ sys.path.insert(0, str(REPO))
 import grpc  # noqa: E402
 
 from cosmos_etcd_shim.proto import rpc_pb2, rpc_pb2_grpc  # noqa: E402
-from bench.report import publish  # noqa: E402
+from bench.report import new_results, publish  # noqa: E402
 from tests.harness import processes  # noqa: E402
 from tests.harness.backends import LOCAL_COSMOS_KEY  # noqa: E402
 from tests.harness.cosmos import start_cosmos  # noqa: E402
@@ -507,16 +505,12 @@ def main(argv=None) -> int:
     args.load_ops = 320 if args.quick else 1600
     args.idle_seconds = 5.0
     parts = [p for p in args.parts.split(",") if p]
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
 
     started = time.monotonic()
-    results: dict = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                                 "platform": platform.platform()},
-                     "settings": {"quick": args.quick, "clients": CLIENTS, "duration_s": args.duration,
-                                  "history": args.history, "history_clients": args.history_clients, "seq_ops": args.seq_ops, "load_ops": args.load_ops,
-                                  "idle_seconds": args.idle_seconds},
-                     "note": "the local Cosmos server charges 1 RU per request: RU equals requests here"}
+    results = new_results({"quick": args.quick, "clients": CLIENTS, "duration_s": args.duration,
+                           "history": args.history, "history_clients": args.history_clients, "seq_ops": args.seq_ops, "load_ops": args.load_ops,
+                           "idle_seconds": args.idle_seconds}, args.out)
+    results["note"] = "the local Cosmos server charges 1 RU per request: RU equals requests here"
     texts = []
     with tempfile.TemporaryDirectory(prefix="cosmos-bench-") as tmp:
         work = pathlib.Path(tmp)

@@ -25,7 +25,6 @@ import asyncio
 import json
 import os
 import pathlib
-import platform
 import re
 import shutil
 import signal
@@ -41,7 +40,7 @@ sys.path.insert(0, str(REPO))
 import grpc  # noqa: E402
 
 from cosmos_etcd_shim.proto import rpc_pb2, rpc_pb2_grpc  # noqa: E402
-from bench.report import lookup, percentile, publish, ratio_table, ratios, stop_flushed  # noqa: E402
+from bench.report import lookup, new_results, percentile, publish, ratio_table, ratios, stop_flushed  # noqa: E402
 from tests.harness import processes  # noqa: E402
 
 
@@ -341,15 +340,11 @@ def main(argv=None) -> int:
     if args.profile:
         profile = args.profiler if args.profiler != "auto" else ("py-spy" if shutil.which("py-spy") else "cprofile")
     servers = [s for s in args.servers.split(",") if s]
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
 
     started = time.monotonic()
-    results: dict = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                                 "platform": platform.platform()},
-                     "settings": {"quick": args.quick, "clients": args.clients, "duration_s": args.duration,
-                                  "keys": args.keys, "value_size": args.value_size, "keyspace": args.keyspace,
-                                  "check_perf": args.check_perf, "profile": profile}}
+    results = new_results({"quick": args.quick, "clients": args.clients, "duration_s": args.duration,
+                           "keys": args.keys, "value_size": args.value_size, "keyspace": args.keyspace,
+                           "check_perf": args.check_perf, "profile": profile}, args.out)
     with tempfile.TemporaryDirectory(prefix="kv-bench-") as tmp:
         out_dir = args.out.resolve().parent if args.out else pathlib.Path(tmp)
         for kind in servers:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import platform
 import time
 from collections.abc import Iterable
 
@@ -46,6 +47,16 @@ def ratio_table(rows: Iterable[tuple[str, float | None, float | None]]) -> list[
 def ratios(rows: Iterable[tuple]) -> dict[str, float | None]:
     """shim/etcd of each (label, etcd, shim, ...) row, for the JSON results."""
     return {label: (round(shim / etcd, 3) if etcd and shim is not None else None) for label, etcd, shim, *_ in rows}
+
+
+def new_results(settings: dict, out: pathlib.Path | None) -> dict:
+    """The results of a run before any figure: the machine (and its load at the start) and the
+    settings; `out`'s folder made now, so that a long run does not fail at its end."""
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    return {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
+                        "platform": platform.platform(), "load_average": os.getloadavg()},
+            "settings": settings}
 
 
 def publish(results: dict, text: str, started: float, note: str, out: pathlib.Path | None) -> None:

@@ -30,9 +30,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
-import os
 import pathlib
-import platform
 import sys
 import tempfile
 import time
@@ -45,7 +43,7 @@ import trustme  # noqa: E402
 
 from cosmos_etcd_shim.proto import auth_pb2, rpc_pb2, rpc_pb2_grpc  # noqa: E402
 from bench.kv_bench import check_perf, load, memory, mib  # noqa: E402
-from bench.report import lookup, percentile, publish, ratio_table, ratios, stop_flushed  # noqa: E402
+from bench.report import lookup, new_results, percentile, publish, ratio_table, ratios, stop_flushed  # noqa: E402
 from tests.harness import processes  # noqa: E402
 from tests.harness.differential import prefix_end  # noqa: E402
 
@@ -231,16 +229,12 @@ def main(argv=None) -> int:
     if args.check_perf is None:
         args.check_perf = not args.quick
     servers = [s for s in args.servers.split(",") if s]
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
 
     started = time.monotonic()
-    results: dict = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                                 "platform": platform.platform(), "load_average": os.getloadavg()},
-                     "settings": {"quick": args.quick, "configs": args.configs, "clients": args.clients,
-                                  "duration_s": args.duration, "auth_clients": args.auth_clients,
-                                  "auth_duration_s": args.auth_duration, "value_size": args.value_size,
-                                  "keyspace": args.keyspace, "check_perf": args.check_perf}}
+    results = new_results({"quick": args.quick, "configs": args.configs, "clients": args.clients,
+                           "duration_s": args.duration, "auth_clients": args.auth_clients,
+                           "auth_duration_s": args.auth_duration, "value_size": args.value_size,
+                           "keyspace": args.keyspace, "check_perf": args.check_perf}, args.out)
     with tempfile.TemporaryDirectory(prefix="security-bench-") as tmp:
         pki = Pki.make(pathlib.Path(tmp) / "pki")
         for config in args.configs:  # etcd and the shim back to back for each configuration

@@ -26,9 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import pathlib
-import platform
 import sys
 import tempfile
 import time
@@ -39,7 +37,7 @@ sys.path.insert(0, str(REPO))
 import grpc  # noqa: E402
 
 from cosmos_etcd_shim.proto import rpc_pb2, rpc_pb2_grpc  # noqa: E402
-from bench.report import lookup, percentile, publish, ratio_table, ratios, stop_flushed  # noqa: E402
+from bench.report import lookup, new_results, percentile, publish, ratio_table, ratios, stop_flushed  # noqa: E402
 from tests.harness import processes  # noqa: E402
 
 OPTIONS = [("grpc.max_receive_message_length", 64 * 1024 * 1024), ("grpc.use_local_subchannel_pool", 1)]
@@ -298,14 +296,10 @@ def main(argv=None) -> int:
     args.fanout_puts = args.fanout_puts or (40 if args.quick else 200)
     args.duration = args.duration or (3.0 if args.quick else 10.0)
     servers = [s for s in args.servers.split(",") if s]
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
 
     started = time.monotonic()
-    results: dict = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                                 "platform": platform.platform()},
-                     "settings": {"quick": args.quick, "puts": args.puts, "fanout_puts": args.fanout_puts,
-                                  "clients": args.clients, "duration_s": args.duration}}
+    results = new_results({"quick": args.quick, "puts": args.puts, "fanout_puts": args.fanout_puts,
+                           "clients": args.clients, "duration_s": args.duration}, args.out)
     with tempfile.TemporaryDirectory(prefix="watch-bench-") as tmp:
         results.update(asyncio.run(bench_all(servers, args, pathlib.Path(tmp))))
     results["ratios"] = ratios(rows(results, args))
