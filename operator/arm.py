@@ -12,7 +12,8 @@ ARM operations by step::
     ensure_account    GET  databaseAccounts/{a}                      absent -> PUT (create)
                       PUT  databaseAccounts/{a}                      200 + Azure-AsyncOperation
                       PATCH databaseAccounts/{a}                     a mutable property differs; regions
-                                                                     alone first (Cosmos refuses both at once)
+                                                                     alone (Cosmos refuses both at once), first
+                                                                     unless the consistency must become Strong
     ensure_database   GET, PUT .../sqlDatabases/{db}                 202 + Azure-AsyncOperation
     ensure_container  GET, PUT .../sqlDatabases/{db}/containers/{c}  created with the shim's partition key,
                                                                      indexing policy and the spec's throughput;
@@ -573,23 +574,35 @@ def _check_adoptable(spec: ClusterSpec, account: models.DatabaseAccountGetResult
 
 
 def _account_update(spec: ClusterSpec, account: models.DatabaseAccountGetResults):
-    """(what differs, DatabaseAccountUpdateParameters) or None. Regions change alone, as Cosmos wants."""
+    """(what differs, DatabaseAccountUpdateParameters) or None. Regions change alone, as Cosmos wants,
+    and first, except when the consistency has to become Strong: that comes before the regions, so
+    that a region is never added to an account whose failover to it could lose writes."""
     properties = account.properties
     wanted_locations = {(location.name, location.failover_priority, location.zone_redundant)
                         for location in spec.locations}
     current_locations = {(_region(location.location_name), location.failover_priority or 0,
                           bool(location.is_zone_redundant)) for location in properties.locations or []}
-    if wanted_locations != current_locations:
+    strengthen_first = spec.consistency.level is ConsistencyLevel.STRONG and _consistency_differs(spec, account)
+    if wanted_locations != current_locations and not strengthen_first:
         return "regions", models.DatabaseAccountUpdateParameters(
             properties=models.DatabaseAccountUpdateProperties(locations=_locations(spec)))
-    changed, update = [], {}
-    wanted_consistency = _consistency_policy(spec)
-    current = properties.consistency_policy
+    return _properties_update(spec, account)
+
+
+def _consistency_differs(spec: ClusterSpec, account: models.DatabaseAccountGetResults) -> bool:
+    wanted, current = _consistency_policy(spec), account.properties.consistency_policy
     fields = ("default_consistency_level", "max_staleness_prefix", "max_interval_in_seconds") \
         if spec.consistency.level is ConsistencyLevel.BOUNDED_STALENESS else ("default_consistency_level",)
-    if current is None or any(getattr(current, field) != getattr(wanted_consistency, field) for field in fields):
+    return current is None or any(getattr(current, field) != getattr(wanted, field) for field in fields)
+
+
+def _properties_update(spec: ClusterSpec, account: models.DatabaseAccountGetResults):
+    """(what differs, DatabaseAccountUpdateParameters) or None for every mutable property but the regions."""
+    properties = account.properties
+    changed, update = [], {}
+    if _consistency_differs(spec, account):
         changed.append("consistency")
-        update["consistency_policy"] = wanted_consistency
+        update["consistency_policy"] = _consistency_policy(spec)
     if bool(properties.enable_automatic_failover) != spec.automatic_failover:
         changed.append("automatic failover")
         update["enable_automatic_failover"] = spec.automatic_failover

@@ -11,6 +11,10 @@ observedGeneration, lastTransitionTime); ``lastTransitionTime`` moves only when 
   (``True`` when it cannot progress until someone acts: an invalid spec, an Azure error that retrying
   will not fix). Each is removed when it stops being true, so that with ``status.observedGeneration``
   equal to ``metadata.generation`` Flux, Argo CD and ``kstatus`` read the object as Current.
+* ``DataLossOnFailover``: ``True`` (reason ``Accepted``) while the spec accepts that Azure's own
+  failover of a multi-region BoundedStaleness account can lose acknowledged writes
+  (``spec.account.acceptDataLossOnFailover``); absent otherwise. Like Reconciling and Stalled it is
+  abnormal-true, so it does not change how kstatus reads the object, only what a person sees.
 
 :func:`events` turns what changed between two lists into Kubernetes events, one per transition
 (not one per reconciliation), for ``kubectl describe``.
@@ -35,6 +39,7 @@ PARTS = (CREDENTIALS, ACCOUNT, DATABASE, CONTAINER, THROUGHPUT, KEYS, SHIM)
 READY = "Ready"
 RECONCILING = "Reconciling"
 STALLED = "Stalled"
+DATA_LOSS_ON_FAILOVER = "DataLossOnFailover"
 
 TRUE, FALSE, UNKNOWN = "True", "False", "Unknown"
 
@@ -42,6 +47,7 @@ INVALID_SPEC = "InvalidSpec"
 WAITING = "Waiting"
 IN_PROGRESS = "InProgress"
 UNAVAILABLE = "Unavailable"
+ACCEPTED = "Accepted"
 
 # metav1.Condition's rules for reason; Azure's error codes are mostly CamelCase already.
 _REASON = re.compile(r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$")
@@ -132,15 +138,16 @@ class Conditions:
             self.remove(STALLED)
 
     def as_list(self) -> list[dict[str, Any]]:
-        """Ready, Reconciling, Stalled, then the parts in order, then anything else."""
-        order = {type_: index for index, type_ in enumerate((READY, RECONCILING, STALLED, *PARTS))}
+        """Ready, Reconciling, Stalled, DataLossOnFailover, then the parts in order, then anything else."""
+        order = {type_: index for index, type_ in enumerate((READY, RECONCILING, STALLED, DATA_LOSS_ON_FAILOVER,
+                                                             *PARTS))}
         return sorted(self._by_type.values(), key=lambda item: (order.get(item["type"], len(order)), item["type"]))
 
 
 def events(before: Iterable[Mapping[str, Any]] | None, after: Iterable[Mapping[str, Any]]) -> list[tuple[str, str, str]]:
     """(type, reason, message) of the events that the change from ``before`` to ``after`` deserves:
-    Ready becoming True, and a part becoming not ready (Normal for work in progress, Warning for
-    an error)."""
+    Ready becoming True, a part becoming not ready (Normal for work in progress, Warning for an
+    error), and a Warning when the spec starts accepting data loss on failover."""
     old = {item["type"]: (item["status"], item["reason"]) for item in before or ()}
     found = []
     for item in after:
@@ -153,4 +160,6 @@ def events(before: Iterable[Mapping[str, Any]] | None, after: Iterable[Mapping[s
         elif item["type"] in PARTS and item["status"] != TRUE:
             kind = "Normal" if item["reason"] in (IN_PROGRESS, UNAVAILABLE) else "Warning"
             found.append((kind, item["reason"], f"{item['type']}: {item['message']}"))
+        elif item["type"] == DATA_LOSS_ON_FAILOVER and item["status"] == TRUE:
+            found.append(("Warning", DATA_LOSS_ON_FAILOVER, item["message"]))
     return found

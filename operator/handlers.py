@@ -12,7 +12,14 @@ not ready and writes the status once:
 * an Azure error: a condition with Azure's error code; ``TemporaryError`` when retrying can help,
   ``PermanentError`` (``Stalled``) when it cannot;
 * an invalid spec: ``Ready=False``/``Stalled=True`` with reason ``InvalidSpec`` and a
-  ``PermanentError``: nothing is retried until the spec changes.
+  ``PermanentError``: nothing is retried until the spec changes. Nothing in Azure or of the shim is
+  touched either, so a running cluster whose stored spec a newer operator refuses (such as a
+  multi-region BoundedStaleness account with automatic failover) keeps serving while the condition
+  says what to set.
+
+A spec that accepts data loss on failover (``spec.account.acceptDataLossOnFailover`` with
+BoundedStaleness, automatic failover and several regions) gets the condition ``DataLossOnFailover``
+and a Warning event; ``status.consistency`` shows the level in force on the account.
 
 Triggers: kopf's create, update and resume handlers (one function); the ``drift`` timer, which
 reconciles settled objects every ``--drift-interval`` seconds (throughput changed behind the
@@ -45,9 +52,10 @@ from azure.core.exceptions import ClientAuthenticationError
 from cosmos_etcd_operator import children
 from cosmos_etcd_operator.arm import AccountReady, AzureError, CosmosResources, Deleted, Pending, ThroughputReady
 from cosmos_etcd_operator.cloud import AzureCloud
-from cosmos_etcd_operator.conditions import (ACCOUNT, CONTAINER, CREDENTIALS, DATABASE, FALSE, IN_PROGRESS,
-                                             INVALID_SPEC, KEYS, READY, SHIM, STALLED, THROUGHPUT, TRUE, UNAVAILABLE, WAITING,
-                                             Condition, Conditions, events, now)
+from cosmos_etcd_operator.conditions import (ACCEPTED, ACCOUNT, CONTAINER, CREDENTIALS, DATA_LOSS_ON_FAILOVER,
+                                             DATABASE, FALSE, IN_PROGRESS, INVALID_SPEC, KEYS, READY, SHIM, STALLED,
+                                             THROUGHPUT, TRUE, UNAVAILABLE, WAITING, Condition, Conditions, events,
+                                             now)
 from cosmos_etcd_operator.credentials import Credentials, InvalidCredentials
 from cosmos_etcd_operator.kubeapi import Kube, KubeError, cluster_path, connection_info, contains, \
     load_configuration, object_path
@@ -224,6 +232,7 @@ class Reconciliation:
     async def run(self) -> Outcome:
         try:
             spec = parse(self.body.get("spec") or {}, name=self.name)
+            self._show_failover_risk(spec)
             outcome = await self._parts(spec)
         except InvalidSpec as e:
             outcome = Outcome(INVALID, f"invalid spec: {e}")
@@ -265,6 +274,7 @@ class Reconciliation:
             account = await self._azure(ACCOUNT, lambda token: resources.ensure_account(spec, token))
             assert isinstance(account, AccountReady)
             self.new_status["accountEndpoint"] = account.document_endpoint
+            self.new_status["consistency"] = spec.consistency.level.value
             self._ready(ACCOUNT, self._account_reason(account),
                         f"account {spec.account_name} ({account.provisioning_state}) at {account.document_endpoint}")
             await self._azure(DATABASE, lambda token: resources.ensure_database(spec, token))
@@ -370,6 +380,18 @@ class Reconciliation:
         elif change == "updated" and self.before.status_of(part) == TRUE and self.generation == self.observed:
             kopf.info(self.body, reason="Restored", message=f"{kind} {name} differed from the spec: set back")
         return stored
+
+    def _show_failover_risk(self, spec: ClusterSpec) -> None:
+        """The data loss that the spec accepts (parse refuses it unaccepted) stays in sight."""
+        if not spec.failover_can_lose_writes:
+            self.conditions.remove(DATA_LOSS_ON_FAILOVER)
+            return
+        consistency = spec.consistency
+        self.conditions.set(Condition(DATA_LOSS_ON_FAILOVER, TRUE, ACCEPTED, (
+            f"spec.account.acceptDataLossOnFailover is true: with {consistency.level.value} and automatic failover, "
+            f"Azure's failover from {spec.location} can lose the last acknowledged writes (up to "
+            f"{consistency.max_staleness_prefix} versions or {consistency.max_interval_seconds} seconds); the "
+            f"etcd log can then have a gap, which `cosmos-etcd repair` truncates")))
 
     def _account_reason(self, account: AccountReady) -> str:
         """Created or Adopted, as first seen: later passes find every account existing."""

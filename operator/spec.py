@@ -3,8 +3,17 @@
 The CRD's OpenAPI schema rejects most bad input at admission; this module is the second line
 for what a schema cannot say (a throughput that is not a multiple of Cosmos's step, regions
 listed twice, an account name Azure would refuse) and for objects that reached the cluster
-before the CRD was installed. Every problem becomes an :class:`InvalidSpec` whose message
-names the field, so that the operator can put it in a condition and stop retrying.
+before the CRD was installed (or changed). Every problem becomes an :class:`InvalidSpec` whose
+message names the field, so that the operator can put it in a condition and stop retrying.
+
+Consistency and failover (issue 11): the shim reads its log in the write region, so only Strong and
+BoundedStaleness are accepted (the shim refuses weaker levels when it starts). Without a level, a
+multi-region account gets Strong: a service-managed failover then loses no acknowledged revision. A
+single-region account keeps BoundedStaleness, the default so far: within one region Azure commits
+writes of both levels to a majority of the region's replicas and reads both from a minority quorum
+at the same RU charge, so Strong would buy nothing there and would only change existing accounts.
+BoundedStaleness on a multi-region account with automatic failover can lose up to the staleness
+bound in a failover, and is refused unless ``spec.account.acceptDataLossOnFailover`` accepts that.
 """
 from __future__ import annotations
 
@@ -45,11 +54,13 @@ class InvalidSpec(ValueError):
 
 
 class ConsistencyLevel(str, enum.Enum):
-    EVENTUAL = "Eventual"
-    CONSISTENT_PREFIX = "ConsistentPrefix"
-    SESSION = "Session"
+    """The account consistency levels under which a read in the write region sees the latest write."""
     BOUNDED_STALENESS = "BoundedStaleness"
     STRONG = "Strong"
+
+
+# Azure's other levels: a read in the write region may miss the latest revision, so the shim refuses them.
+WEAKER_CONSISTENCY_LEVELS = ("Eventual", "ConsistentPrefix", "Session")
 
 
 class ThroughputMode(str, enum.Enum):
@@ -71,7 +82,7 @@ class Location:
 
 @dataclasses.dataclass(frozen=True)
 class Consistency:
-    level: ConsistencyLevel = ConsistencyLevel.BOUNDED_STALENESS
+    level: ConsistencyLevel
     # Only meaningful for BoundedStaleness; Azure's own defaults.
     max_staleness_prefix: int = 100_000
     max_interval_seconds: int = 300
@@ -113,6 +124,7 @@ class ClusterSpec:
     consistency: Consistency
     locations: tuple[Location, ...]
     automatic_failover: bool
+    accept_data_loss_on_failover: bool
     tags: Mapping[str, str]
     database: str
     container: str
@@ -121,6 +133,13 @@ class ClusterSpec:
     shim: Shim
     deletion_policy: DeletionPolicy
 
+    @property
+    def failover_can_lose_writes(self) -> bool:
+        """Azure may fail over on its own to a region that has not yet received the last
+        acknowledged writes (up to the staleness bound)."""
+        return len(self.locations) > 1 and self.automatic_failover and \
+            self.consistency.level is not ConsistencyLevel.STRONG
+
 
 def parse(spec: Mapping[str, Any], *, name: str) -> ClusterSpec:
     """Read a CosmosEtcdCluster's ``spec``; ``name`` is the object's name (the default account name)."""
@@ -128,7 +147,8 @@ def parse(spec: Mapping[str, Any], *, name: str) -> ClusterSpec:
     location = _string(azure, "location", "spec.azure.location", LOCATION_NAME, "a region name such as westeurope")
     account = _mapping(spec, "account")
     cosmos = _mapping(spec, "cosmos")
-    return ClusterSpec(
+    locations = _locations(account.get("locations"), location)
+    parsed = ClusterSpec(
         subscription_id=_string(azure, "subscriptionId", "spec.azure.subscriptionId", SUBSCRIPTION_ID, "a GUID"),
         resource_group=_string(azure, "resourceGroup", "spec.azure.resourceGroup", RESOURCE_GROUP_NAME,
                                "an Azure resource group name"),
@@ -136,9 +156,11 @@ def parse(spec: Mapping[str, Any], *, name: str) -> ClusterSpec:
         account_name=_string(account, "name", "spec.account.name", ACCOUNT_NAME,
                              "3-44 lowercase letters, digits and hyphens, not starting or ending with a hyphen",
                              default=name),
-        consistency=_consistency(_mapping(account, "consistency")),
-        locations=_locations(account.get("locations"), location),
+        consistency=_consistency(_mapping(account, "consistency"), multi_region=len(locations) > 1),
+        locations=locations,
         automatic_failover=_boolean(account, "automaticFailover", "spec.account.automaticFailover", default=True),
+        accept_data_loss_on_failover=_boolean(account, "acceptDataLossOnFailover",
+                                              "spec.account.acceptDataLossOnFailover", default=False),
         tags=_tags(account.get("tags")),
         database=_string(cosmos, "database", "spec.cosmos.database", SQL_RESOURCE_NAME,
                          "a Cosmos DB id (no / \\ ? #)", default=DEFAULT_DATABASE),
@@ -149,10 +171,27 @@ def parse(spec: Mapping[str, Any], *, name: str) -> ClusterSpec:
         shim=_shim(_mapping(spec, "shim")),
         deletion_policy=_enum(spec, "deletionPolicy", "spec.deletionPolicy", DeletionPolicy, DeletionPolicy.RETAIN),
     )
+    if parsed.failover_can_lose_writes and not parsed.accept_data_loss_on_failover:
+        raise InvalidSpec(_failover_refusal(parsed.consistency))
+    return parsed
 
 
-def _consistency(section: Mapping[str, Any]) -> Consistency:
-    defaults = Consistency()
+def _failover_refusal(consistency: Consistency) -> str:
+    """Why a multi-region account with automatic failover needs Strong, and the three ways out."""
+    return (f"spec.account.consistency.level {consistency.level.value} with spec.account.automaticFailover on a "
+            f"multi-region account can lose the last acknowledged writes (up to the staleness bound, "
+            f"{consistency.max_staleness_prefix} versions or {consistency.max_interval_seconds} seconds) when Azure "
+            f"fails over: set spec.account.consistency.level: Strong (or remove it; Strong is the multi-region "
+            f"default), or spec.account.automaticFailover: false, or spec.account.acceptDataLossOnFailover: true "
+            f"to accept that loss")
+
+
+def _consistency(section: Mapping[str, Any], *, multi_region: bool) -> Consistency:
+    defaults = Consistency(ConsistencyLevel.STRONG if multi_region else ConsistencyLevel.BOUNDED_STALENESS)
+    if section.get("level") in WEAKER_CONSISTENCY_LEVELS:
+        raise InvalidSpec(f"spec.account.consistency.level must be BoundedStaleness or Strong, not "
+                          f"{section['level']!r}: the shim refuses weaker levels, under which a read in the write "
+                          f"region can miss the latest revision")
     return Consistency(
         level=_enum(section, "level", "spec.account.consistency.level", ConsistencyLevel, defaults.level),
         max_staleness_prefix=_integer(section, "maxStalenessPrefix", "spec.account.consistency.maxStalenessPrefix",

@@ -14,6 +14,7 @@ from tests.harness import arm
 from tests.harness.arm import settle
 
 ACCOUNT = "tenant-a-etcd"
+TWO_REGIONS = [{"name": "westeurope", "failoverPriority": 0}, {"name": "northeurope", "failoverPriority": 1}]
 
 
 def _requests(stand_in, method=None, suffix=""):
@@ -91,10 +92,9 @@ async def test_existing_account_is_adopted_and_only_its_mutable_properties_updat
 
 async def test_regions_are_changed_alone_before_other_properties(arm_stand_in, arm_resources):
     existing = arm_stand_in.add_account(arm.SUBSCRIPTION, arm.RESOURCE_GROUP, ACCOUNT, consistency="Session",
-                                        automatic_failover=True, tags={"team": "platform"})
-    wanted = _spec(account={"consistency": {"level": "Strong"},
-                            "locations": [{"name": "westeurope", "failoverPriority": 0},
-                                          {"name": "northeurope", "failoverPriority": 1, "zoneRedundant": True}]})
+                                        tags={"team": "platform"})
+    wanted = _spec(account={"consistency": {"level": "BoundedStaleness"}, "automaticFailover": False,
+                            "locations": [TWO_REGIONS[0], {**TWO_REGIONS[1], "zoneRedundant": True}]})
 
     first = await arm_resources.ensure_account(wanted)
     assert first.operation == f"update account {ACCOUNT} (regions)"
@@ -107,7 +107,54 @@ async def test_regions_are_changed_alone_before_other_properties(arm_stand_in, a
     assert isinstance(ready, AccountReady)
     assert existing.locations == [{"locationName": "westeurope", "failoverPriority": 0, "isZoneRedundant": False},
                                   {"locationName": "northeurope", "failoverPriority": 1, "isZoneRedundant": True}]
-    assert existing.consistency["defaultConsistencyLevel"] == "Strong"
+    assert existing.consistency == {"defaultConsistencyLevel": "BoundedStaleness", "maxStalenessPrefix": 100_000,
+                                    "maxIntervalInSeconds": 300}
+
+
+async def test_consistency_becomes_strong_before_a_region_is_added(arm_stand_in, arm_resources):
+    """Regions first would leave a multi-region account with automatic failover on BoundedStaleness
+    for a while: the exposure the Strong default exists to avoid."""
+    existing = arm_stand_in.add_account(arm.SUBSCRIPTION, arm.RESOURCE_GROUP, ACCOUNT, consistency="BoundedStaleness",
+                                        automatic_failover=True, tags={"team": "platform"})
+    wanted = _spec(account={"locations": TWO_REGIONS})  # no level: Strong, as the account gets a second region
+
+    first = await arm_resources.ensure_account(wanted)
+    assert first.operation == f"update account {ACCOUNT} (consistency)"
+    running = await arm_resources.ensure_account(wanted, first.token)
+    second = await arm_resources.ensure_account(wanted, running.token)
+    assert second.operation == f"update account {ACCOUNT} (regions)"
+    assert existing.consistency["defaultConsistencyLevel"] == "Strong" and len(existing.locations) == 1
+    ready, _ = await settle(arm_resources.ensure_account, wanted, second.token)
+
+    assert isinstance(ready, AccountReady)
+    assert [location["locationName"] for location in existing.locations] == ["westeurope", "northeurope"]
+    assert existing.consistency["defaultConsistencyLevel"] == "Strong" and existing.automatic_failover is True
+
+
+async def test_a_multi_region_account_is_created_strong(arm_stand_in, arm_resources):
+    ready, _ = await settle(arm_resources.ensure_account, _spec(account={"locations": TWO_REGIONS}))
+
+    assert isinstance(ready, AccountReady)
+    account = arm_stand_in.account(arm.SUBSCRIPTION, arm.RESOURCE_GROUP, ACCOUNT)
+    assert account.consistency["defaultConsistencyLevel"] == "Strong"
+    assert account.automatic_failover is True
+    assert [location["locationName"] for location in account.locations] == ["westeurope", "northeurope"]
+
+
+async def test_bounded_staleness_with_automatic_failover_across_regions_needs_the_explicit_field(arm_stand_in,
+                                                                                              arm_resources):
+    account = {"consistency": {"level": "BoundedStaleness"}, "locations": TWO_REGIONS}
+    with pytest.raises(spec_module.InvalidSpec, match="spec.account.acceptDataLossOnFailover: true"):
+        _spec(account=account)
+
+    accepted = _spec(account={**account, "acceptDataLossOnFailover": True})
+    ready, _ = await settle(arm_resources.ensure_account, accepted)
+
+    assert isinstance(ready, AccountReady)
+    created = arm_stand_in.account(arm.SUBSCRIPTION, arm.RESOURCE_GROUP, ACCOUNT)
+    assert created.consistency == {"defaultConsistencyLevel": "BoundedStaleness", "maxStalenessPrefix": 100_000,
+                                   "maxIntervalInSeconds": 300}
+    assert created.automatic_failover is True and len(created.locations) == 2
 
 
 async def test_an_account_in_another_write_region_is_not_adopted(arm_stand_in, arm_resources, arm_spec):
@@ -136,8 +183,7 @@ async def test_a_failed_operation_raises_its_code_and_the_next_attempt_recovers(
 async def test_a_request_azure_refuses_is_not_retryable_and_changes_nothing(arm_stand_in, arm_resources):
     # Cosmos wants maxStalenessPrefix >= 100000 on multi-region accounts; the spec alone cannot know.
     wanted = _spec(account={"consistency": {"level": "BoundedStaleness", "maxStalenessPrefix": 50},
-                            "locations": [{"name": "westeurope", "failoverPriority": 0},
-                                          {"name": "northeurope", "failoverPriority": 1}]})
+                            "automaticFailover": False, "locations": TWO_REGIONS})
 
     with pytest.raises(AzureError) as failure:
         await arm_resources.ensure_account(wanted)

@@ -1,8 +1,8 @@
 """operator/conditions.py: kstatus-style conditions with honest transition times."""
 from __future__ import annotations
 
-from cosmos_etcd_operator.conditions import (ACCOUNT, PARTS, READY, RECONCILING, SHIM, STALLED, Condition,
-                                             Conditions, events, reason)
+from cosmos_etcd_operator.conditions import (ACCOUNT, DATA_LOSS_ON_FAILOVER, PARTS, READY, RECONCILING, SHIM,
+                                             STALLED, Condition, Conditions, events, reason)
 
 
 def _all_true(conditions: Conditions) -> None:
@@ -100,3 +100,22 @@ def test_events_mark_transitions_not_passes():
     invalid = Conditions(done.as_list(), 2)
     invalid.summarize(invalid_spec="spec.x is wrong")
     assert events(done.as_list(), invalid.as_list()) == [("Warning", "InvalidSpec", "spec.x is wrong")]
+
+
+def test_accepted_data_loss_is_listed_early_and_warned_about_once():
+    accepted = Condition(DATA_LOSS_ON_FAILOVER, "True", "Accepted", "a failover can lose writes")
+    first = Conditions([], 1)
+    _all_true(first)
+    first.set(accepted)
+    first.summarize()
+    assert [item["type"] for item in first.as_list()][:2] == [READY, DATA_LOSS_ON_FAILOVER]
+    assert ("Warning", DATA_LOSS_ON_FAILOVER, "a failover can lose writes") in events([], first.as_list())
+    again = Conditions(first.as_list(), 2)
+    again.set(accepted)
+    again.summarize()
+    assert events(first.as_list(), again.as_list()) == []
+    withdrawn = Conditions(again.as_list(), 3)
+    withdrawn.remove(DATA_LOSS_ON_FAILOVER)
+    withdrawn.summarize()
+    assert withdrawn.get(DATA_LOSS_ON_FAILOVER) is None
+    assert events(again.as_list(), withdrawn.as_list()) == []

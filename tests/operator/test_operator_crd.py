@@ -13,12 +13,13 @@ import subprocess
 import pytest
 import yaml
 
-from cosmos_etcd_operator.spec import InvalidSpec, parse
+from cosmos_etcd_operator.spec import ConsistencyLevel, InvalidSpec, parse
 from tests.harness.kube import CRD_FILE, CrdAdmission, Invalid, load_crd
 
 EXAMPLES = pathlib.Path(__file__).resolve().parents[2] / "examples"
 AZURE = {"subscriptionId": "00000000-0000-0000-0000-000000000000", "resourceGroup": "rg-control-planes",
          "location": "westeurope"}
+TWO_REGIONS = [{"name": "westeurope", "failoverPriority": 0}, {"name": "northeurope", "failoverPriority": 1}]
 
 
 @pytest.fixture(scope="module")
@@ -75,11 +76,25 @@ def test_defaults_are_the_specs(admission):
     assert admitted["cosmos"] == {"database": "EtcdDB", "container": "EtcdData"}
     assert admitted["shim"] == {"replicas": 2}
     assert admitted["deletionPolicy"] == "Retain"
-    assert admitted["account"]["consistency"] == {"level": "BoundedStaleness", "maxStalenessPrefix": 100000,
-                                                  "maxIntervalInSeconds": 300}
+    # No level: the operator chooses it from the regions (see test_consistency_defaults_by_regions).
+    assert admitted["account"] == {"consistency": {"maxStalenessPrefix": 100000, "maxIntervalInSeconds": 300},
+                                   "automaticFailover": True, "acceptDataLossOnFailover": False}
     from_schema = parse(admitted, name="tenant-a")
     from_parse = parse({"azure": AZURE}, name="tenant-a")
     assert from_schema == from_parse
+
+
+@pytest.mark.parametrize("locations, level", [(None, ConsistencyLevel.BOUNDED_STALENESS),
+                                              (TWO_REGIONS[:1], ConsistencyLevel.BOUNDED_STALENESS),
+                                              (TWO_REGIONS, ConsistencyLevel.STRONG)],
+                         ids=["no-locations", "one-region", "two-regions"])
+def test_consistency_defaults_by_regions(admission, locations, level):
+    """Strong for a multi-region account (a failover loses nothing); a single region keeps BoundedStaleness."""
+    account = {} if locations is None else {"locations": locations}
+    admitted = admission.admit(_cluster({"azure": AZURE, "account": account}))
+    spec = parse(admitted["spec"], name="tenant-a")
+    assert spec.consistency.level is level
+    assert spec.automatic_failover is True and spec.failover_can_lose_writes is False
 
 
 IMMUTABLE = [
@@ -136,9 +151,8 @@ MUTABLE = [
     {"throughput": {"mode": "Autoscale", "requestUnits": 4000}},
     {"throughput": {"mode": "Manual", "requestUnits": 1200}},
     {"shim": {"replicas": 5, "image": "mine:1", "tls": {"secretName": "t"}}},
-    {"account": {"consistency": {"level": "Session"}, "tags": {"a": "b"}, "automaticFailover": False,
-                 "locations": [{"name": "westeurope", "failoverPriority": 0},
-                               {"name": "northeurope", "failoverPriority": 1}]}},
+    {"account": {"consistency": {"level": "BoundedStaleness"}, "tags": {"a": "b"}, "automaticFailover": False,
+                 "locations": TWO_REGIONS}},
     {"deletionPolicy": "Delete"},
     {"azure": {**AZURE, "credentials": {"servicePrincipalSecretRef": {"name": "sp"}}}},
 ]
@@ -160,6 +174,9 @@ REJECTED_BY_BOTH = {
     "autoscale not a multiple of 1000": {"throughput": {"mode": "Autoscale", "requestUnits": 1500}},
     "unknown mode": {"throughput": {"mode": "Serverless", "requestUnits": 400}},
     "unknown consistency": {"account": {"consistency": {"level": "Linearizable"}}},
+    "consistency the shim refuses": {"account": {"consistency": {"level": "Session"}}},
+    "bounded staleness with automatic failover across regions": {
+        "account": {"consistency": {"level": "BoundedStaleness"}, "locations": TWO_REGIONS}},
     "staleness interval too short": {"account": {"consistency": {"maxIntervalInSeconds": 1}}},
     "region twice": {"account": {"locations": [{"name": "westeurope", "failoverPriority": 0},
                                                {"name": "westeurope", "failoverPriority": 1}]}},
@@ -193,3 +210,50 @@ def test_parse_catches_what_the_schema_cannot():
     admitted = admission.admit(_cluster({"azure": AZURE}, name="tenant.a"))
     with pytest.raises(InvalidSpec, match="spec.account.name must be 3-44 lowercase letters"):
         parse(admitted["spec"], name="tenant.a")
+
+
+def _bounded_staleness_across_regions(**account) -> dict:
+    return {"azure": AZURE, "account": {"consistency": {"level": "BoundedStaleness"}, "locations": TWO_REGIONS,
+                                        **account}}
+
+
+def test_data_loss_on_failover_is_refused_with_the_way_out(admission):
+    """kubectl apply and the operator both say which field accepts the loss, and the alternatives."""
+    spec = _bounded_staleness_across_regions(automaticFailover=True)
+    with pytest.raises(Invalid) as refused:
+        admission.admit(_cluster(spec))
+    with pytest.raises(InvalidSpec) as invalid:
+        parse(spec, name="tenant-a")
+    for message in (str(refused.value), str(invalid.value)):
+        assert "spec.account.acceptDataLossOnFailover: true" in message
+        assert "spec.account.consistency.level: Strong" in message
+        assert "spec.account.automaticFailover: false" in message
+    assert str(refused.value).startswith("spec.account.consistency.level: Invalid value")
+    assert "100000 versions or 300 seconds" in str(invalid.value)
+
+
+@pytest.mark.parametrize("account", [{"acceptDataLossOnFailover": True}, {"automaticFailover": False}],
+                         ids=["accepted", "manual-failover"])
+def test_bounded_staleness_across_regions_is_admitted_when_accepted_or_manual(admission, account):
+    spec = parse(admission.admit(_cluster(_bounded_staleness_across_regions(**account)))["spec"], name="tenant-a")
+    assert spec.consistency.level is ConsistencyLevel.BOUNDED_STALENESS
+    assert spec.failover_can_lose_writes is spec.automatic_failover
+
+
+@pytest.mark.parametrize("account", [
+    {"consistency": {"level": "BoundedStaleness"}, "automaticFailover": True},  # one region: nowhere to fail over
+    {"consistency": {"level": "Strong"}, "locations": TWO_REGIONS, "automaticFailover": True},
+], ids=["single-region", "strong-across-regions"])
+def test_no_acceptance_needed_where_no_write_can_be_lost(admission, account):
+    spec = parse(admission.admit(_cluster({"azure": AZURE, "account": account}))["spec"], name="tenant-a")
+    assert spec.failover_can_lose_writes is False and spec.accept_data_loss_on_failover is False
+
+
+def test_accepting_the_loss_can_be_withdrawn_only_by_removing_the_risk(admission):
+    accepted = admission.admit(_cluster(_bounded_staleness_across_regions(acceptDataLossOnFailover=True)))
+    withdrawn = copy.deepcopy(accepted)
+    withdrawn["spec"]["account"]["acceptDataLossOnFailover"] = False
+    with pytest.raises(Invalid, match="acceptDataLossOnFailover"):
+        admission.admit(withdrawn, accepted)
+    withdrawn["spec"]["account"]["consistency"]["level"] = "Strong"
+    assert parse(admission.admit(withdrawn, accepted)["spec"], name="tenant-a").failover_can_lose_writes is False

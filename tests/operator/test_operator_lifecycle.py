@@ -54,6 +54,7 @@ async def test_create_until_ready(kube_api, arm_stand_in, arm_service_principal,
     assert status["endpoint"] == "http://tenant-a.control-planes.svc:2379"
     assert status["accountEndpoint"] == ACCOUNT_ENDPOINT
     assert status["throughput"] == {"mode": "Manual", "requestUnits": 400}
+    assert status["consistency"] == "BoundedStaleness"  # one region: the default stays as it was
     assert status["pendingOperations"] == {}
     conditions = {item["type"]: item for item in status["conditions"]}
     assert set(conditions) == {"Ready", "Credentials", "Account", "Database", "Container", "Throughput", "Keys",
