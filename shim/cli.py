@@ -1,5 +1,6 @@
 """The ``cosmos-etcd`` command: ``serve`` (the etcd server), ``operator`` (the Kubernetes operator,
-in package ``cosmos_etcd_operator``), ``version``.
+in package ``cosmos_etcd_operator``), ``repair`` (truncates a Cosmos log left with a gap by a region
+failover), ``version``.
 
 Flags are spelled as etcd's where they mean the same. Errors a user can fix (a bad flag, a port
 in use, an unusable data directory) are one line on stderr and a non-zero exit, never a traceback.
@@ -7,6 +8,8 @@ in use, an unusable data directory) are one line on stderr and a non-zero exit, 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import pathlib
 import sys
 
 from cosmos_etcd_shim import ETCD_VERSION, __version__
@@ -84,25 +87,59 @@ def _parser() -> argparse.ArgumentParser:
     auth.add_argument("--bcrypt-cost", type=int, default=defaults.bcrypt_cost,
                       help="bcrypt cost of password hashes, 4 to 31 (default: %(default)s)")
 
-    cosmos = serve.add_argument_group(
-        "Cosmos DB backend (--backend cosmos)",
-        f"The account key comes from ${cfg.COSMOS_KEY_VARIABLE} or --cosmos-key-file; without one, Entra ID "
-        "through DefaultAzureCredential (workload identity, managed identity, environment, Azure CLI).")
-    cosmos.add_argument("--cosmos-endpoint", default="", help="the account endpoint, https://<account>.documents.azure.com:443/")
-    cosmos.add_argument("--cosmos-database", default=defaults.cosmos_database, help="database (default: %(default)s)")
-    cosmos.add_argument("--cosmos-container", default=defaults.cosmos_container, help="container (default: %(default)s)")
-    cosmos.add_argument("--cosmos-key-file", default="", help="file holding the account key")
-    cosmos.add_argument("--cosmos-insecure-skip-tls-verify", action="store_true",
-                        help="accept a self-signed certificate (local test servers only)")
+    cosmos = _cosmos_connection_flags(serve, "Cosmos DB backend (--backend cosmos)")
     cosmos.add_argument("--cosmos-no-create", action="store_true",
                         help="fail instead of creating the database and container when absent")
     cosmos.add_argument("--cosmos-poll-interval", type=float, default=defaults.cosmos_poll_interval,
                         help="seconds between reads of the log for other replicas' writes when idle (default: %(default)s)")
 
+    repair = commands.add_parser(
+        "repair", help="truncate a Cosmos log left with a gap by a region failover",
+        description="After a forced region failover the new write region may lack the last revisions, and "
+                    "a replica may have written past the gap: every start of the shim then fails. Without "
+                    "--truncate-after this reads the log, reports the gap, the documents after it and the "
+                    "revisions a truncation loses, and changes nothing. Stop every shim replica before truncating.",
+        epilog="Exit codes: 0 the log is contiguous (or was repaired), 1 refused or failed, 2 bad flags, "
+               "3 a gap was found and nothing was changed.")
+    _cosmos_connection_flags(repair, "Cosmos DB connection (as serve's)", endpoint_required=True)
+    repair.add_argument("--truncate-after", type=int, metavar="REVISION",
+                        help="acknowledge the loss: delete every log document after REVISION, which must be the "
+                             "last contiguous revision the report names")
+    repair.add_argument("--save-removed", metavar="FILE",
+                        help="a new local file to which the removed documents (full JSON) are written before "
+                             "anything is deleted; required with --truncate-after")
+    repair.add_argument("--log-level", choices=sorted(logs.LEVELS), default="warn",
+                        help="log level of the JSON logs on stderr (default: %(default)s)")
+
     # Listed for --help only: main() hands everything after "operator" to the operator's own parser.
     commands.add_parser("operator", help="run the Kubernetes operator (see cosmos-etcd operator --help)")
     commands.add_parser("version", help="print the version")
     return parser
+
+
+def _cosmos_connection_flags(parser: argparse.ArgumentParser, title: str,
+                             endpoint_required: bool = False) -> argparse._ArgumentGroup:
+    """The flags that say how to reach the Cosmos container (serve and repair take the same)."""
+    defaults = cfg.ServeConfig()
+    cosmos = parser.add_argument_group(
+        title,
+        f"The account key comes from ${cfg.COSMOS_KEY_VARIABLE} or --cosmos-key-file; without one, Entra ID "
+        "through DefaultAzureCredential (workload identity, managed identity, environment, Azure CLI).")
+    cosmos.add_argument("--cosmos-endpoint", default="", required=endpoint_required,
+                        help="the account endpoint, https://<account>.documents.azure.com:443/")
+    cosmos.add_argument("--cosmos-database", default=defaults.cosmos_database, help="database (default: %(default)s)")
+    cosmos.add_argument("--cosmos-container", default=defaults.cosmos_container, help="container (default: %(default)s)")
+    cosmos.add_argument("--cosmos-key-file", default="", help="file holding the account key")
+    cosmos.add_argument("--cosmos-insecure-skip-tls-verify", action="store_true",
+                        help="accept a self-signed certificate (local test servers only)")
+    return cosmos
+
+
+def _cosmos_connection(args: argparse.Namespace) -> dict:
+    """The ServeConfig fields of the flags of :func:`_cosmos_connection_flags`."""
+    return dict(cosmos_endpoint=args.cosmos_endpoint, cosmos_database=args.cosmos_database,
+                cosmos_container=args.cosmos_container, cosmos_key_file=args.cosmos_key_file,
+                cosmos_insecure_skip_tls_verify=args.cosmos_insecure_skip_tls_verify)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -115,6 +152,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "version":
         print(f"cosmos-etcd {__version__} (etcd API {ETCD_VERSION})")
         return 0
+    if args.command == "repair":
+        return _repair(args)
     return _serve(args)
 
 
@@ -151,11 +190,7 @@ def _serve(args: argparse.Namespace) -> int:
             bcrypt_cost=args.bcrypt_cost,
             log_level=args.log_level,
             backend=args.backend,
-            cosmos_endpoint=args.cosmos_endpoint,
-            cosmos_database=args.cosmos_database,
-            cosmos_container=args.cosmos_container,
-            cosmos_key_file=args.cosmos_key_file,
-            cosmos_insecure_skip_tls_verify=args.cosmos_insecure_skip_tls_verify,
+            **_cosmos_connection(args),
             cosmos_no_create=args.cosmos_no_create,
             cosmos_poll_interval=args.cosmos_poll_interval,
         )
@@ -172,3 +207,35 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"cosmos-etcd serve: error: {e}", file=sys.stderr)
         return 1
     return 0
+
+
+def _repair(args: argparse.Namespace) -> int:
+    """``cosmos-etcd repair``: the work is in ``storage/cosmos/repair.py``; the backend is opened as
+    ``serve --backend cosmos`` opens it, except that nothing is ever created."""
+    def fail(message: str, code: int = 1) -> int:
+        print(f"cosmos-etcd repair: error: {' '.join(message.split())}", file=sys.stderr)
+        return code
+
+    if (args.truncate_after is None) != (args.save_removed is None):
+        return fail("--truncate-after and --save-removed FILE go together (see --help)", 2)
+    try:
+        config = cfg.ServeConfig(backend="cosmos", log_level=args.log_level, cosmos_no_create=True,
+                                 **_cosmos_connection(args))
+    except cfg.ConfigError as e:
+        return fail(str(e), 2)
+    from azure.core.exceptions import AzureError
+
+    from cosmos_etcd_shim.server import HEARTBEAT_SECONDS, StartupError, open_backend
+    from cosmos_etcd_shim.storage import StorageError
+    from cosmos_etcd_shim.storage.cosmos import repair
+
+    logs.configure(config.log_level)
+    save_removed = pathlib.Path(args.save_removed) if args.save_removed else None
+    try:
+        outcome = asyncio.run(repair.run(
+            open_backend(config), truncate_after=args.truncate_after, save_removed=save_removed,
+            # Two heartbeat periods: a running replica's heartbeat document changes at least once.
+            liveness_window=2 * HEARTBEAT_SECONDS, say=lambda line: print(line, flush=True)))
+    except (StartupError, StorageError, AzureError) as e:
+        return fail(str(e))
+    return 3 if outcome is repair.Outcome.GAP_FOUND else 0
