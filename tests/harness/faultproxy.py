@@ -15,7 +15,9 @@ substring); the first matching rule with uses left decides what happens to that 
 * ``hang_after``       forward, then never answer (the client times out; the request ran)
 
 ``proxy.refuse = True`` makes the proxy close every new and pending request (an outage);
-``proxy.log`` records (operation, path, action) of every request seen.
+``proxy.log`` records (operation, path, action) of every request seen (``account`` is the
+database account read, ``GET /``). ``proxy.rewrite_account`` (a function of the account's JSON
+object) changes what the upstream answered to ``GET /``, e.g. to advertise other regions.
 
 Run it in the test's event loop (``await proxy.start()``) or on a thread of its own
 (``ThreadedFaultProxy``) for servers in other processes.
@@ -68,6 +70,8 @@ def throttled(retry_after_seconds: float = 0.2, *, ms_header: bool = True, **mat
 
 def cosmos_operation(message: "_Message", method: str, target: str) -> str:
     """What a Cosmos REST request does, from its method, path and headers."""
+    if method == "GET" and target == "/":
+        return "account"
     on_document = "/docs/" in target.rstrip("/") + "/" and not target.rstrip("/").endswith("/docs")
     if method == "POST":
         if (message.header(b"x-ms-documentdb-isquery") or b"").lower() == b"true":
@@ -95,6 +99,13 @@ class _Message:
             if key.strip().lower() == name:
                 return value.strip()
         return None
+
+    def replace_body(self, body: bytes) -> None:
+        """A new body, and the content-length to match (_read_message always leaves one)."""
+        self.head = b"\r\n".join(line for line in self.head.split(b"\r\n")
+                                  if not line.lower().startswith(b"content-length:"))
+        self.head += b"\r\ncontent-length: " + str(len(body)).encode()
+        self.body = body
 
 
 async def _read_message(reader: asyncio.StreamReader, *, response: bool = False, request_method: str = "") -> _Message | None:
@@ -139,6 +150,7 @@ class FaultProxy:
         self.rules: list[Rule] = []
         self.refuse = False
         self.log: list[tuple[str, str, str]] = []
+        self.rewrite_account: Callable[[dict], dict] | None = None
         self._server: asyncio.AbstractServer | None = None
         self._connections: set[asyncio.Task] = set()
         self._writers: set[asyncio.StreamWriter] = set()
@@ -238,6 +250,9 @@ class FaultProxy:
                     return
                 if self.refuse:
                     return
+                if (operation == "account" and self.rewrite_account is not None
+                        and response.first_line.split(" ")[1] == "200"):
+                    response.replace_body(json.dumps(self.rewrite_account(json.loads(response.body))).encode())
                 client_writer.write(response.head + b"\r\n\r\n" + response.body)
                 await client_writer.drain()
         except (ConnectionError, asyncio.IncompleteReadError, OSError):

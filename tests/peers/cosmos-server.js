@@ -5,6 +5,18 @@
 //   node cosmos-server.js --port PORT [--host 127.0.0.1] [--no-ssl] [--no-keep-alive]
 "use strict";
 const { createHttpServer, createHttpsServer } = require("@vercel/cosmosdb-server");
+const accountModule = require("@vercel/cosmosdb-server/lib/account");
+
+// The package's account answer (GET /) says "Session", a constant. One in-memory process is
+// Strong (every read sees the latest write), and the shim refuses to start on a Session account:
+// report what the server really offers.
+const PackageAccount = accountModule.default;
+accountModule.default = class StrongAccount extends PackageAccount {
+  constructor(host, port) {
+    super(host, port);
+    this._data.userConsistencyPolicy = { defaultConsistencyLevel: "Strong" };
+  }
+};
 
 const args = { port: 0, host: "127.0.0.1", ssl: true, keepAlive: true };
 const argv = process.argv.slice(2);

@@ -1,8 +1,9 @@
 """The Azure Cosmos DB backend: the revision log in a Cosmos container (``azure.cosmos.aio``).
 
 Modules: ``layout`` (the public container layout; no Azure import, for the operator),
-``codec`` (payload encoding), ``stats`` (request and RU accounting), ``client`` (connection,
-retries, writes of unknown outcome), ``checkpoint`` (the base as page sets) and ``log``
+``codec`` (payload encoding), ``stats`` (request and RU accounting), ``account`` (the account's
+consistency check and regions), ``client`` (connection, write-region routing, retries, writes of
+unknown outcome), ``checkpoint`` (the base as page sets) and ``log``
 (:class:`CosmosLog`, the :class:`~cosmos_etcd_shim.storage.base.RevisionLog`).
 
 Importing this package does not import the Azure SDK: ``CosmosLog`` and friends load on first use.
