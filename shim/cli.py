@@ -91,7 +91,8 @@ def _parser() -> argparse.ArgumentParser:
     cosmos.add_argument("--cosmos-no-create", action="store_true",
                         help="fail instead of creating the database and container when absent")
     cosmos.add_argument("--cosmos-poll-interval", type=float, default=defaults.cosmos_poll_interval,
-                        help="seconds between reads of the log for other replicas' writes when idle (default: %(default)s)")
+                        help="seconds between reads of the log for other replicas' writes right after activity, "
+                             "doubling while idle up to 1 s (default: %(default)s)")
 
     repair = commands.add_parser(
         "repair", help="truncate a Cosmos log left with a gap by a region failover",

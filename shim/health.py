@@ -12,10 +12,18 @@ even when the client URLs are https, so that the kubelet's httpGet probes work w
 * ``/livez`` and ``/readyz`` answer as etcd 3.6 does: 200 ``ok``; ``?verbose`` lists the checks
   first (``[+]serializable_read ok``); a failed check gives 503 and the listing with
   ``[-]<check> failed: <reason>``; ``?exclude=<check>`` skips a check; ``/livez/<check>`` and
-  ``/readyz/<check>`` run one. Liveness is the serializable read: an outage of Cosmos DB must not
-  restart the shim, which would come back to the same outage. Readiness adds the linearizable
-  read: a replica that cannot reach the log takes no traffic. etcd 3.6's ``data_corruption``
-  readiness check has no counterpart here, since the shim runs no corruption check.
+  ``/readyz/<check>`` run one. Liveness is the serializable read plus ``background_tasks``: a
+  core task (the committer, lease expiry) that keeps failing although it is restarted (see
+  :mod:`supervision`) fails it, so that Kubernetes restarts the process. An outage of Cosmos DB
+  does not: a restart would come back to the same outage. Readiness adds the linearizable read:
+  a replica that cannot read the log takes no traffic. What readiness means with a backend that
+  every replica shares: it fails only when *this* replica cannot serve a linearizable read now (the
+  log does not answer, or its catch-up times out). Throttling does not make a replica unready:
+  every replica shares the same request units, so all of them would leave the Service at once
+  and clients would lose even the reads served from memory; clients get etcd's "too many
+  requests" instead (back-pressure). A write refused by Cosmos (401, 403, 413 ...) fails that
+  write only. etcd 3.6's ``data_corruption`` readiness check has no counterpart here, since the
+  shim runs no corruption check.
 
 Only GET is served, as by etcd (405 otherwise). The checks run on the event loop that serves
 clients, so a loop too busy to answer them fails them too.
@@ -31,9 +39,10 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from cosmos_etcd_shim.api.errors import status_of
-from cosmos_etcd_shim.mvcc.errors import MVCCError, StorageUnavailableError
+from cosmos_etcd_shim.mvcc.errors import MVCCError, StorageUnavailableError, TooManyRequestsError
 from cosmos_etcd_shim.mvcc.store import MVCCStore
 from cosmos_etcd_shim.proto import rpc_pb2
+from cosmos_etcd_shim.supervision import Supervisor
 
 logger = logging.getLogger(__name__)
 
@@ -51,12 +60,18 @@ Check = Callable[[], Awaitable[None]]
 class HealthChecks:
     """The reads etcd's health endpoints make, made on this shim's store."""
 
-    def __init__(self, store: MVCCStore, timeout: float = READ_TIMEOUT_SECONDS) -> None:
+    def __init__(self, store: MVCCStore, supervisor: Supervisor, timeout: float = READ_TIMEOUT_SECONDS) -> None:
         self.store = store
+        self.supervisor = supervisor
         self.timeout = timeout
 
     async def serializable_read(self) -> None:
         self.store.range(PROBE_RANGE)
+
+    async def background_tasks(self) -> None:
+        failing = self.supervisor.failing()
+        if failing:
+            raise BackgroundTaskError("; ".join(failing.values()))
 
     async def linearizable_read(self) -> None:
         """What a linearizable Range waits for, within the timeout; raises what it would fail with."""
@@ -65,6 +80,17 @@ class HealthChecks:
         async with asyncio.timeout(self.timeout):
             await self.store.sync()
         self.store.range(PROBE_RANGE)
+
+    async def linearizable_read_unless_throttled(self) -> None:
+        """Readiness: the linearizable read, where throttling counts as able to serve."""
+        try:
+            await self.linearizable_read()
+        except TooManyRequestsError:
+            pass
+
+
+class BackgroundTaskError(Exception):
+    """A core background task keeps failing."""
 
 
 async def _failure_of(check: Check) -> str | None:
@@ -75,14 +101,18 @@ async def _failure_of(check: Check) -> str | None:
         return REQUEST_TIMED_OUT
     except MVCCError as e:
         return status_of(e).message
+    except BackgroundTaskError as e:
+        return str(e)
     return None
 
 
 def http_routes(checks: HealthChecks) -> list[web.RouteDef]:
     """``/health``, ``/livez``, ``/readyz`` and one path per check under the latter two."""
     registries = {
-        "/livez": {"serializable_read": checks.serializable_read},
-        "/readyz": {"serializable_read": checks.serializable_read, "linearizable_read": checks.linearizable_read},
+        "/livez": {"serializable_read": checks.serializable_read, "background_tasks": checks.background_tasks},
+        "/readyz": {"serializable_read": checks.serializable_read,
+                    "linearizable_read": checks.linearizable_read_unless_throttled,
+                    "background_tasks": checks.background_tasks},
     }
     table = [web.route("*", "/health", _get_only(functools.partial(_health, checks)))]
     for root, registry in registries.items():

@@ -23,6 +23,10 @@ STORAGE_APPEND_SECONDS = Histogram("cosmos_etcd_storage_append_seconds", "time t
                                    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1))
 WATCH_STREAMS = Gauge("cosmos_etcd_watch_streams", "open watch streams")
 LEASES = Gauge("cosmos_etcd_leases", "leases granted and not yet revoked or expired")
+INDEX_VERSIONS = Gauge("cosmos_etcd_index_versions", "key versions (tombstones included) held in memory; "
+                       "compaction frees those below the compact revision")
+TASK_FAILURES = Counter("cosmos_etcd_background_task_failures", "background tasks that failed and were restarted",
+                        ["task"])
 
 
 async def serve_metrics(addresses: Iterable[str], routes: Iterable[web.RouteDef] = ()) -> web.AppRunner:

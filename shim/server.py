@@ -35,6 +35,7 @@ from cosmos_etcd_shim.mvcc.watch import WatchHub
 from cosmos_etcd_shim.proto import rpc_pb2, rpc_pb2_grpc
 from cosmos_etcd_shim.storage import RevisionLog, StorageError
 from cosmos_etcd_shim.storage.embedded import EmbeddedLog
+from cosmos_etcd_shim.supervision import Supervisor
 
 logger = logging.getLogger(__name__)
 
@@ -52,9 +53,11 @@ class StartupError(Exception):
     """The server cannot start; the message is the one line the user sees."""
 
 
-# Replicas on a shared log record themselves this often, and are listed while this recent.
-HEARTBEAT_SECONDS = 3.0
-MEMBER_MAX_AGE_SECONDS = 10.0
+# Replicas on a shared log record themselves this often, read the list of members every
+# MEMBER_READ_HEARTBEATS heartbeats, and list those whose heartbeat is this recent.
+HEARTBEAT_SECONDS = 5.0
+MEMBER_READ_HEARTBEATS = 2
+MEMBER_MAX_AGE_SECONDS = 15.0
 
 
 def open_backend(config: ServeConfig) -> RevisionLog:
@@ -77,7 +80,16 @@ def open_backend(config: ServeConfig) -> RevisionLog:
     return CosmosLog(config.cosmos_endpoint, key=key, credential=credential, database=config.cosmos_database,
                      container=config.cosmos_container, create=not config.cosmos_no_create,
                      insecure_skip_tls_verify=config.cosmos_insecure_skip_tls_verify,
-                     poll_interval=config.cosmos_poll_interval)
+                     poll_interval=config.cosmos_poll_interval, key_loader=_key_file_reader(config))
+
+
+def _key_file_reader(config: ServeConfig):
+    """Reads --cosmos-key-file again (after a 401: Kubernetes updates a mounted Secret in place
+    when the key is rotated); None when the key does not come from a file."""
+    if not config.cosmos_key_file:
+        return None
+    path = pathlib.Path(config.cosmos_key_file)
+    return lambda: path.read_text().strip()
 
 
 def _cosmos_key(config: ServeConfig) -> str | None:
@@ -118,10 +130,10 @@ class Server:
         # /metrics and the health endpoints on --listen-metrics-urls
         self.http_listener: web.AppRunner | None = None
         self.health = health.aio.HealthServicer()
-        self._progress: asyncio.Task | None = None
-        self._heartbeats: asyncio.Task | None = None
-        self._auth_upkeep: asyncio.Task | None = None
+        self.supervisor = Supervisor()
+        self._background: list[asyncio.Task] = []
         self._members: list[rpc_pb2.Member] = []
+        self._this_member_id = 0  # known once started
         self.watch_hub: WatchHub | None = None
 
     async def start(self) -> None:
@@ -129,7 +141,8 @@ class Server:
         for address in (*config.listen_addresses, *config.metrics_addresses):
             _check_can_listen(address)  # before anything is opened or logged: one clear line
         credentials = _tls_credentials(config)
-        self.store = store = MVCCStore(open_backend(config), RangeLimits(config.max_range_keys, MAX_SEND_BYTES))
+        self.store = store = MVCCStore(open_backend(config), RangeLimits(config.max_range_keys, MAX_SEND_BYTES),
+                                       self.supervisor)
         auth = AuthStore(store.log, config.bcrypt_cost, config.auth_token_ttl)
         try:
             await store.open()
@@ -147,8 +160,11 @@ class Server:
             clientURLs=config.advertise_client_urls,
         )
         self._members = [this_member]
-        self._heartbeats = asyncio.create_task(self._heartbeat_forever(this_member))
-        self._auth_upkeep = asyncio.create_task(auth.maintain_forever())
+        self._this_member_id = this_member.ID
+        self._background = [
+            self.supervisor.start("member-heartbeat", lambda: self._heartbeat_forever(this_member)),
+            self.supervisor.start("auth-upkeep", auth.maintain_forever),
+        ]
         callers = Callers(auth, config.requires_client_certificates)
 
         server = grpc.aio.server(options=grpc_options(config), interceptors=[DecodeErrors()])
@@ -156,7 +172,8 @@ class Server:
                        config.max_watchers_per_stream)
         store.on_commit(hub.on_commit)
         self.watch_hub = hub
-        self._progress = asyncio.create_task(hub.notify_progress_every(config.watch_progress_notify_interval))
+        self._background.append(self.supervisor.start(
+            "watch-progress", lambda: hub.notify_progress_every(config.watch_progress_notify_interval)))
         servicers = [
             (KVServicer(store, headers, config.max_request_bytes, config.max_txn_ops, callers),
              rpc_pb2_grpc.KVServicer, rpc_pb2_grpc.add_KVServicer_to_server),
@@ -180,7 +197,7 @@ class Server:
         await server.start()
         if config.metrics_addresses:
             self.http_listener = await metrics.serve_metrics(config.metrics_addresses,
-                                                             http_routes(HealthChecks(store)))
+                                                             http_routes(HealthChecks(store, self.supervisor)))
         await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
         self.grpc_server = server
         logger.info("serving client traffic", extra={
@@ -193,23 +210,29 @@ class Server:
         """Record this member and learn the others (MemberList) on a shared log."""
         record = {"id": this_member.ID, "name": this_member.name, "peerURLs": list(this_member.peerURLs),
                   "clientURLs": list(this_member.clientURLs)}
+        beats = 0
         while True:
             try:
                 await self.store.log.heartbeat(record)
-                live = await self.store.log.members(MEMBER_MAX_AGE_SECONDS)
+                if beats % MEMBER_READ_HEARTBEATS == 0:
+                    live = await self.store.log.members(MEMBER_MAX_AGE_SECONDS)
+                    members = [rpc_pb2.Member(ID=m["id"], name=m["name"], peerURLs=m["peerURLs"],
+                                              clientURLs=m["clientURLs"]) for m in live]
+                    self._members = sorted(members, key=lambda m: m.name) or [this_member]
             except StorageError as e:
                 logger.warning("member heartbeat failed", extra={"error": str(e)})
-            else:
-                members = [rpc_pb2.Member(ID=m["id"], name=m["name"], peerURLs=m["peerURLs"],
-                                          clientURLs=m["clientURLs"]) for m in live]
-                self._members = sorted(members, key=lambda m: m.name) or [this_member]
+            beats += 1
             await asyncio.sleep(HEARTBEAT_SECONDS)
 
     async def stop(self) -> None:
-        for task in (self._progress, self._heartbeats, self._auth_upkeep):
-            if task is not None:
-                task.cancel()
-        self._progress = self._heartbeats = self._auth_upkeep = None
+        for task in self._background:
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+        self._background = []
+        if self.store is not None and self._this_member_id:
+            # A rollout replaces every pod: leave no record behind for the others to keep reading.
+            with contextlib.suppress(StorageError):
+                await self.store.log.remove_member(self._this_member_id)
         if self.http_listener is not None:  # first: probes then fail while requests drain
             await self.http_listener.cleanup()
             self.http_listener = None

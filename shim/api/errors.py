@@ -10,6 +10,7 @@ import grpc
 
 from cosmos_etcd_shim import metrics
 from cosmos_etcd_shim.mvcc import errors as core
+from cosmos_etcd_shim.storage import StorageError
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +59,7 @@ _FROM_CORE = {
     core.LeaseNotFoundError: LEASE_NOT_FOUND,
     core.LeaseExistsError: LEASE_EXISTS,
     core.LeaseTTLTooLargeError: LEASE_TTL_TOO_LARGE,
+    core.TooManyRequestsError: EtcdStatus(grpc.StatusCode.RESOURCE_EXHAUSTED, "etcdserver: too many requests"),
     core.RootUserNotExistError: EtcdStatus(_FAILED, "etcdserver: root user does not exist"),
     core.RootRoleNotExistError: EtcdStatus(_FAILED, "etcdserver: root user does not have root role"),
     core.UserAlreadyExistError: EtcdStatus(_FAILED, "etcdserver: user name already exists"),
@@ -85,6 +87,8 @@ def status_of(error: Exception) -> EtcdStatus:
     known = _FROM_CORE.get(type(error))
     if known is not None:
         return known
+    if isinstance(error, StorageError):  # a storage failure the core passed on as it was
+        return status_of(core.from_storage(error))
     if isinstance(error, core.StorageUnavailableError):
         # Clients retry UNAVAILABLE. As with etcd's "request timed out", a write whose outcome was
         # unknown may still have been applied: the client reads before it writes again.

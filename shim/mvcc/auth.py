@@ -16,9 +16,10 @@ Several replicas on one shared log
     stored state, so changes through different replicas are ordered, none is lost (a lost
     compare-and-swap reads again and retries), and a user added through one replica can log in
     through any other at once. Permission checks of KV, Watch, Lease and Maintenance requests use
-    the state as this replica last read it, and it is read again every ``REFRESH_SECONDS``: a
-    permission revoked through one replica is enforced by every other within about a second
-    (plus one read of the store). Tokens are each replica's own (see ``tokens``); a state read
+    the state as this replica last read it. It is read again when the log announces a newer
+    version (the log's tail carries the announcement, so an idle replica pays nothing for it):
+    a permission revoked through one replica is enforced by every other within about a poll of
+    the log plus ``REFRESH_SECONDS``. Tokens are each replica's own (see ``tokens``); a state read
     from the store drops the tokens that the change would have dropped here.
 
 Passwords are hashed with bcrypt (``--bcrypt-cost``, etcd's default 10) on a worker thread, so
@@ -32,12 +33,13 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import time
 from collections.abc import Callable, Iterable
 
 import bcrypt
 
 from cosmos_etcd_shim.mvcc import errors
-from cosmos_etcd_shim.mvcc.errors import StorageUnavailableError
+from cosmos_etcd_shim.mvcc.errors import MVCCError, from_storage
 from cosmos_etcd_shim.mvcc.permissions import UserPermissions
 from cosmos_etcd_shim.mvcc.tokens import SimpleTokens
 from cosmos_etcd_shim.proto.auth_pb2 import Permission, Role, User, UserAddOptions
@@ -53,6 +55,7 @@ INITIAL_AUTH_REVISION = 1
 BCRYPT_MAX_PASSWORD_BYTES = 72
 # How often tokens expire and, on a shared log, how often the stored state is read again.
 REFRESH_SECONDS = 1.0
+FULL_READ_SECONDS = 60.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,16 +146,22 @@ class AuthStore:
     # -- keeping up with the stored state -----------------------------------------------------
 
     async def maintain_forever(self) -> None:
-        """Expire tokens; on a shared log, read the state other servers saved. Runs for the life
-        of the server."""
+        """Expire tokens; on a shared log, read the state another server saved when the log says it
+        changed (and every ``FULL_READ_SECONDS`` in case an announcement was lost). Runs for the
+        life of the server."""
+        last_read = time.monotonic()
         while True:
             await asyncio.sleep(REFRESH_SECONDS)
             self.tokens.expire()
-            if self.log.shared:
+            if not self.log.shared:
+                continue
+            if self.log.auth_may_have_changed(self._version) or time.monotonic() - last_read >= FULL_READ_SECONDS:
                 try:
                     await self._latest()
-                except StorageUnavailableError as e:
+                except MVCCError as e:
                     logger.warning("cannot read the auth state", extra={"error": str(e)})
+                else:
+                    last_read = time.monotonic()
 
     async def _latest(self) -> _State:
         """The stored state (read again first on a shared log): what the Auth service answers from."""
@@ -165,7 +174,7 @@ class AuthStore:
         try:
             record = await self.log.load_auth()
         except StorageError as e:
-            raise StorageUnavailableError(str(e)) from None
+            raise from_storage(e) from None
         version = record.version if record is not None else 0
         if version != self._version:
             self._adopt(_State.decode(record), version)
@@ -195,7 +204,7 @@ class AuthStore:
                 except AuthConflictError:
                     continue  # another server saved first: read its state and decide again
                 except StorageError as e:
-                    raise StorageUnavailableError(str(e)) from None
+                    raise from_storage(e) from None
                 self._adopt(state, record.version)
                 return
 

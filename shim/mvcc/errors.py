@@ -1,4 +1,5 @@
 """Errors of the MVCC core, named as etcd names them; ``api.errors`` maps each to etcd's gRPC status."""
+from cosmos_etcd_shim.storage import StorageError, StorageThrottledError
 
 
 class MVCCError(Exception):
@@ -23,6 +24,18 @@ class LeaseNotFoundError(MVCCError):
 
 class StorageUnavailableError(MVCCError):
     """The durable log could not be written; the request was not applied."""
+
+
+class TooManyRequestsError(MVCCError):
+    """The storage backend is throttling (its request units are spent): back-pressure, as etcd's
+    "too many requests"; the request was not applied."""
+
+
+def from_storage(error: StorageError) -> MVCCError:
+    """What a client is told when the storage failed its request."""
+    if isinstance(error, StorageThrottledError):
+        return TooManyRequestsError()
+    return StorageUnavailableError(str(error))
 
 
 class RangeTooLargeError(MVCCError):

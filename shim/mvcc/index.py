@@ -33,6 +33,8 @@ class KeyIndex:
 
     def __init__(self) -> None:
         self._histories: SortedDict[bytes, list[KeyValue]] = SortedDict()
+        #: Entries held, tombstones included: what compaction frees (a metric).
+        self.version_count = 0
 
     def __len__(self) -> int:
         return len(self._histories)
@@ -76,6 +78,7 @@ class KeyIndex:
             self._histories[kv.key] = [kv]
         else:
             history.append(kv)
+        self.version_count += 1
 
     def rollback(self, keys: set[bytes], revision: int) -> None:
         """Forget every entry of ``keys`` newer than ``revision`` (a batch that was not made durable)."""
@@ -85,6 +88,7 @@ class KeyIndex:
                 continue
             while history and history[-1].mod_revision > revision:
                 history.pop()
+                self.version_count -= 1
             if not history:
                 del self._histories[key]
 
@@ -101,6 +105,7 @@ class KeyIndex:
             keep_from = cut - 1 if not is_tombstone(history[cut - 1]) else cut
             if keep_from > 0:
                 del history[:keep_from]
+                self.version_count -= keep_from
             if not history:
                 emptied.append(key)
         for key in emptied:

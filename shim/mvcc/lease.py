@@ -45,7 +45,7 @@ EXPIRY_CHECK_SECONDS = 0.5
 
 # On a shared log: how often lease records are read to learn other servers' grants and
 # revocations, and how far clocks may disagree before a deadline counts as passed.
-REFRESH_SECONDS = 2.0
+REFRESH_SECONDS = 5.0
 CLOCK_MARGIN_SECONDS = 1.0
 
 

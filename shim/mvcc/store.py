@@ -10,7 +10,17 @@ in it fails, so an acknowledged write is always durable and an unacknowledged on
 
 If another writer took the next revision first (:class:`LogConflictError`, several replicas on one
 log), the batch is rolled back, the store catches up from the log, and the batch is evaluated
-again: its compares then see the other writer's changes.
+again: its compares then see the other writer's changes. While idle, the committer tails a shared
+log, polling less often the longer nothing happens, and follows compactions made elsewhere.
+
+Every storage failure has one outcome for the requests it touched: throttling becomes etcd's
+"too many requests" (back-pressure; the store stays up), anything else UNAVAILABLE. Only an
+outage (no answer at all) opens the breaker that fails queued requests at once until the log
+answers again. The committer runs under the server's :class:`Supervisor`: if it fails anyway,
+the requests it held are answered, and it is started again.
+
+Compaction does not go through the committer: writes continue while it is recorded, and the
+physical work happens in the storage backend (see :meth:`RevisionLog.compact`).
 """
 from __future__ import annotations
 
@@ -25,7 +35,7 @@ from typing import Any
 from cosmos_etcd_shim import metrics
 from cosmos_etcd_shim.mvcc import txn as txns
 from cosmos_etcd_shim.mvcc.errors import CompactedError, FutureRevisionError, LeaseNotFoundError, MVCCError
-from cosmos_etcd_shim.mvcc.errors import StorageUnavailableError
+from cosmos_etcd_shim.mvcc.errors import StorageUnavailableError, TooManyRequestsError, from_storage
 from cosmos_etcd_shim.mvcc.index import KeyIndex
 from cosmos_etcd_shim.mvcc.lease import Lessor, expire_forever
 from cosmos_etcd_shim.mvcc.reads import UNLIMITED, RangeLimits, check_revision, execute_range
@@ -42,8 +52,16 @@ from cosmos_etcd_shim.proto.rpc_pb2 import (
     TxnResponse,
 )
 from cosmos_etcd_shim.proto.storage_pb2 import Revision
-from cosmos_etcd_shim.storage import LogCompactedError, LogConflictError, RevisionLog, StorageError
+from cosmos_etcd_shim.storage import (
+    LogCompactedError,
+    LogConflictError,
+    RevisionLog,
+    StorageError,
+    StorageRejectedError,
+    StorageThrottledError,
+)
 from cosmos_etcd_shim.storage.base import INITIAL_REVISION
+from cosmos_etcd_shim.supervision import Supervisor
 
 logger = logging.getLogger(__name__)
 
@@ -56,20 +74,18 @@ class _Write:
     future: asyncio.Future
 
 
-@dataclasses.dataclass
-class _Compaction:
-    revision: int
-    future: asyncio.Future
-
-
 class MVCCStore:
-    def __init__(self, log: RevisionLog, range_limits: RangeLimits = UNLIMITED) -> None:
+    def __init__(self, log: RevisionLog, range_limits: RangeLimits = UNLIMITED,
+                 supervisor: Supervisor | None = None) -> None:
         self.log = log
         self.range_limits = range_limits
+        self.supervisor = supervisor or Supervisor()
         self.index = KeyIndex()
+        metrics.INDEX_VERSIONS.set_function(lambda: self.index.version_count)
         self.revision = INITIAL_REVISION
         self.compact_revision = -1
-        self._queue: list[_Write | _Compaction] = []
+        self._queue: list[_Write] = []
+        self._compacting = asyncio.Lock()  # one Compact at a time on this server
         self._syncs: list[asyncio.Future] = []
         # A shared log that just failed is treated as down until a read of it succeeds again.
         self._storage_down = False
@@ -89,10 +105,12 @@ class MVCCStore:
         self.compact_revision = state.compact_revision
         self.revision = max(INITIAL_REVISION, state.compact_revision)
         self._apply_records(state.revisions)
+        # The base is as old as the last folded compaction; one scheduled since applies too.
+        self.index.compact(self.compact_revision)
         self.leases.recover(state.leases, self.index.range(b"\x00", b"", self.revision))
         self._tasks = [
-            asyncio.create_task(self._commit_forever(), name="mvcc-committer"),
-            asyncio.create_task(expire_forever(self.leases, self.revoke_lease), name="lease-expiry"),
+            self.supervisor.start("mvcc-committer", self._commit_forever, core=True),
+            self.supervisor.start("lease-expiry", lambda: expire_forever(self.leases, self.revoke_lease), core=True),
         ]
         logger.debug("store opened", extra={"revision": self.revision, "compact_revision": self.compact_revision,
                                            "keys": len(self.index)})
@@ -178,7 +196,7 @@ class MVCCStore:
         await self.leases.refresh_unknown([lease_id])
         try:
             await self._write(lambda w: self._delete_lease_keys(w, lease_id))
-        except StorageUnavailableError:
+        except (StorageUnavailableError, TooManyRequestsError):
             self.leases.abort_revoke(lease_id)
             raise
         await self.leases.finish_revoke(lease_id)
@@ -188,61 +206,96 @@ class MVCCStore:
             w.delete_range(key, None)
 
     async def compact(self, c: CompactionRequest) -> CompactionResponse:
-        future = asyncio.get_running_loop().create_future()
-        self._enqueue(_Compaction(c.revision, future))
-        await future
+        """etcd's Compact: from now on no read below ``c.revision``, on every server of the log."""
+        async with self._compacting:
+            await self.sync()  # another server may have moved the head or compacted
+            revision = c.revision
+            if revision <= self.compact_revision:
+                raise CompactedError()
+            if revision > self.revision:
+                raise FutureRevisionError()
+            try:
+                await self.log.compact(revision)
+            except LogCompactedError:  # another server compacted past it meanwhile
+                self._follow_compaction()
+                raise CompactedError() from None
+            except StorageError as e:
+                raise from_storage(e) from None
+            self._follow_compaction()
         response = CompactionResponse()
         response.header.revision = self.revision
         return response
+
+    def _follow_compaction(self) -> None:
+        """Adopt the log's compact revision (made here or by another server) once this store has
+        applied it: reads below it are refused from now on, and its history is freed."""
+        revision = self.log.compact_revision
+        if self.compact_revision < revision <= self.revision:
+            self.compact_revision = revision
+            metrics.COMPACT_REVISION.set(revision)
+            self.index.compact(revision)
 
     async def _write(self, apply: WriteFn):
         future = asyncio.get_running_loop().create_future()
         self._enqueue(_Write(apply, future))
         return await future
 
-    def _enqueue(self, item: _Write | _Compaction) -> None:
+    def _enqueue(self, item: _Write) -> None:
         self._queue.append(item)
         self._queued.set()
 
     # -- the committer ------------------------------------------------------------------------
 
     async def _commit_forever(self) -> None:
+        if self._queue or self._syncs:
+            self._queued.set()  # restarted after a failure: what waits is served first
+        interval = self.log.poll_interval
         while True:
             if self.log.shared:
-                # Other writers append to the same log: tail it when there is nothing to do.
+                # Other writers append to the same log: tail it when there is nothing to do, often
+                # right after activity, less and less often while nothing happens.
                 try:
-                    await asyncio.wait_for(self._queued.wait(), self.log.poll_interval)
+                    # asyncio.timeout, not wait_for: Python 3.11's wait_for can swallow a cancellation
+                    # that arrives as the event is set, and the store could then never close.
+                    async with asyncio.timeout(interval):
+                        await self._queued.wait()
                 except TimeoutError:
+                    before = self.revision
                     await self._catch_up_quietly()
+                    busy = self.revision != before
+                    interval = self.log.poll_interval if busy else min(interval * 2, self.log.idle_poll_interval)
                     continue
+                interval = self.log.poll_interval
             else:
                 await self._queued.wait()
             self._queued.clear()
-            if self._storage_down:
-                # Known outage of a shared log: answer UNAVAILABLE at once rather than make every
-                # request wait out its own retries; then probe, and serve again once it answers.
-                self._fail_waiting(StorageUnavailableError("the shared log is unreachable"))
-                await self._catch_up_quietly()
-                continue
-            if self._syncs:
-                # Linearizable reads that arrived before this catch-up began see what it finds.
-                waiting, self._syncs = self._syncs, []
-                if await self._catch_up_quietly():
-                    for future in waiting:
-                        if not future.done():
-                            future.set_result(None)
-                else:
-                    for future in waiting:
-                        _fail(future, StorageUnavailableError("cannot read the log head"))
-            while self._queue:
-                # Writes up to the next compaction form one batch; a compaction runs on its own.
-                cut = next((i for i, item in enumerate(self._queue) if isinstance(item, _Compaction)), None)
-                if cut == 0:
-                    await self._compact(self._queue.pop(0))
-                    continue
-                batch = self._queue[:cut] if cut is not None else self._queue[:]
-                del self._queue[:len(batch)]
-                await self._commit(batch)
+            try:
+                await self._serve_queued()
+            except BaseException:
+                # A failure nobody foresaw: answer everyone waiting rather than leave them hanging,
+                # then let the supervisor log it and start the committer again.
+                self._fail_waiting(StorageUnavailableError("internal error in the commit pipeline"))
+                raise
+
+    async def _serve_queued(self) -> None:
+        if self._storage_down:
+            # Known outage of a shared log: answer UNAVAILABLE at once rather than make every
+            # request wait out its own retries; then probe, and serve again once it answers.
+            self._fail_waiting(StorageUnavailableError("the shared log is unreachable"))
+            await self._catch_up_quietly()
+            return
+        if self._syncs:
+            # Linearizable reads that arrived before this catch-up began see what it finds.
+            waiting, self._syncs = self._syncs, []
+            error = await self._catch_up_quietly()
+            for future in waiting:
+                if error is not None:
+                    _fail(future, from_storage(error))
+                elif not future.done():
+                    future.set_result(None)
+        while self._queue:
+            batch, self._queue = self._queue, []
+            await self._commit(batch)
 
     async def _commit(self, batch: list[_Write]) -> None:
         # An append at head+1 proves the batch was evaluated on the latest state. A batch that
@@ -279,6 +332,11 @@ class MVCCStore:
                 self._rollback(records)
                 self._fail_batch(batch, e)
                 return
+            except BaseException:
+                self._rollback(records)  # never leave a write that is not durable visible
+                for item in batch:
+                    _fail(item.future, StorageUnavailableError("internal error while writing the log"))
+                raise
             metrics.STORAGE_APPEND_SECONDS.observe(time.perf_counter() - started)
             metrics.COMMIT_BATCH_REQUESTS.observe(len(batch))
             self.revision = records[-1].revision
@@ -294,9 +352,9 @@ class MVCCStore:
 
     def _fail_batch(self, batch: list[_Write], error: StorageError) -> None:
         logger.error("write batch failed", extra={"error": str(error), "requests": len(batch)})
-        self._storage_down = self.log.shared
+        self._storage_down = self.log.shared and _is_outage(error)
         for item in batch:
-            _fail(item.future, StorageUnavailableError(str(error)))
+            _fail(item.future, from_storage(error))
 
     def _fail_waiting(self, error: StorageUnavailableError) -> None:
         waiting = [item.future for item in self._queue] + self._syncs
@@ -334,30 +392,27 @@ class MVCCStore:
         self.index.rollback({e.kv.key for r in records for e in r.events}, self.revision)
 
     async def _catch_up(self) -> None:
-        self._apply_records(await self.log.read_after(self.revision))
-        if self.log.compact_revision > self.compact_revision:  # another writer compacted
-            self.compact_revision = self.log.compact_revision
-            metrics.COMPACT_REVISION.set(self.compact_revision)
-            self.index.compact(self.compact_revision)
+        self._apply_records(await self.log.tail(self.revision))
+        self._follow_compaction()
 
-    async def _catch_up_quietly(self) -> bool:
-        """Catch up; False (logged) if the log cannot be read. On a shared log, the outcome also
-        decides whether the log counts as down."""
+    async def _catch_up_quietly(self) -> StorageError | None:
+        """Catch up; the error (logged) if the log cannot be read. On a shared log, the outcome
+        also decides whether the log counts as down: only when it did not answer at all."""
         try:
             await self._catch_up()
             self._storage_down = False
         except LogCompactedError as e:
-            # Another writer compacted past what this store has applied: its watchers would miss
-            # events. Stop; a restarted server loads the compacted base (crash-only recovery).
+            # Another writer compacted (and collected) past what this store has applied: its
+            # watchers would miss events. Stop; a restarted server loads the compacted base.
             logger.error("fell behind a compaction of the shared log", extra={"error": str(e)})
             if not self.failed.done():
                 self.failed.set_result(f"fell behind a compaction of the shared log: {e}")
-            return False
+            return e
         except StorageError as e:
             logger.warning("cannot tail the log", extra={"error": str(e)})
-            self._storage_down = self.log.shared
-            return False
-        return True
+            self._storage_down = self.log.shared and _is_outage(e)
+            return e
+        return None
 
     def _apply_records(self, records: Iterable[Revision]) -> None:
         applied = []
@@ -374,27 +429,10 @@ class MVCCStore:
         for listener in self._listeners:
             listener(records)
 
-    async def _compact(self, item: _Compaction) -> None:
-        if item.future.done():
-            return
-        if self.log.shared:
-            await self._catch_up_quietly()  # another writer may have moved the head or compacted
-        revision = item.revision
-        if revision <= self.compact_revision:
-            _fail(item.future, CompactedError())
-            return
-        if revision > self.revision:
-            _fail(item.future, FutureRevisionError())
-            return
-        try:
-            await self.log.compact(revision)
-        except StorageError as e:
-            _fail(item.future, StorageUnavailableError(str(e)))
-            return
-        self.compact_revision = revision
-        metrics.COMPACT_REVISION.set(revision)
-        self.index.compact(revision)
-        item.future.set_result(None)
+
+def _is_outage(error: StorageError) -> bool:
+    """Whether the log did not answer at all (rather than answer with a refusal or throttling)."""
+    return not isinstance(error, (StorageThrottledError, StorageRejectedError, LogCompactedError))
 
 
 def _fail(future: asyncio.Future, error: BaseException) -> None:

@@ -33,7 +33,8 @@ from cosmos_etcd_shim.mvcc.reads import range_end_of
 from cosmos_etcd_shim.proto.kv_pb2 import Event
 from cosmos_etcd_shim.proto.rpc_pb2 import WatchCreateRequest, WatchResponse
 from cosmos_etcd_shim.proto.storage_pb2 import Revision
-from cosmos_etcd_shim.storage import RevisionLog
+from cosmos_etcd_shim.storage import RevisionLog, StorageError
+from cosmos_etcd_shim.storage.base import INITIAL_REVISION
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +43,9 @@ logger = logging.getLogger(__name__)
 MAX_QUEUED_RESPONSES = 256
 # Revisions read from the log per catch-up step (etcd's watchBatchMaxRevs).
 CATCH_UP_REVISIONS = 1000
+# A catch-up that failed (the storage did not answer) is tried again after this, doubling.
+CATCH_UP_RETRY_SECONDS = 0.2
+CATCH_UP_RETRY_MAX_SECONDS = 5.0
 AUTO_WATCH_ID = 0  # the client leaves the choice to the server
 PROGRESS_RESPONSE_ID = -1  # WatchProgressRequest's answer, when every watcher is synced
 DUPLICATE_WATCH_ID = "mvcc: duplicate watch ID provided on the WatchStream"
@@ -282,15 +286,21 @@ class WatchStream:
     # -- catching up from the log -------------------------------------------------------------
 
     async def _catch_up_forever(self) -> None:
+        delay = CATCH_UP_RETRY_SECONDS
         while True:
             await self._catching_up.wait()
             self._catching_up.clear()
             try:
                 while await self._catch_up_step():
                     pass
-            except Exception:
-                logger.exception("watch catch-up failed")
-                raise
+            except Exception as e:  # noqa: BLE001 - the watchers wait for history: try again soon
+                logger.warning("watch catch-up failed; retrying", exc_info=not isinstance(e, StorageError),
+                               extra={"error": str(e) or type(e).__name__, "retry_in_seconds": delay})
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, CATCH_UP_RETRY_MAX_SECONDS)
+                self._catching_up.set()
+            else:
+                delay = CATCH_UP_RETRY_SECONDS
 
     async def _catch_up_step(self) -> bool:
         """Send the next slice of history to the unsynced watchers; False when all are synced."""
@@ -300,7 +310,9 @@ class WatchStream:
             self._answer_pending_progress()
             return False
         hub = self.hub
-        compact_revision = hub._compact_revision()
+        # The log may know of a compaction (by another server) that the store follows only once
+        # it has applied it: history below either is gone.
+        compact_revision = max(hub._compact_revision(), hub.log.compact_revision)
         for watcher in lagging:
             if watcher.next_revision < compact_revision:
                 watcher.compacted = True
@@ -311,6 +323,8 @@ class WatchStream:
             return False
         start = min(w.next_revision for w in lagging)
         records = await hub.log.read_after(start - 1, CATCH_UP_REVISIONS)
+        if records and records[0].revision > max(start, INITIAL_REVISION + 1):
+            return True  # compacted while it was read: the next step cancels the watchers below it
         # Between the read and now the store may have moved on (more to read next step) or not yet
         # published what the read saw (not ours to send yet).
         current = hub.revision

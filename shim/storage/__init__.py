@@ -11,6 +11,9 @@ from cosmos_etcd_shim.storage.base import (
     RecoveredState,
     RevisionLog,
     StorageError,
+    StorageRejectedError,
+    StorageThrottledError,
 )
 
-__all__ = ["AuthConflictError", "AuthRecord", "LogCompactedError", "LogConflictError", "RecoveredState", "RevisionLog", "StorageError"]
+__all__ = ["AuthConflictError", "AuthRecord", "LogCompactedError", "LogConflictError", "RecoveredState", "RevisionLog", "StorageError",
+           "StorageRejectedError", "StorageThrottledError"]

@@ -29,6 +29,16 @@ class StorageError(Exception):
     """The backend failed; what was being written was not made durable."""
 
 
+class StorageThrottledError(StorageError):
+    """The backend kept answering "too many requests" until the operation's deadline: back-pressure,
+    not an outage (nothing was written; the client may retry later)."""
+
+
+class StorageRejectedError(StorageError):
+    """The backend refused the request with an answer that retrying will not change (a missing
+    permission, a rotated key, a full partition, a malformed request); nothing was written."""
+
+
 class LogConflictError(StorageError):
     """The first revision of an append already exists in the log: catch up and retry."""
 
@@ -64,8 +74,10 @@ class RevisionLog(abc.ABC):
 
     #: Whether other servers append to the same log (then the store tails it and syncs reads).
     shared: bool = False
-    #: How often a shared log is read for other writers' revisions when this server is idle.
+    #: How often a shared log is read for other writers' revisions right after activity; the
+    #: interval doubles while nothing happens, up to ``idle_poll_interval``.
     poll_interval: float = 0.1
+    idle_poll_interval: float = 1.0
 
     @property
     @abc.abstractmethod
@@ -85,9 +97,16 @@ class RevisionLog(abc.ABC):
     async def read_after(self, revision: int, limit: int | None = None) -> Sequence[Revision]:
         """The records after ``revision`` in order, at most ``limit`` of them."""
 
+    async def tail(self, revision: int) -> Sequence[Revision]:
+        """Every record after ``revision``, for a store catching up with other writers (a shared
+        log also learns their compactions here, see :attr:`compact_revision`)."""
+        return await self.read_after(revision)
+
     @abc.abstractmethod
     async def compact(self, revision: int) -> None:
-        """Fold every record before ``revision`` into the base and drop those records."""
+        """Make ``revision`` the compact revision (durably: every server sharing the log follows
+        it); the records before it are folded into the base now or in the background. Raises
+        :class:`LogCompactedError` if ``revision`` is not above the compact revision."""
 
     @abc.abstractmethod
     async def save_lease(self, lease: Lease) -> None:
@@ -104,6 +123,11 @@ class RevisionLog(abc.ABC):
     @abc.abstractmethod
     async def load_auth(self) -> AuthRecord | None:
         """The auth state as stored now (on a shared log: saved by any server); None if never saved."""
+
+    def auth_may_have_changed(self, version: int) -> bool:
+        """Whether another server may have saved an auth state newer than ``version`` (a shared log
+        that announces changes answers False when none was announced)."""
+        return True
 
     @abc.abstractmethod
     async def save_auth(self, record: AuthRecord) -> None:
@@ -130,6 +154,10 @@ class RevisionLog(abc.ABC):
         """The servers whose heartbeat is at most ``max_age_seconds`` old."""
         member = getattr(self, "_member", None)
         return [member] if member is not None else []
+
+    async def remove_member(self, identity: int | str) -> None:
+        """Forget a server that stops (a shared log also forgets those silent for long)."""
+        self._member = None
 
     @abc.abstractmethod
     async def close(self) -> None:

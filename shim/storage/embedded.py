@@ -25,6 +25,7 @@ from cosmos_etcd_shim.storage.base import (
     INITIAL_REVISION,
     AuthConflictError,
     AuthRecord,
+    LogCompactedError,
     LogConflictError,
     RecoveredState,
     RevisionLog,
@@ -124,6 +125,8 @@ class EmbeddedLog(RevisionLog):
         return [Revision.FromString(blob) for (blob,) in rows]
 
     async def compact(self, revision: int) -> None:
+        if revision <= self._compacted_at:
+            raise LogCompactedError(f"revision {revision} is compacted already (at {self._compacted_at})")
         await self._run(self._compact, revision)
 
     def _compact(self, revision: int) -> None:

@@ -15,10 +15,7 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
-import urllib.error
-import urllib.request
 import uuid
 
 import grpc
@@ -30,34 +27,13 @@ from tests.harness import processes
 from tests.harness.backends import BACKENDS, LOCAL_COSMOS_KEY, start_shim_on
 from tests.harness.faultproxy import FaultProxy, Rule, ThreadedFaultProxy
 from tests.harness.faultrules import on_proxy
+from tests.harness.health import Answer, ask
 
 pytestmark = pytest.mark.timeout(180)
 
 OUTAGE_SECONDS = 30.0  # to see an outage, and to see recovery from it
 # What a linearizable read fails with during an outage: the store's refusal, or the health read's timeout.
 OUTAGE_REASONS = ("cosmos-etcd: storage unavailable: ", "etcdserver: request timed out")
-COMPARED_HEADERS = ("Content-Type", "X-Content-Type-Options", "Allow")
-
-
-@dataclasses.dataclass(frozen=True)
-class Answer:
-    status: int
-    headers: dict[str, str]  # only COMPARED_HEADERS
-    body: bytes
-
-    def json(self) -> dict:
-        return json.loads(self.body)
-
-
-def ask(port: int, path: str, method: str = "GET") -> Answer:
-    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", method=method)
-    try:
-        response = urllib.request.urlopen(request, timeout=10)
-    except urllib.error.HTTPError as e:
-        response = e
-    with response:
-        headers = {name: response.headers[name] for name in COMPARED_HEADERS if name in response.headers}
-        return Answer(response.status, headers, response.read())
 
 
 def await_status(port: int, path: str, status: int) -> Answer:
@@ -166,13 +142,14 @@ def test_health_answers_as_etcd(etcd_health_port, shim_health_port, method, path
 
 @pytest.mark.parametrize("path, listing", [
     ("/livez", ""),
-    ("/livez?verbose", "[+]serializable_read ok\n"),
+    ("/livez?verbose", "[+]serializable_read ok\n[+]background_tasks ok\n"),
     ("/livez/serializable_read?verbose", "[+]serializable_read ok\n"),
     ("/readyz", ""),
-    ("/readyz?verbose", "[+]serializable_read ok\n[+]linearizable_read ok\n"),
-    ("/readyz?verbose&exclude=linearizable_read", "[+]serializable_read ok\n"),
+    ("/readyz?verbose", "[+]serializable_read ok\n[+]linearizable_read ok\n[+]background_tasks ok\n"),
+    ("/readyz?verbose&exclude=linearizable_read", "[+]serializable_read ok\n[+]background_tasks ok\n"),
     # Excluding a check that does not exist is ignored (etcd only logs it).
-    ("/readyz?verbose&exclude=data_corruption", "[+]serializable_read ok\n[+]linearizable_read ok\n"),
+    ("/readyz?verbose&exclude=data_corruption",
+     "[+]serializable_read ok\n[+]linearizable_read ok\n[+]background_tasks ok\n"),
     ("/readyz/linearizable_read?verbose", "[+]linearizable_read ok\n"),
     ("/readyz/linearizable_read?verbose&exclude=linearizable_read", "[+]linearizable_read ok\n"),
 ])
@@ -222,7 +199,8 @@ def test_cosmos_outage_makes_health_and_readyz_503_until_it_ends(proxied_shim, e
     lines = readyz.body.decode().split("\n")
     assert lines[0] == "[+]serializable_read ok", readyz
     assert lines[1].startswith(tuple(f"[-]linearizable_read failed: {r}" for r in OUTAGE_REASONS)), readyz
-    assert lines[2:] == ["", ""], readyz  # the listing, then the newline of Go's http.Error
+    assert lines[2] == "[+]background_tasks ok", readyz
+    assert lines[3:] == ["", ""], readyz  # the listing, then the newline of Go's http.Error
     assert readyz.headers == etcds.headers
     assert ask(port, "/readyz/linearizable_read").status == 503
     # What needs only this process still answers: a liveness probe does not restart the shim.
@@ -233,4 +211,4 @@ def test_cosmos_outage_makes_health_and_readyz_503_until_it_ends(proxied_shim, e
     proxied_shim.on_proxy(lambda proxy: proxy.clear())
     assert await_status(port, "/health", 200).json() == {"health": "true", "reason": ""}
     assert await_status(port, "/readyz?verbose", 200).body == \
-        b"[+]serializable_read ok\n[+]linearizable_read ok\nok\n"
+        b"[+]serializable_read ok\n[+]linearizable_read ok\n[+]background_tasks ok\nok\n"

@@ -12,8 +12,13 @@ partitioned by ``/pk`` into a few logical partitions:
       outcome is unknown), the payload is in ``d`` or in chunks.
     * ``log-<r>.<w>.<i>`` (kind ``chunk``): part ``i`` of a payload over the inline limit,
       written before the document that names it.
-    * ``meta`` (kind ``meta``): the compaction state: compact revision, first revision of the
-      log document holding it, and the chain of checkpoint page sets that make up the base.
+    * ``meta`` (kind ``meta``): the compaction state: the durable compact revision ``compact``,
+      first revision of the log document holding it ``cdoc``, the chain of checkpoint page sets
+      that make up the base, the scheduled compact revision ``sched`` (etcd's scheduled
+      compaction: what every replica refuses reads below) and its generation ``g``, bumped by
+      every change so that tailing replicas notice it.
+    * ``auth-stamp`` (kind ``stamp``): ``g`` = the newest version of the auth state, so that
+      tailing replicas read the auth document only when it changed.
 ``pk = "base"`` the checkpoint (the live key-values at the compact revision)
     * ``ckpt-<set>-<page, 6 digits>`` (kind ``page``): events of one checkpoint page set; ``lo``
       and ``hi`` are the page's first and last key in hex (bytewise order = string order).
@@ -50,9 +55,11 @@ KIND_PAGE = "page"
 KIND_LEASE = "lease"
 KIND_MEMBER = "member"
 KIND_AUTH = "auth"
+KIND_STAMP = "stamp"
 
 META_ID = "meta"
 AUTH_ID = "auth"
+AUTH_STAMP_ID = "auth-stamp"
 
 # Only the fields that queries filter or sort on are indexed; the payloads (large base64
 # strings) are not, which keeps the RU charge of a write close to its size alone.

@@ -17,15 +17,32 @@ The log (see :mod:`layout` for the documents)
 
 Compaction and checkpoints
 --------------------------
-``compact(R)`` folds the records in [C, R) into a checkpoint page set (:mod:`checkpoint`: a delta,
-or now and then the full base), then advances the ``meta`` document (compact revision R, ``cdoc``
-= first revision of the log document that holds R, the chain of page sets) with an etag
-condition, and only then deletes log documents that lie wholly below ``cdoc``. Restart reads
-the chain and the log from ``cdoc``: its cost follows the live data and the uncompacted tail,
-not the history. A reader re-reads ``meta`` after loading and starts over if it changed, so it
-never mixes a base with a log from different compactions. Garbage (log documents below
-``cdoc``, page sets no chain names) is deleted in the background after each compaction and by
-:meth:`defragment`.
+Compaction has two steps, as etcd's (a scheduled compact revision, then the physical work):
+
+1. ``compact(R)`` *schedules* it: one etag-conditioned replace of ``meta`` sets ``sched`` = R and
+   bumps its generation ``g``. From then on R is the compact revision of every replica: each
+   one's tail query returns ``meta`` whenever its generation changed, so within one poll every
+   replica refuses reads below R, cancels watches below R and frees the versions below R from
+   memory. Nothing else waits for step 2, and writes never wait for either.
+2. A background *fold* (:meth:`_fold`) writes the records in [C, R) into a checkpoint page set
+   (:mod:`checkpoint`: a delta, or now and then the full base), then advances ``meta`` (durable
+   compact revision ``compact`` = R, ``cdoc`` = first revision of the log document that holds R,
+   the chain of page sets) with an etag condition, and only then deletes log documents that lie
+   wholly below ``cdoc``. The replica that scheduled folds at once; a failed fold is retried
+   within seconds; another replica takes over a fold left pending (its scheduler died).
+   Concurrent folds of the same R write the same pages (derived ids) and one wins the ``meta``
+   replace.
+
+Restart reads the chain and the log from ``cdoc``: its cost follows the live data and the
+uncompacted tail, not the history. A reader re-reads ``meta`` after loading and starts over if
+it changed, so it never mixes a base with a log from different compactions. Garbage (log
+documents below ``cdoc``, page sets no chain names) is deleted in the background after each fold
+and by :meth:`defragment`.
+
+What replicas follow without asking: the tail query also returns ``meta`` when its generation
+is newer than the one this replica saw, and the ``auth-stamp`` document when its version is newer
+than the auth state this replica holds, so an idle replica learns compactions and auth changes
+from the one query it makes per poll.
 
 The stale-writer hazard: a freed log id must not be re-created
 -------------------------------------------------------------
@@ -48,7 +65,8 @@ deleted it, and would wrongly acknowledge a revision that exists already. The fe
 This costs nothing per commit (no stub per deleted document, no fence read per append). It
 assumes clocks that run at the same rate within a margin of L/2 (not synchronised clocks) and a
 consistency level whose reads in the write region see the latest write (Strong or Bounded
-Staleness, the default of the operator). ``fence_seconds=0`` disables the age rule and makes
+Staleness, which the shim checks at start; the operator's defaults are Strong for multi-region
+accounts and Bounded Staleness for a single region). ``fence_seconds=0`` disables the age rule and makes
 every append check first: only for tests and single-writer set-ups.
 
 Large values: payloads are zlib-compressed when that helps; a payload over the item limit is
@@ -84,6 +102,7 @@ from cosmos_etcd_shim.storage.base import (
     RecoveredState,
     RevisionLog,
     StorageError,
+    fold,
 )
 from cosmos_etcd_shim.storage.cosmos import checkpoint, codec, layout
 from cosmos_etcd_shim.storage.cosmos.checkpoint import PageSet, PageSetMissing
@@ -101,6 +120,14 @@ logger = logging.getLogger(__name__)
 DEFAULT_FENCE_SECONDS = 300.0
 LOAD_ATTEMPTS = 8
 COMPACT_ATTEMPTS = 8
+# A failed fold is tried again after this long, doubling up to the maximum (not at the next
+# compaction: the next one would only be bigger).
+FOLD_RETRY_SECONDS = 1.0
+FOLD_RETRY_MAX_SECONDS = 30.0
+# A fold scheduled by another replica and still pending after this long is done by this one.
+FOLD_TAKEOVER_SECONDS = 30.0
+# Member records whose heartbeat is older than this are deleted (each rollout leaves some).
+MEMBER_FORGET_SECONDS = 300.0
 FULL_CHECKPOINT_MIN_BYTES = 64 * 1024
 CHUNK_WRITE_CONCURRENCY = 4
 
@@ -127,6 +154,19 @@ class _Loaded:
     leases: list[Lease]
     read_at: float  # monotonic time the log query was sent
 
+    def at_compact_revision(self) -> tuple[int, list[Revision]]:
+        """The compact revision and the records from it on, after folding into ``base`` what a
+        compaction scheduled since the last fold removed (the stored base is at the last fold)."""
+        folded = self.meta["compact"]
+        compact = max(folded, self.meta.get("sched", NOT_COMPACTED))
+        records = []
+        for record in (r for doc in self.docs for r in doc.records if r.revision >= folded):
+            if record.revision < compact:
+                fold(self.base, record)
+            else:
+                records.append(record)
+        return compact, records
+
 
 class CosmosLog(RevisionLog):
     """The revision log in a Cosmos DB container (see the module docstring for the model)."""
@@ -139,23 +179,34 @@ class CosmosLog(RevisionLog):
                  create: bool = True, insecure_skip_tls_verify: bool = False,
                  fence_seconds: float = DEFAULT_FENCE_SECONDS, request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
                  retry_deadline: float = DEFAULT_RETRY_DEADLINE, stats: CosmosStats | None = None,
-                 poll_interval: float = RevisionLog.poll_interval) -> None:
+                 poll_interval: float = RevisionLog.poll_interval, key_loader=None) -> None:
         if fence_seconds < 0:
             raise ValueError("fence_seconds must not be negative")
         self.conn = CosmosConnection(endpoint, key=key, credential=credential, database=database,
                                      container=container, create=create,
                                      insecure_skip_tls_verify=insecure_skip_tls_verify,
-                                     request_timeout=request_timeout, retry_deadline=retry_deadline, stats=stats)
+                                     request_timeout=request_timeout, retry_deadline=retry_deadline, stats=stats,
+                                     key_loader=key_loader)
         self.fence_seconds = fence_seconds
-        self.poll_interval = poll_interval  # one query per poll on an idle replica
+        self.poll_interval = poll_interval  # one query per poll: right after activity
+        self.idle_poll_interval = max(poll_interval, RevisionLog.idle_poll_interval)  # ... and when idle
         self._head = INITIAL_REVISION
         self._head_known_at = -math.inf  # monotonic time we last learned that nothing follows _head
-        self._compact = NOT_COMPACTED
+        self._compact = NOT_COMPACTED  # durable: the base is folded up to here
+        self._sched = NOT_COMPACTED  # scheduled: what every replica treats as compacted
+        self._generation = 0  # of the meta document last adopted
         self._cdoc = 0
         self._chain: list[PageSet] = []
         self._server_clock: tuple[int, float] | None = None  # (a server _ts, monotonic time it arrived)
-        self._log_bytes = 0
-        self._garbage_bytes = 0
+        # Payload bytes of each log document from cdoc on, by first revision: what dbSize counts,
+        # the same on every replica since each one tails every document.
+        self._doc_sizes: dict[int, int] = {}
+        self._fold_wanted = asyncio.Event()
+        self._fold_pending_since: float | None = None  # when a fold scheduled elsewhere was seen
+        self._scheduled_here = NOT_COMPACTED
+        self._fold_task: asyncio.Task | None = None
+        self._folding = asyncio.Lock()
+        self._auth_stamp = 0  # the newest auth version the stamp document announced
         self._gc_task: asyncio.Task | None = None
         self._background: set[asyncio.Task] = set()
         self._closed = False
@@ -170,8 +221,9 @@ class CosmosLog(RevisionLog):
 
     @property
     def compact_revision(self) -> int:
-        """The compact revision as this instance last saw it (another replica may be ahead)."""
-        return self._compact
+        """The compact revision as this replica last saw it, scheduled or folded (another replica
+        may be ahead by up to one poll)."""
+        return max(self._compact, self._sched)
 
     # -- open ---------------------------------------------------------------------------------
 
@@ -179,19 +231,20 @@ class CosmosLog(RevisionLog):
         await self.conn.connect()
         await self._ensure_meta()
         await self._ensure_auth()
-        return await self.reload()
+        state = await self.reload()
+        self._fold_task = asyncio.create_task(self._fold_forever(), name="cosmos-compaction-fold")
+        return state
 
     async def reload(self) -> RecoveredState:
         """Read the whole state again (base, log, leases) on the open connection: what a replica
         does after :class:`LogCompactedError` (another replica compacted past its revision)."""
         loaded = await self._load("open")
         self._adopt(loaded.meta)
-        compact = loaded.meta["compact"]
-        records = [r for doc in loaded.docs for r in doc.records if r.revision >= compact]
+        compact, records = loaded.at_compact_revision()
         last = loaded.docs[-1].last if loaded.docs else INITIAL_REVISION
         self._head = max(INITIAL_REVISION, compact, last)
         self._head_known_at = loaded.read_at
-        self._log_bytes = sum(doc.size for doc in loaded.docs)
+        self._doc_sizes = {doc.first: doc.size for doc in loaded.docs}
         base = [loaded.base[key] for key in sorted(loaded.base)]
         logger.info("cosmos log opened", extra={"revision": self._head, "compact_revision": compact,
                                                 "keys": len(base), "log_documents": len(loaded.docs)})
@@ -199,18 +252,20 @@ class CosmosLog(RevisionLog):
 
     async def _ensure_meta(self) -> None:
         meta = {"id": layout.META_ID, "pk": layout.LOG_PARTITION, "kind": layout.KIND_META,
-                "compact": NOT_COMPACTED, "cdoc": 0, "chain": []}
-        try:
-            await self.conn.call("open", lambda: self.conn.container.create_item(meta))
-        except cosmos_exceptions.CosmosResourceExistsError:
-            pass
+                "compact": NOT_COMPACTED, "cdoc": 0, "chain": [], "sched": NOT_COMPACTED, "g": 0}
+        await self._create_if_absent(meta)
 
     async def _ensure_auth(self) -> None:
         # Version 0, nothing saved: the document always exists, so that reading it (once a second
         # on every replica) is a point read.
         auth = {"id": layout.AUTH_ID, "pk": layout.AUTH_PARTITION, "kind": layout.KIND_AUTH, "v": 0, "d": "", "w": ""}
+        await self._create_if_absent(auth)
+        await self._create_if_absent({"id": layout.AUTH_STAMP_ID, "pk": layout.LOG_PARTITION,
+                                      "kind": layout.KIND_STAMP, "g": 0})
+
+    async def _create_if_absent(self, document: dict) -> None:
         try:
-            await self.conn.call("open", lambda: self.conn.container.create_item(auth))
+            await self.conn.call("open", lambda: self.conn.container.create_item(document), expected=(409,))
         except cosmos_exceptions.CosmosResourceExistsError:
             pass
 
@@ -218,10 +273,22 @@ class CosmosLog(RevisionLog):
         return await self.conn.read_item(op, layout.META_ID, layout.LOG_PARTITION)
 
     def _adopt(self, meta: dict) -> None:
+        """Follow a meta document read now (never go back to an older one)."""
         if meta["compact"] >= self._compact:
             self._compact = meta["compact"]
             self._cdoc = meta["cdoc"]
             self._chain = [PageSet.from_json(p) for p in meta["chain"]]
+            self._doc_sizes = {first: size for first, size in self._doc_sizes.items() if first >= self._cdoc}
+        self._sched = max(self._sched, meta.get("sched", NOT_COMPACTED))
+        self._generation = max(self._generation, meta.get("g", 0))
+        if self._sched > self._compact:
+            if self._fold_pending_since is None:
+                self._fold_pending_since = time.monotonic()
+                # Look again when a fold scheduled elsewhere is due to be taken over.
+                asyncio.get_running_loop().call_later(FOLD_TAKEOVER_SECONDS, self._fold_wanted.set)
+            self._fold_wanted.set()
+        else:
+            self._fold_pending_since = None
 
     async def _load(self, op: str) -> _Loaded:
         """A consistent view: meta, base, log, leases; started over if meta changed meanwhile."""
@@ -303,7 +370,7 @@ class CosmosLog(RevisionLog):
             await self._verify_not_below_compaction(document_id, first, nonce, len(packed.chunks))
         self._head = last
         self._head_known_at = sent_at
-        self._log_bytes += packed.raw_size
+        self._doc_sizes[first] = packed.raw_size
 
     async def _refresh_head_knowledge(self) -> None:
         """Learn afresh that nothing follows the head (or raise LogConflictError: something does)."""
@@ -348,18 +415,52 @@ class CosmosLog(RevisionLog):
     # -- read ---------------------------------------------------------------------------------
 
     async def read_after(self, revision: int, limit: int | None = None) -> Sequence[Revision]:
+        """History for watchers: the records after ``revision``, from the compact revision on
+        (scheduled or folded, as this replica knows it)."""
         if limit is not None and limit <= 0:
             return []
         asked_at = time.monotonic()
         documents = await self._query_log("read", after=revision, from_first=self._cdoc, top=limit)
+        floor = max(revision, self.compact_revision - 1)
+        records = await self._records_after(floor, documents, asked_at, complete=limit is None or
+                                            len(documents) < limit)
+        return records[:limit] if limit is not None else records
+
+    async def tail(self, revision: int) -> Sequence[Revision]:
+        """Every record after ``revision`` (also those below a compaction learned by this same
+        query: the store needs them for the latest values), and what changed in ``meta`` and the
+        auth stamp, in one query."""
+        asked_at = time.monotonic()
+        documents = await self.conn.query(
+            "read",
+            "SELECT * FROM c WHERE c.pk = @pk AND ((c.kind = @log AND c.e > @after AND c.r >= @cdoc)"
+            " OR (c.id = @meta AND c.g > @generation) OR (c.id = @stamp AND c.g > @auth))",
+            {"@pk": layout.LOG_PARTITION, "@log": layout.KIND_LOG, "@after": revision, "@cdoc": self._cdoc,
+             "@meta": layout.META_ID, "@generation": self._generation, "@stamp": layout.AUTH_STAMP_ID,
+             "@auth": self._auth_stamp},
+            layout.LOG_PARTITION)
+        logs = sorted((d for d in documents if d["kind"] == layout.KIND_LOG), key=lambda d: d["r"])
+        records = await self._records_after(revision, logs, asked_at, complete=True)
+        for document in documents:
+            if document["kind"] == layout.KIND_META:
+                self._adopt(document)
+            elif document["kind"] == layout.KIND_STAMP:
+                self._auth_stamp = max(self._auth_stamp, document["g"])
+        return records
+
+    async def _records_after(self, revision: int, documents: list[dict], asked_at: float,
+                             complete: bool) -> list[Revision]:
+        """Decode log documents (in order) into the contiguous records after ``revision``, and
+        learn the head from them."""
         docs = await self._decode(documents, "read")
         _check_contiguous(docs)
-        floor = max(revision, self._compact - 1)
-        records = [r for doc in docs for r in doc.records if r.revision > floor]
-        expected = max(floor + 1, INITIAL_REVISION + 1)
+        records = [r for doc in docs for r in doc.records if r.revision > revision]
+        expected = max(revision + 1, INITIAL_REVISION + 1)
         if records and records[0].revision != expected:
             raise LogCompactedError(f"records {expected}..{records[0].revision - 1} were compacted")
-        complete = limit is None or len(documents) < limit
+        for doc in docs:
+            if doc.first >= self._cdoc:
+                self._doc_sizes[doc.first] = doc.size
         if docs:
             if docs[-1].last >= self._head:
                 self._head = docs[-1].last
@@ -367,7 +468,10 @@ class CosmosLog(RevisionLog):
                     self._head_known_at = asked_at
         elif complete and self._head == revision:
             self._head_known_at = asked_at
-        return records[:limit] if limit is not None else records
+        return records
+
+    def auth_may_have_changed(self, version: int) -> bool:
+        return self._auth_stamp > version
 
     async def head(self) -> int:
         """The latest revision in the log (one query): what a linearizable read must wait for."""
@@ -383,6 +487,64 @@ class CosmosLog(RevisionLog):
     # -- compaction ---------------------------------------------------------------------------
 
     async def compact(self, revision: int) -> None:
+        """Schedule the compaction at ``revision`` (step 1 of the module docstring); the fold
+        follows in the background. LogCompactedError if it is not above the compact revision."""
+        nonce = checkpoint.new_nonce()
+        for _ in range(COMPACT_ATTEMPTS):
+            meta = await self._read_meta("compact")
+            if meta.get("w") == nonce:  # an earlier attempt landed; its answer was lost
+                self._adopt(meta)
+                break
+            self._adopt(meta)
+            if revision <= self.compact_revision:
+                raise LogCompactedError(f"revision {revision} is compacted already (at {self.compact_revision})")
+            updated = _meta_fields(meta)
+            updated.update(sched=revision, g=meta.get("g", 0) + 1, w=nonce)
+            try:
+                stored = await self.conn.replace_if_match("compact", updated, meta["_etag"])
+            except cosmos_exceptions.CosmosAccessConditionFailedError:
+                continue  # another replica changed meta (or our own retried request landed): re-read
+            self._adopt(stored)
+            self._note_server_time(stored)
+            break
+        else:
+            raise StorageError(f"compaction at {revision} kept conflicting with other writers")
+        self._scheduled_here = max(self._scheduled_here, revision)
+        self._fold_wanted.set()
+
+    async def _fold_forever(self) -> None:
+        """Fold scheduled compactions into checkpoints (step 2), retrying failures within seconds;
+        take over a fold another replica scheduled and left pending."""
+        delay = FOLD_RETRY_SECONDS
+        while True:
+            await self._fold_wanted.wait()
+            self._fold_wanted.clear()
+            target = self._sched
+            if target <= self._compact:
+                continue
+            pending = self._fold_pending_since
+            if self._scheduled_here < target and pending is not None and \
+                    time.monotonic() - pending < FOLD_TAKEOVER_SECONDS:
+                continue  # the replica that scheduled it folds it
+            try:
+                await self._fold(target)
+            except Exception as e:  # noqa: BLE001 - any failure: retried soon, never lost
+                logger.warning("compaction fold failed; retrying", extra={
+                    "revision": target, "error": str(e) or type(e).__name__, "retry_in_seconds": delay})
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, FOLD_RETRY_MAX_SECONDS)
+                self._fold_wanted.set()
+            else:
+                delay = FOLD_RETRY_SECONDS
+
+    async def _fold(self, revision: int) -> None:
+        """Write the base at ``revision`` and move the durable compact revision there (one fold at a
+        time here: a defragment waits for the background fold rather than repeat it)."""
+        async with self._folding:
+            if revision > self._compact:
+                await self._fold_unlocked(revision)
+
+    async def _fold_unlocked(self, revision: int) -> None:
         for _ in range(COMPACT_ATTEMPTS):
             meta = await self._read_meta("compact")
             compact = meta["compact"]
@@ -406,20 +568,19 @@ class CosmosLog(RevisionLog):
             except PageSetMissing:
                 continue  # the chain was replaced under us: start over from the new meta
             new_chain = [page_set] if page_set.full else [*chain, page_set]
-            updated = {key: meta[key] for key in ("id", "pk", "kind")}
-            updated.update(compact=revision, cdoc=cdoc, chain=[p.to_json() for p in new_chain])
+            updated = _meta_fields(meta)
+            updated.update(compact=revision, cdoc=cdoc, chain=[p.to_json() for p in new_chain],
+                           g=meta.get("g", 0) + 1)
             try:
                 stored = await self.conn.replace_if_match("compact", updated, meta["_etag"])
             except cosmos_exceptions.CosmosAccessConditionFailedError:
-                continue  # another compaction (or our own retried request) got there: re-read
+                continue  # another fold or schedule got there: re-read
             self._adopt(stored)
             self._note_server_time(stored)
-            compacted = sum(doc.size for doc in docs if doc.last < cdoc)
-            self._log_bytes = max(0, self._log_bytes - compacted)
-            self._garbage_bytes += compacted
+            logger.info("compaction folded", extra={"revision": revision, "records": len(records)})
             self._start_gc()
             return
-        raise StorageError(f"compaction at {revision} kept conflicting with other writers")
+        raise StorageError(f"folding the compaction at {revision} kept conflicting with other writers")
 
     async def _write_checkpoint(self, revision: int, compact: int, records: list[Revision],
                                 chain: list[PageSet]) -> PageSet:
@@ -473,8 +634,6 @@ class CosmosLog(RevisionLog):
         for document in old:
             if await self.conn.delete("compact_gc", document["id"], layout.LOG_PARTITION):
                 deleted += 1
-            if document["kind"] == layout.KIND_LOG:
-                self._garbage_bytes = max(0, self._garbage_bytes - document.get("b", 0))
         pages = await self.conn.query(
             "compact_gc", "SELECT c.id, c.s FROM c WHERE c.pk = @pk AND c.g <= @compact",
             {"@pk": layout.BASE_PARTITION, "@compact": compact}, layout.BASE_PARTITION)
@@ -526,6 +685,20 @@ class CosmosLog(RevisionLog):
             if stored.get("w") != nonce:
                 raise AuthConflictError("another server saved the auth state") from None
         self._auth_read = (record.version, stored["_etag"])
+        await self._announce_auth(record.version)
+
+    async def _announce_auth(self, version: int) -> None:
+        """Raise the auth stamp to ``version`` (never lower it), so that other replicas read the
+        new state. If this fails they still read it at their periodic full read."""
+        try:
+            await self.conn.call("auth", lambda: self.conn.container.patch_item(
+                layout.AUTH_STAMP_ID, partition_key=layout.LOG_PARTITION,
+                patch_operations=[{"op": "set", "path": "/g", "value": version}],
+                filter_predicate=f"FROM c WHERE c.g < {int(version)}"), expected=(412,))
+        except cosmos_exceptions.CosmosAccessConditionFailedError:
+            pass  # a newer version was announced already
+        except StorageError as e:
+            logger.warning("cannot announce the new auth state to other replicas", extra={"error": str(e)})
 
     # -- members ------------------------------------------------------------------------------
 
@@ -548,6 +721,10 @@ class CosmosLog(RevisionLog):
         now = self._server_now()
         if now is None:
             now = time.time()
+        for document in documents:
+            if document["_ts"] + MEMBER_FORGET_SECONDS < now:
+                with contextlib.suppress(StorageError):  # another replica may delete it first
+                    await self.conn.delete("member", document["id"], layout.MEMBER_PARTITION)
         # _ts counts whole seconds: a heartbeat up to one second older may still be in time.
         return [json.loads(d["m"]) for d in documents if d["_ts"] + 1 >= now - max_age_seconds]
 
@@ -557,7 +734,9 @@ class CosmosLog(RevisionLog):
     # -- maintenance --------------------------------------------------------------------------
 
     async def defragment(self) -> None:
-        """Cosmos manages its own space: collect the compaction garbage now."""
+        """Cosmos manages its own space: finish a scheduled compaction and collect its garbage now."""
+        if self._sched > self._compact:
+            await self._fold(self._sched)
         await self.collect_garbage()
 
     async def snapshot(self, destination: pathlib.Path) -> None:
@@ -568,14 +747,16 @@ class CosmosLog(RevisionLog):
         await asyncio.to_thread(_write_sqlite, pathlib.Path(destination), loaded, auth)
 
     def size(self) -> tuple[int, int]:
-        in_use = self._log_bytes + sum(p.bytes for p in self._chain)
-        return in_use + self._garbage_bytes, in_use
+        """The log from cdoc and the checkpoint chain, as every replica sees them (Cosmos manages
+        its own free space: compaction garbage is not counted)."""
+        in_use = sum(self._doc_sizes.values()) + sum(p.bytes for p in self._chain)
+        return in_use, in_use
 
     async def close(self) -> None:
         if self._closed:
             return
         self._closed = True
-        tasks = [t for t in (self._gc_task, *self._background) if t is not None]
+        tasks = [t for t in (self._gc_task, self._fold_task, *self._background) if t is not None]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -601,15 +782,22 @@ class CosmosLog(RevisionLog):
 
     async def _delete_quietly(self, op: str, ids: list[str], partition: str) -> None:
         for document_id in ids:
-            with contextlib.suppress(StorageError, cosmos_exceptions.CosmosHttpResponseError):
+            with contextlib.suppress(StorageError):
                 await self.conn.delete(op, document_id, partition)
+
+
+def _meta_fields(meta: dict) -> dict:
+    """A meta document without the fields Cosmos adds (to be written back changed)."""
+    return {key: value for key, value in meta.items() if not key.startswith("_")}
 
 
 def _check_contiguous(docs: list[_Doc]) -> None:
     for before, after in zip(docs, docs[1:]):
         if after.first != before.last + 1:
-            raise LogCorruptError(f"the log is not contiguous: {before.first}..{before.last} then "
-                                  f"{after.first}..{after.last}")
+            raise LogCorruptError(f"the log is not contiguous: revisions {before.first}..{before.last} then "
+                                  f"{after.first}..{after.last} (a region failover can lose the last revisions): "
+                                  "run `cosmos-etcd repair` with the same --cosmos-* flags to review what is lost "
+                                  f"and truncate the log to revision {before.last}")
 
 
 def _auth_record(document: dict) -> AuthRecord | None:
@@ -619,7 +807,7 @@ def _auth_record(document: dict) -> AuthRecord | None:
 
 
 def _write_sqlite(destination: pathlib.Path, loaded: _Loaded, auth: AuthRecord | None) -> None:
-    compact = loaded.meta["compact"]
+    compact, records = loaded.at_compact_revision()
     temporary = destination.with_name(destination.name + ".part")
     with contextlib.suppress(FileNotFoundError):
         temporary.unlink()
@@ -631,8 +819,7 @@ def _write_sqlite(destination: pathlib.Path, loaded: _Loaded, auth: AuthRecord |
             db.executemany("INSERT INTO base (key, kv) VALUES (?, ?)",
                            ((key, kv.SerializeToString()) for key, kv in loaded.base.items()))
             db.executemany("INSERT INTO log (revision, record) VALUES (?, ?)",
-                           ((r.revision, r.SerializeToString()) for doc in loaded.docs for r in doc.records
-                            if r.revision >= compact))
+                           ((r.revision, r.SerializeToString()) for r in records))
             db.executemany("INSERT INTO leases (id, record) VALUES (?, ?)",
                            ((lease.id, lease.SerializeToString()) for lease in loaded.leases))
             if auth is not None:
