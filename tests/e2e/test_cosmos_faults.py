@@ -66,11 +66,9 @@ from cosmos_etcd_shim.proto import rpc_pb2 as pb
 from cosmos_etcd_shim.proto import rpc_pb2_grpc
 from cosmos_etcd_shim.storage.cosmos import layout
 from tests.harness import cosmos as cosmos_harness
-from tests.harness import processes
-from tests.harness.backends import LOCAL_COSMOS_KEY
+from tests.harness.cosmos_shims import Shim, start_shim
 from tests.harness.faultproxy import FaultProxy, Rule, ThreadedFaultProxy, throttled
 from tests.harness.faultrules import SampledRule, on_proxy
-from tests.harness.metrics import scrape
 from tests.harness.watch_streams import WatchStream, check_atomic
 
 pytestmark = pytest.mark.timeout(240)
@@ -86,37 +84,6 @@ SEED = int(os.environ.get("COSMOS_ETCD_TEST_SEED", "0")) or random.randrange(1, 
 
 
 # -- processes ----------------------------------------------------------------------------------
-
-@dataclasses.dataclass
-class Shim:
-    server: processes.Server
-    metrics_port: int
-    channel: grpc.Channel
-
-    @property
-    def kv(self) -> rpc_pb2_grpc.KVStub:
-        return rpc_pb2_grpc.KVStub(self.channel)
-
-    def metrics(self) -> dict[str, float]:
-        return scrape(self.metrics_port)
-
-    def close(self) -> None:
-        self.channel.close()
-        self.server.stop()
-
-    def assert_alive(self) -> None:
-        assert self.server.process.poll() is None, \
-            f"the shim exited with {self.server.process.returncode}:\n{self.server.log()[-5000:]}"
-
-
-def start_shim(workdir: pathlib.Path, endpoint: str, container: str, name: str) -> Shim:
-    metrics_port = processes.free_port()
-    server = processes.start_shim(
-        workdir / name, backend="cosmos", data_dir=workdir / name / "data", env=LOCAL_COSMOS_KEY,
-        extra_args=["--name", name, "--cosmos-endpoint", endpoint, "--cosmos-container", container,
-                    "--listen-metrics-urls", f"http://127.0.0.1:{metrics_port}"])
-    return Shim(server, metrics_port, grpc.insecure_channel(server.endpoint))
-
 
 @pytest.fixture(scope="module")
 def cosmos(tmp_path_factory):
@@ -276,18 +243,12 @@ def read_history(shim: Shim, head: int, label: str) -> list[tuple]:
 
 def cosmos_log_documents(server: cosmos_harness.CosmosServer, container: str) -> list[dict]:
     """The log documents as stored (Azure SDK straight to the Cosmos server, no shim)."""
-    from azure.cosmos import CosmosClient
-
-    client = CosmosClient(server.endpoint, credential=server.key, enable_endpoint_discovery=False)
-    try:
-        documents = client.get_database_client(layout.DEFAULT_DATABASE).get_container_client(container)
+    with cosmos_harness.documents(server, container) as documents:
         return sorted(documents.query_items(
             "SELECT c.id, c.r, c.e, c.w FROM c WHERE c.pk = @pk AND c.kind = @kind",
             parameters=[{"name": "@pk", "value": layout.LOG_PARTITION},
                         {"name": "@kind", "value": layout.KIND_LOG}],
             partition_key=layout.LOG_PARTITION), key=lambda d: d["r"])
-    finally:
-        client.close()
 
 
 def verify(rig: Rig, workload: Workload) -> dict:

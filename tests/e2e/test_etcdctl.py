@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import re
 import subprocess
 import threading
@@ -22,6 +21,7 @@ import threading
 import pytest
 
 from tests.harness import processes
+from tests.harness.processes import ctl_env, etcdctl
 
 ETCDCTL = str(processes.ETCDCTL)
 
@@ -29,18 +29,6 @@ REVISION_KEYS = {"revision", "create_revision", "mod_revision", "compact_revisio
 ID_KEYS = {"cluster_id", "member_id", "raft_term"}
 FIELDS_DROPPED = ("ClusterID", "MemberID", "RaftTerm")
 FIELDS_REVISIONS = ("Revision", "CreateRevision", "ModRevision", "CompactRevision")
-
-
-def ctl_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ETCDCTL")}
-    env["ETCDCTL_API"] = "3"
-    return env
-
-
-def etcdctl(endpoint: str, args: list[str], stdin: str | None = None, timeout: float = 30):
-    return subprocess.run([ETCDCTL, f"--endpoints={endpoint}", "--command-timeout=10s", *args],
-                          input=stdin, capture_output=True, timeout=timeout, env=ctl_env(),
-                          encoding="utf-8", errors="backslashreplace")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -137,6 +137,22 @@ def running_cosmos(workdir: pathlib.Path, **kwargs):
         server.stop()
 
 
+@contextlib.contextmanager
+def documents(server: CosmosServer, container: str, database: str | None = None):
+    """A container of ``server`` straight through the Azure SDK (sync; no shim in between), to read
+    what the shim stored. The container must exist (a shim creates it)."""
+    from azure.cosmos import CosmosClient
+
+    from cosmos_etcd_shim.storage.cosmos import layout
+
+    client = CosmosClient(server.endpoint, credential=server.key, enable_endpoint_discovery=False,
+                          connection_verify=not server.ssl)
+    try:
+        yield client.get_database_client(database or layout.DEFAULT_DATABASE).get_container_client(container)
+    finally:
+        client.close()
+
+
 if __name__ == "__main__":  # pragma: no cover - a manual helper
     import tempfile
 

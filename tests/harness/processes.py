@@ -25,6 +25,20 @@ ETCD = ETCD_BIN_DIR / "etcd"
 ETCDCTL = ETCD_BIN_DIR / "etcdctl"
 
 
+
+def ctl_env() -> dict[str, str]:
+    """The environment for etcdctl: v3 API, none of the caller's ETCDCTL_* settings."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ETCDCTL")}
+    env["ETCDCTL_API"] = "3"
+    return env
+
+
+def etcdctl(endpoint: str, args: list[str], stdin: str | None = None, timeout: float = 30):
+    """Run the real etcdctl against ``endpoint``; the CompletedProcess (exit code, stdout, stderr)."""
+    return subprocess.run([str(ETCDCTL), f"--endpoints={endpoint}", "--command-timeout=10s", *args],
+                          input=stdin, capture_output=True, timeout=timeout, env=ctl_env(),
+                          encoding="utf-8", errors="backslashreplace")
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
