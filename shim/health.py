@@ -82,11 +82,15 @@ class HealthChecks:
         self.store.range(PROBE_RANGE)
 
     async def linearizable_read_unless_throttled(self) -> None:
-        """Readiness: the linearizable read, where throttling counts as able to serve."""
+        """Readiness: the linearizable read, where throttling counts as able to serve (also when the
+        read times out waiting out 429s, once the store has seen the throttling)."""
         try:
             await self.linearizable_read()
         except TooManyRequestsError:
             pass
+        except TimeoutError:
+            if not self.store.throttled:
+                raise
 
 
 class BackgroundTaskError(Exception):

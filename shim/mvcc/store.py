@@ -89,6 +89,8 @@ class MVCCStore:
         self._syncs: list[asyncio.Future] = []
         # A shared log that just failed is treated as down until a read of it succeeds again.
         self._storage_down = False
+        # The last catch-up with a shared log was throttled (cleared by one that succeeds).
+        self._throttled = False
         self._queued = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
         self.leases = Lessor(log)
@@ -133,6 +135,11 @@ class MVCCStore:
 
     def lease_exists(self, lease_id: int) -> bool:
         return self.leases.exists(lease_id)
+
+    @property
+    def throttled(self) -> bool:
+        """The shared log answered the last catch-up with throttling: it is there, its RU are spent."""
+        return self._throttled
 
     @property
     def storage_down(self) -> bool:
@@ -400,7 +407,7 @@ class MVCCStore:
         also decides whether the log counts as down: only when it did not answer at all."""
         try:
             await self._catch_up()
-            self._storage_down = False
+            self._storage_down = self._throttled = False
         except LogCompactedError as e:
             # Another writer compacted (and collected) past what this store has applied: its
             # watchers would miss events. Stop; a restarted server loads the compacted base.
@@ -411,6 +418,7 @@ class MVCCStore:
         except StorageError as e:
             logger.warning("cannot tail the log", extra={"error": str(e)})
             self._storage_down = self.log.shared and _is_outage(e)
+            self._throttled = isinstance(e, StorageThrottledError)
             return e
         return None
 
