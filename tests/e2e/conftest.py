@@ -19,6 +19,7 @@ REPO = pathlib.Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from tests.harness import cosmos as cosmos_harness  # noqa: E402
 from tests.harness import processes  # noqa: E402
 
 TARGET = os.environ.get("COSMOS_ETCD_E2E_TARGET", "shim")
@@ -81,3 +82,12 @@ def e2e_shim(tmp_path_factory):
     server = subject.start()
     yield server
     subject.stop()
+
+
+@pytest.fixture(scope="module")
+def cosmos(tmp_path_factory, request):
+    """One local Cosmos DB server per test module that asks for it (each test its own container)."""
+    cosmos_harness.require()
+    server = cosmos_harness.start_cosmos(tmp_path_factory.mktemp(request.module.__name__.rpartition(".")[2]))
+    yield server
+    server.stop()

@@ -85,14 +85,6 @@ SEED = int(os.environ.get("COSMOS_ETCD_TEST_SEED", "0")) or random.randrange(1, 
 
 # -- processes ----------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def cosmos(tmp_path_factory):
-    cosmos_harness.require()
-    server = cosmos_harness.start_cosmos(tmp_path_factory.mktemp("faults-cosmos"))
-    yield server
-    server.stop()
-
-
 @dataclasses.dataclass
 class Rig:
     cosmos: cosmos_harness.CosmosServer

@@ -36,7 +36,6 @@ from azure.cosmos import CosmosClient
 from cosmos_etcd_shim.proto import rpc_pb2 as pb
 from cosmos_etcd_shim.proto import rpc_pb2_grpc
 from cosmos_etcd_shim.storage.cosmos import layout
-from tests.harness import cosmos as cosmos_harness
 from tests.harness import processes
 from tests.harness.backends import LOCAL_COSMOS_KEY
 from tests.harness.regions import GLOBAL, READS, REGION_A, REGION_B, WRITES, TwoRegionAccount, data_requests
@@ -48,14 +47,6 @@ pytestmark = [shim_only, pytest.mark.timeout(120)]
 
 RPC_TIMEOUT = 15.0
 ALL_KEYS = {"key": b"\0", "range_end": b"\0"}
-
-
-@pytest.fixture(scope="module")
-def cosmos(tmp_path_factory):
-    cosmos_harness.require()
-    server = cosmos_harness.start_cosmos(tmp_path_factory.mktemp("regions-cosmos"))
-    yield server
-    server.stop()
 
 
 @pytest.fixture
@@ -71,6 +62,17 @@ def serve_on(workdir, account: TwoRegionAccount, container: str) -> processes.Se
     """The shim as a process, on the rig's global endpoint (as the real account's would be given)."""
     return processes.start_shim(workdir, backend="cosmos", env=LOCAL_COSMOS_KEY,
                                 extra_args=cosmos_flags(account, container))
+
+
+def serve_one_put(workdir, account: TwoRegionAccount, container: str) -> processes.Server:
+    """Start the shim, make one write through it, stop it: what it logged is then complete."""
+    shim = serve_on(workdir, account, container)
+    try:
+        with grpc.insecure_channel(shim.endpoint) as channel:
+            rpc_pb2_grpc.KVStub(channel).Put(pb.PutRequest(key=b"k", value=b"v"), timeout=RPC_TIMEOUT)
+    finally:
+        shim.stop()
+    return shim
 
 
 def log_records(server: processes.Server) -> list[dict]:
@@ -174,12 +176,7 @@ def test_weak_consistency_is_refused(cosmos, tmp_path, container, level):
 
 def test_bounded_staleness_on_a_multi_region_account_warns(cosmos, tmp_path, container):
     with TwoRegionAccount(cosmos.port, consistency="BoundedStaleness") as account:
-        shim = serve_on(tmp_path, account, container)
-        try:
-            with grpc.insecure_channel(shim.endpoint) as channel:
-                rpc_pb2_grpc.KVStub(channel).Put(pb.PutRequest(key=b"k", value=b"v"), timeout=RPC_TIMEOUT)
-        finally:
-            shim.stop()
+        shim = serve_one_put(tmp_path, account, container)
         warnings = [r for r in log_records(shim) if r["level"] == "warning" and "BoundedStaleness" in r["msg"]]
         assert len(warnings) == 1, shim.log()
         warning = warnings[0]
@@ -191,12 +188,7 @@ def test_bounded_staleness_on_a_multi_region_account_warns(cosmos, tmp_path, con
 
 def test_an_unreported_consistency_level_is_logged_as_unknown(cosmos, tmp_path, container):
     with TwoRegionAccount(cosmos.port, consistency=None) as account:
-        shim = serve_on(tmp_path, account, container)
-        try:
-            with grpc.insecure_channel(shim.endpoint) as channel:
-                rpc_pb2_grpc.KVStub(channel).Put(pb.PutRequest(key=b"k", value=b"v"), timeout=RPC_TIMEOUT)
-        finally:
-            shim.stop()
+        shim = serve_one_put(tmp_path, account, container)
         records = [r for r in log_records(shim) if "consistency level" in r["msg"]]
         assert [r["level"] for r in records] == ["info"], shim.log()
         assert records[0]["consistency"] is None and records[0]["regions"] == sorted([REGION_A, REGION_B])

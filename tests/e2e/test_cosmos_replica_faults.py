@@ -91,14 +91,6 @@ KEY_TWO = base64.b64encode(b"cosmos-etcd replica fault tests: key two").decode()
 
 # -- the rig ------------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def cosmos(tmp_path_factory):
-    cosmos_harness.require()
-    server = cosmos_harness.start_cosmos(tmp_path_factory.mktemp("replica-faults-cosmos"))
-    yield server
-    server.stop()
-
-
 @dataclasses.dataclass
 class Faults:
     """A fault proxy in front of the Cosmos server, on its own thread."""
@@ -371,11 +363,16 @@ def assert_refused_put_fails_alone(rig: Rig, a: Shim, b: Shim, faults: Faults, s
     print(f"\n[refused {status}] the Put failed after {took * 1000:.0f} ms: {details}", flush=True)
 
 
-def test_a_403_on_a_log_write_fails_that_put_only(rig):
+@pytest.mark.parametrize("status, hints", [
+    (403, ("firewall", "data-plane role")),
+    (413, ("larger than Cosmos DB accepts",)),
+    (400, ("does not expect",)),
+])
+def test_a_refusal_of_a_log_write_fails_that_put_only(rig, status, hints):
     faults = rig.proxy()
     a = rig.start("replica-a", via=faults)
     b = rig.start("replica-b")
-    assert_refused_put_fails_alone(rig, a, b, faults, 403, ("firewall", "data-plane role"), "403")
+    assert_refused_put_fails_alone(rig, a, b, faults, status, hints, str(status))
 
 
 def test_a_401_fails_that_put_unless_the_key_file_has_a_new_key(rig):

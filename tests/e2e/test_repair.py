@@ -33,7 +33,6 @@ import pytest
 from cosmos_etcd_shim.proto import rpc_pb2 as pb
 from cosmos_etcd_shim.proto import rpc_pb2_grpc
 from cosmos_etcd_shim.storage.cosmos import codec, layout
-from tests.harness import cosmos as cosmos_harness
 from tests.harness import processes
 from tests.harness.backends import LOCAL_COSMOS_KEY
 
@@ -46,14 +45,6 @@ RPC_TIMEOUT = 20
 PUTS = 20  # revisions 2..21, one log document each
 LOST_DOCUMENTS = 6  # the failover loses the last six: L = 15, H = 21
 BIG_VALUE_BYTES = 1_400_000  # random bytes: base64 is over the inline limit, so it is chunked
-
-
-@pytest.fixture(scope="module")
-def cosmos(tmp_path_factory):
-    cosmos_harness.require()
-    server = cosmos_harness.start_cosmos(tmp_path_factory.mktemp("repair-cosmos"))
-    yield server
-    server.stop()
 
 
 @pytest.fixture
