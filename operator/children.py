@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import kopf
@@ -29,9 +29,10 @@ METRICS_PORT = 2381
 SHIM_UID = 65532
 DATA_DIR = "/var/lib/cosmos-etcd"
 TLS_DIR = "/etc/cosmos-etcd/tls"
-KEY_VARIABLE = "COSMOS_ETCD_COSMOS_KEY"  # the shim reads the account key from it (cosmos-etcd serve --help)
+KEYS_DIR = "/etc/cosmos-etcd/cosmos"
 SECRET_ENDPOINT = "endpoint"
-SECRET_KEY = "key"
+SECRET_KEY = "key"  # the primary key alone, for people and tools that read the Secret
+SECRET_KEYS = "keys"  # both keys, one a line: the file the shim reads (cosmos-etcd serve --cosmos-key-file)
 CLUSTER_LABEL = "cosmosetcd.io/cluster"
 MANAGED_BY = "cosmos-etcd-operator"
 KEYS_CHECKSUM_ANNOTATION = "cosmosetcd.io/keys-checksum"
@@ -67,15 +68,18 @@ def _child(owner: Mapping[str, Any], api_version: str, kind: str, name: str | No
     return obj
 
 
-def keys_secret(owner: Mapping[str, Any], *, account_endpoint: str, key: str) -> dict[str, Any]:
-    """The Secret the shim reads the account key from (base64 in ``data``, as the API returns it)."""
+def keys_secret(owner: Mapping[str, Any], *, account_endpoint: str, keys: Sequence[str]) -> dict[str, Any]:
+    """The Secret the shim reads the account keys from, primary first (base64 in ``data``, as the
+    API returns it). Both keys are there so that a shim whose key was just regenerated moves to
+    the other one at its first 401, without waiting for the mounted Secret to be updated."""
     return _child(owner, "v1", "Secret", keys_secret_name(owner["metadata"]["name"]), type="Opaque",
-                  data={SECRET_ENDPOINT: _b64(account_endpoint), SECRET_KEY: _b64(key)})
+                  data={SECRET_ENDPOINT: _b64(account_endpoint), SECRET_KEY: _b64(keys[0]),
+                        SECRET_KEYS: _b64("".join(f"{key}\n" for key in keys))})
 
 
-def keys_checksum(key: str) -> str:
-    """A digest of the key for the pod template: a rotated key rolls the pods (it reveals nothing)."""
-    return hashlib.sha256(key.encode()).hexdigest()[:16]
+def keys_checksum(keys: Sequence[str]) -> str:
+    """A digest of the keys for the pod template: rotated keys roll the pods too (it reveals nothing)."""
+    return hashlib.sha256("\n".join(keys).encode()).hexdigest()[:16]
 
 
 def service(owner: Mapping[str, Any]) -> dict[str, Any]:
@@ -110,9 +114,16 @@ def deployment(owner: Mapping[str, Any], spec: ClusterSpec, *, image: str, accou
         "--listen-client-urls", f"{scheme}://0.0.0.0:{CLIENT_PORT}",
         "--advertise-client-urls", endpoint(name, namespace, spec),
         "--listen-metrics-urls", f"http://0.0.0.0:{METRICS_PORT}",
+        "--cosmos-key-file", f"{KEYS_DIR}/{SECRET_KEYS}",
     ]
-    mounts = [{"name": "tmp", "mountPath": "/tmp"}, {"name": "data", "mountPath": DATA_DIR}]
-    volumes: list[dict[str, Any]] = [{"name": "tmp", "emptyDir": {}}, {"name": "data", "emptyDir": {}}]
+    mounts = [{"name": "tmp", "mountPath": "/tmp"}, {"name": "data", "mountPath": DATA_DIR},
+              {"name": "cosmos-keys", "mountPath": KEYS_DIR, "readOnly": True}]
+    # A mounted Secret (not an environment variable) is updated in place when the keys rotate.
+    volumes: list[dict[str, Any]] = [
+        {"name": "tmp", "emptyDir": {}}, {"name": "data", "emptyDir": {}},
+        {"name": "cosmos-keys", "secret": {"secretName": keys_secret_name(name), "defaultMode": 0o440,
+                                           "items": [{"key": SECRET_KEYS, "path": SECRET_KEYS}]}},
+    ]
     if tls:
         args += ["--cert-file", f"{TLS_DIR}/tls.crt", "--key-file", f"{TLS_DIR}/tls.key"]
         if tls.client_cert_auth:
@@ -127,7 +138,6 @@ def deployment(owner: Mapping[str, Any], spec: ClusterSpec, *, image: str, accou
         "args": args,
         "env": [
             {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
-            {"name": KEY_VARIABLE, "valueFrom": {"secretKeyRef": {"name": keys_secret_name(name), "key": SECRET_KEY}}},
         ],
         "ports": [{"name": "client", "containerPort": CLIENT_PORT, "protocol": "TCP"},
                   {"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"}],

@@ -287,11 +287,11 @@ class Reconciliation:
             self._ready(THROUGHPUT, throughput.mode.value, f"{throughput.mode.value} {throughput.request_units} RU/s"
                         + (" (maximum)" if throughput.mode.value == "Autoscale" else ""))
             keys = await self._azure(KEYS, lambda _: resources.list_keys(spec), long_running=False)
-        key = keys.primary_master_key
-        secret = children.keys_secret(self.body, account_endpoint=account.document_endpoint, key=key)
+        both = (keys.primary_master_key, keys.secondary_master_key)
+        secret = children.keys_secret(self.body, account_endpoint=account.document_endpoint, keys=both)
         await self._kube(KEYS, secret)
-        self._ready(KEYS, "Stored", f"account endpoint and primary key in Secret {secret['metadata']['name']}")
-        return await self._shim(spec, account.document_endpoint, children.keys_checksum(key))
+        self._ready(KEYS, "Stored", f"account endpoint and keys in Secret {secret['metadata']['name']}")
+        return await self._shim(spec, account.document_endpoint, children.keys_checksum(both))
 
     async def _shim(self, spec: ClusterSpec, account_endpoint: str, keys_digest: str) -> Outcome:
         await self._kube(SHIM, children.service(self.body))

@@ -130,7 +130,9 @@ def _cosmos_connection_flags(parser: argparse.ArgumentParser, title: str,
                         help="the account endpoint, https://<account>.documents.azure.com:443/")
     cosmos.add_argument("--cosmos-database", default=defaults.cosmos_database, help="database (default: %(default)s)")
     cosmos.add_argument("--cosmos-container", default=defaults.cosmos_container, help="container (default: %(default)s)")
-    cosmos.add_argument("--cosmos-key-file", default="", help="file holding the account key")
+    cosmos.add_argument("--cosmos-key-file", default="",
+                        help="file holding the account key, or both keys one a line: the first is used, the "
+                             "file is read again on a 401 and the next key not refused is tried")
     cosmos.add_argument("--cosmos-insecure-skip-tls-verify", action="store_true",
                         help="accept a self-signed certificate (local test servers only)")
     return cosmos

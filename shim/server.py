@@ -85,17 +85,25 @@ def open_backend(config: ServeConfig) -> RevisionLog:
 
 def _key_file_reader(config: ServeConfig):
     """Reads --cosmos-key-file again (after a 401: Kubernetes updates a mounted Secret in place
-    when the key is rotated); None when the key does not come from a file."""
+    when a key is rotated); None when the key does not come from a file."""
     if not config.cosmos_key_file:
         return None
     path = pathlib.Path(config.cosmos_key_file)
-    return lambda: path.read_text().strip()
+    return lambda: _keys_in(path)
+
+
+def _keys_in(path: pathlib.Path) -> list[str]:
+    """The keys in a key file, one a line (the account's primary and secondary keys: the shim uses
+    the first and moves to the next when Cosmos refuses it)."""
+    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
 
 
 def _cosmos_key(config: ServeConfig) -> str | None:
     if config.cosmos_key_file:
         try:
-            return pathlib.Path(config.cosmos_key_file).read_text().strip()
+            return _keys_in(pathlib.Path(config.cosmos_key_file))[0]
+        except IndexError:
+            raise StartupError(f"--cosmos-key-file {config.cosmos_key_file} holds no key") from None
         except OSError as e:
             raise StartupError(f"cannot read --cosmos-key-file {config.cosmos_key_file}: {e.strerror}") from None
     return os.environ.get(COSMOS_KEY_VARIABLE) or None

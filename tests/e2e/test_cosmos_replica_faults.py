@@ -402,6 +402,26 @@ def test_a_401_fails_that_put_unless_the_key_file_has_a_new_key(rig):
     assert_ready(a, b)
 
 
+def test_a_401_moves_to_the_other_key_in_the_key_file(rig):
+    """Both of the account's keys in the file (what the operator mounts): a 401 on the first one
+    is answered by the second, without waiting for the file to change."""
+    faults = rig.proxy()
+    key_file = rig.workdir / "cosmos-keys"
+    key_file.write_text(f"{KEY_ONE}\n{KEY_TWO}\n")
+    a = rig.start("replica-a", via=faults, extra_args=["--cosmos-key-file", str(key_file)], env={})
+    before = put(a, b"/refused/two-keys", b"before")
+    rule = Rule("status", status=401, times=1, **LOG_CREATE)
+    faults.add(rule)
+    assert put(a, b"/refused/two-keys", b"after") == before + 1
+    assert rule.hits == 1, f"the 401 rule was not hit: {faults.log()[-20:]}"
+    reconnected = [e for e in log_entries(a) if e.get("msg", "").startswith("Cosmos answered 401: reconnecting")]
+    assert len(reconnected) == 1, a.server.log()[-3000:]
+    # Refused once, the first key is not used again: a second 401 has no key left to try.
+    faults.add(Rule("status", status=401, times=1, **LOG_CREATE))
+    error, _ = refused(lambda: put(a, b"/refused/two-keys", b"refused"))
+    assert error.code() == grpc.StatusCode.UNAVAILABLE and "HTTP 401" in error.details(), error.details()
+
+
 # -- 3. throttling is back-pressure -------------------------------------------------------------
 
 def test_throttled_log_writes_answer_too_many_requests_and_every_replica_stays_ready(rig):

@@ -18,10 +18,14 @@ AZURE = {"subscriptionId": "00000000-0000-0000-0000-000000000000", "resourceGrou
 ACCOUNT_ENDPOINT = "https://tenant-a.documents.azure.com:443/"
 
 
-# The pod's name, and the account key from the keys Secret (never a flag: flags show in process lists).
-SHIM_ENV = [{"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
-            {"name": "COSMOS_ETCD_COSMOS_KEY",
-             "valueFrom": {"secretKeyRef": {"name": "tenant-a-cosmos-keys", "key": "key"}}}]
+# The pod's name; the account keys come from the mounted keys Secret (never a flag: flags show in
+# process lists; not the environment: a mounted Secret is updated in place when keys rotate).
+SHIM_ENV = [{"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}]
+SHIM_MOUNTS = [{"name": "tmp", "mountPath": "/tmp"}, {"name": "data", "mountPath": "/var/lib/cosmos-etcd"},
+               {"name": "cosmos-keys", "mountPath": "/etc/cosmos-etcd/cosmos", "readOnly": True}]
+SHIM_VOLUMES = [{"name": "tmp", "emptyDir": {}}, {"name": "data", "emptyDir": {}},
+                {"name": "cosmos-keys", "secret": {"secretName": "tenant-a-cosmos-keys", "defaultMode": 0o440,
+                                                   "items": [{"key": "keys", "path": "keys"}]}}]
 
 
 def serve_args(account_endpoint: str) -> list[str]:
@@ -30,7 +34,7 @@ def serve_args(account_endpoint: str) -> list[str]:
             "--cosmos-endpoint", account_endpoint, "--cosmos-database", "EtcdDB", "--cosmos-container", "EtcdData",
             "--cosmos-no-create", "--listen-client-urls", "http://0.0.0.0:2379",
             "--advertise-client-urls", "http://tenant-a.control-planes.svc:2379",
-            "--listen-metrics-urls", "http://0.0.0.0:2381"]
+            "--listen-metrics-urls", "http://0.0.0.0:2381", "--cosmos-key-file", "/etc/cosmos-etcd/cosmos/keys"]
 
 
 def _render(shim: dict | None = None, cosmos: dict | None = None) -> dict:
@@ -66,7 +70,7 @@ def test_every_child_is_valid_for_kubernetes(shim):
     objects = [
         children.deployment(OWNER, spec, image="img:1", account_endpoint=ACCOUNT_ENDPOINT, keys_digest="d"),
         children.service(OWNER), children.pod_disruption_budget(OWNER),
-        children.keys_secret(OWNER, account_endpoint=ACCOUNT_ENDPOINT, key="c2VjcmV0"),
+        children.keys_secret(OWNER, account_endpoint=ACCOUNT_ENDPOINT, keys=["c2VjcmV0", "b3RoZXI="]),
     ]
     for obj in objects:
         kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
@@ -96,9 +100,8 @@ def test_deployment_is_restricted():
     assert container["securityContext"] == {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
                                             "runAsNonRoot": True, "capabilities": {"drop": ["ALL"]}}
     assert pod["automountServiceAccountToken"] is False
-    assert {m["mountPath"]: m["name"] for m in container["volumeMounts"]} == {
-        "/tmp": "tmp", "/var/lib/cosmos-etcd": "data"}
-    assert pod["volumes"] == [{"name": "tmp", "emptyDir": {}}, {"name": "data", "emptyDir": {}}]
+    assert container["volumeMounts"] == SHIM_MOUNTS
+    assert pod["volumes"] == SHIM_VOLUMES
 
 
 def test_replicas_prefer_different_nodes():
@@ -148,17 +151,17 @@ def test_service_pdb_and_secret():
     assert service["spec"]["selector"] == children.selector("tenant-a")
     pdb = children.pod_disruption_budget(OWNER)
     assert pdb["spec"] == {"maxUnavailable": 1, "selector": {"matchLabels": children.selector("tenant-a")}}
-    secret = children.keys_secret(OWNER, account_endpoint=ACCOUNT_ENDPOINT, key="the-key")
+    secret = children.keys_secret(OWNER, account_endpoint=ACCOUNT_ENDPOINT, keys=["the-key", "the-other"])
     assert secret["metadata"]["name"] == "tenant-a-cosmos-keys"
     assert {k: base64.b64decode(v).decode() for k, v in secret["data"].items()} == {
-        "endpoint": ACCOUNT_ENDPOINT, "key": "the-key"}
+        "endpoint": ACCOUNT_ENDPOINT, "key": "the-key", "keys": "the-key\nthe-other\n"}
 
 
 def test_children_are_owned_and_labelled_but_carry_no_gitops_tracking_label():
     spec = parse({"azure": AZURE}, name="tenant-a")
     for obj in (children.deployment(OWNER, spec, image="i", account_endpoint=ACCOUNT_ENDPOINT, keys_digest="d"),
                 children.service(OWNER), children.pod_disruption_budget(OWNER),
-                children.keys_secret(OWNER, account_endpoint=ACCOUNT_ENDPOINT, key="k")):
+                children.keys_secret(OWNER, account_endpoint=ACCOUNT_ENDPOINT, keys=["k", "l"])):
         metadata = obj["metadata"]
         assert metadata["namespace"] == "control-planes"
         assert metadata["ownerReferences"] == [{
@@ -177,9 +180,10 @@ def test_endpoint_follows_tls():
     assert children.endpoint("abc", "ns", tls) == "https://abc.ns.svc:2379"
 
 
-def test_keys_checksum_changes_with_the_key_and_hides_it():
-    assert children.keys_checksum("k1") != children.keys_checksum("k2")
-    assert "k1" not in children.keys_checksum("k1") and len(children.keys_checksum("k1")) == 16
+def test_keys_checksum_changes_with_either_key_and_hides_them():
+    digest = children.keys_checksum(["k1", "k2"])
+    assert digest != children.keys_checksum(["k1", "k3"]) and digest != children.keys_checksum(["k0", "k2"])
+    assert "k1" not in digest and "k2" not in digest and len(digest) == 16
 
 
 @pytest.mark.parametrize("deployment, expected", [

@@ -9,7 +9,7 @@ from cosmos_etcd_shim.storage.cosmos.layout import INDEXING_POLICY, PARTITION_KE
 from tests.harness import arm
 from tests.harness.kube import DEPLOYMENTS, EVENTS, PDBS, SECRETS, SERVICES
 from tests.harness.operator import NAMESPACE, SHIM_IMAGE, ClusterDriver
-from tests.operator.test_operator_children import SHIM_ENV, serve_args
+from tests.operator.test_operator_children import SHIM_ENV, SHIM_MOUNTS, SHIM_VOLUMES, serve_args
 
 SPEC = {
     "azure": {"subscriptionId": arm.SUBSCRIPTION, "resourceGroup": arm.RESOURCE_GROUP, "location": "westeurope",
@@ -92,7 +92,8 @@ async def test_create_until_ready(kube_api, arm_stand_in, arm_service_principal,
     assert secret["metadata"]["ownerReferences"] == owner and secret["metadata"]["labels"] == LABELS
     assert secret["type"] == "Opaque"
     assert {key: base64.b64decode(value).decode() for key, value in secret["data"].items()} == {
-        "endpoint": ACCOUNT_ENDPOINT, "key": account.keys["primaryMasterKey"]}
+        "endpoint": ACCOUNT_ENDPOINT, "key": account.keys["primaryMasterKey"],
+        "keys": f"{account.keys['primaryMasterKey']}\n{account.keys['secondaryMasterKey']}\n"}
 
     # The Service: the endpoint's name.
     service = kube_api.get(SERVICES, NAMESPACE, "tenant-a")
@@ -119,7 +120,7 @@ async def test_create_until_ready(kube_api, arm_stand_in, arm_service_principal,
     assert pod["affinity"] == {"podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [{
         "weight": 100, "podAffinityTerm": {"topologyKey": "kubernetes.io/hostname",
                                            "labelSelector": {"matchLabels": SELECTOR}}}]}}
-    assert pod["volumes"] == [{"name": "tmp", "emptyDir": {}}, {"name": "data", "emptyDir": {}}]
+    assert pod["volumes"] == SHIM_VOLUMES
     [shim] = pod["containers"]
     assert shim["name"] == "shim" and shim["image"] == SHIM_IMAGE and shim["imagePullPolicy"] == "IfNotPresent"
     assert shim["command"] == ["cosmos-etcd"]
@@ -135,8 +136,7 @@ async def test_create_until_ready(kube_api, arm_stand_in, arm_service_principal,
     assert shim["resources"] == {"requests": {"cpu": "250m", "memory": "512Mi"}, "limits": {"memory": "2Gi"}}
     assert shim["securityContext"] == {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
                                        "runAsNonRoot": True, "capabilities": {"drop": ["ALL"]}}
-    assert shim["volumeMounts"] == [{"name": "tmp", "mountPath": "/tmp"},
-                                    {"name": "data", "mountPath": "/var/lib/cosmos-etcd"}]
+    assert shim["volumeMounts"] == SHIM_MOUNTS
 
 
 async def test_tls_and_shim_settings_reach_the_deployment(kube_api, arm_stand_in, arm_service_principal,

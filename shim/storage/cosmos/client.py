@@ -170,7 +170,7 @@ class CosmosConnection:
                  database: str = layout.DEFAULT_DATABASE, container: str = layout.DEFAULT_CONTAINER,
                  create: bool = True, insecure_skip_tls_verify: bool = False,
                  request_timeout: float = DEFAULT_REQUEST_TIMEOUT, retry_deadline: float = DEFAULT_RETRY_DEADLINE,
-                 stats: CosmosStats | None = None, key_loader: Callable[[], str] | None = None) -> None:
+                 stats: CosmosStats | None = None, key_loader: Callable[[], list[str]] | None = None) -> None:
         if (key is None) == (credential is None):
             raise ValueError("give exactly one of an account key or a credential")
         self.endpoint = endpoint
@@ -181,7 +181,9 @@ class CosmosConnection:
         self.retry_deadline = retry_deadline
         self.stats = stats or CosmosStats()
         self._key = key
-        self._key_loader = key_loader  # reads the key again after a 401 (a rotated key in a mounted Secret)
+        # Reads the keys again after a 401 (a rotated key in a mounted Secret; the other key of the account).
+        self._key_loader = key_loader
+        self._refused_keys: set[str] = set()
         self._credential = credential
         self._client_options: dict[str, Any] = {}
         self._insecure = insecure_skip_tls_verify
@@ -326,16 +328,19 @@ class CosmosConnection:
         return CosmosRejectedError(op, status, message)
 
     async def _reload_key(self) -> bool:
-        """After a 401: read the key again (a mounted Secret is updated in place when the key is
-        rotated) and reconnect with it. True if there is a new key to try."""
+        """After a 401: read the keys again (a mounted Secret is updated in place when a key is
+        rotated, and may hold both of the account's keys) and reconnect with the first one not
+        refused yet. True if there is such a key to try."""
         if self._key_loader is None:
             return False
+        self._refused_keys.add(self._key)
         try:
-            key = self._key_loader()
+            keys = self._key_loader()
         except Exception as e:  # noqa: BLE001 - the 401 itself is then what the caller sees
             logger.warning("cannot read the Cosmos key again after a 401", extra={"error": str(e)})
             return False
-        if not key or key == self._key:
+        key = next((k for k in keys if k not in self._refused_keys), None)
+        if key is None:
             return False
         logger.warning("Cosmos answered 401: reconnecting with the key read again from its file")
         self._key = key
