@@ -8,7 +8,6 @@ the key space is checked.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 
 from cosmos_etcd_shim.api.callers import Callers
@@ -32,14 +31,13 @@ class WatchServicer(rpc_pb2_grpc.WatchServicer):
     async def Watch(self, request_iterator, context):
         stream = self.hub.open_stream()
         requests = asyncio.create_task(self._read_requests(request_iterator, stream, context))
+        response: asyncio.Future | None = None
         try:
             while True:
                 response = asyncio.ensure_future(stream.next_response())
                 done, _ = await asyncio.wait({response, requests}, return_when=asyncio.FIRST_COMPLETED)
                 if response not in done:
-                    # The client closed its side: etcd ends the stream too.
-                    response.cancel()
-                    return
+                    return  # the client closed its side: etcd ends the stream too
                 message = response.result()
                 if message is None:  # the server is shutting down
                     return
@@ -51,10 +49,13 @@ class WatchServicer(rpc_pb2_grpc.WatchServicer):
                 else:
                     yield message
         finally:
-            requests.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await requests
-            stream.close()
+            # However the stream ends (the client's cancellation arrives as one here), nothing of it
+            # is left pending: both tasks are cancelled and awaited.
+            pending = [task for task in (requests, response) if task is not None]
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+            await stream.close()
 
     async def _read_requests(self, request_iterator, stream, context) -> None:
         async for request in request_iterator:

@@ -208,10 +208,11 @@ class WatchStream:
             self._progress_requested = False
             self.send(WatchResponse(watch_id=PROGRESS_RESPONSE_ID), self.hub.revision)
 
-    def close(self) -> None:
+    async def close(self) -> None:
         self.hub.streams.discard(self)
         metrics.WATCH_STREAMS.set(len(self.hub.streams))
         self._catch_up_task.cancel()
+        await asyncio.gather(self._catch_up_task, return_exceptions=True)
 
     # -- responses ----------------------------------------------------------------------------
 

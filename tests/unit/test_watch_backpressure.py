@@ -34,4 +34,4 @@ async def test_requests_wait_until_the_client_reads():
         assert (await stream.next_response()).created
         await waiting  # below half: requests are read again
     finally:
-        stream.close()
+        await stream.close()
