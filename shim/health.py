@@ -1,14 +1,16 @@
 """etcd's HTTP health endpoints, served beside ``/metrics`` on ``--listen-metrics-urls`` (plain http
 even when the client URLs are https, so that the kubelet's httpGet probes work with TLS on).
 
-* ``/health`` answers as etcd 3.5 does: 200 ``{"health":"true","reason":""}``, or 503
-  ``{"health":"false","reason":"RANGE ERROR:..."}`` when a linearizable read fails: the store's
-  outage breaker is open (a shared log failed and has not answered since), or catching up with
-  the log fails or takes longer than :data:`READ_TIMEOUT_SECONDS`. The reason carries the message
-  a linearizable Range would get. ``?serializable=true`` reads from memory instead, so it checks
-  this process, not its storage (etcd: this member, not the cluster). ``?exclude=NOSPACE``
-  is accepted as etcd accepts it; the shim raises no alarms (Maintenance.Alarm lists none), so
-  there is none to exclude.
+* ``/health`` answers as etcd 3.5 does: 200 ``{"health":"true","reason":""}``; 503
+  ``{"health":"false","reason":"ALARM NOSPACE"}`` (or ``ALARM CORRUPT``) while an alarm is raised
+  (see ``mvcc.alarms``; on a shared log, raised through any replica), checked first as etcd does;
+  else 503 ``{"health":"false","reason":"RANGE ERROR:..."}`` when a linearizable read fails: the
+  store's outage breaker is open (a shared log failed and has not answered since), or catching up
+  with the log fails or takes longer than :data:`READ_TIMEOUT_SECONDS`. The reason carries the
+  message a linearizable Range would get. ``?serializable=true`` reads from memory instead, so it
+  checks this process, not its storage (etcd: this member, not the cluster). ``?exclude=NOSPACE``
+  (or ``CORRUPT``, repeatable) ignores every alarm of that type, as etcd 3.5 since 3.5.2 (3.5.1
+  ignored only the first one listed).
 * ``/livez`` and ``/readyz`` answer as etcd 3.6 does: 200 ``ok``; ``?verbose`` lists the checks
   first (``[+]serializable_read ok``); a failed check gives 503 and the listing with
   ``[-]<check> failed: <reason>``; ``?exclude=<check>`` skips a check; ``/livez/<check>`` and
@@ -22,8 +24,9 @@ even when the client URLs are https, so that the kubelet's httpGet probes work w
   every replica shares the same request units, so all of them would leave the Service at once
   and clients would lose even the reads served from memory; clients get etcd's "too many
   requests" instead (back-pressure). A write refused by Cosmos (401, 403, 413 ...) fails that
-  write only. etcd 3.6's ``data_corruption`` readiness check has no counterpart here, since the
-  shim runs no corruption check.
+  write only. Readiness also has etcd's ``data_corruption`` check: it fails with ``alarm
+  activated: CORRUPT`` while a CORRUPT alarm is raised (the shim runs no corruption check of its
+  own; the alarm is raised through the Alarm API).
 
 Only GET is served, as by etcd (405 otherwise). The checks run on the event loop that serves
 clients, so a loop too busy to answer them fails them too.
@@ -42,6 +45,7 @@ from cosmos_etcd_shim.api.errors import status_of
 from cosmos_etcd_shim.mvcc.errors import MVCCError, StorageUnavailableError, TooManyRequestsError
 from cosmos_etcd_shim.mvcc.store import MVCCStore
 from cosmos_etcd_shim.proto import rpc_pb2
+from cosmos_etcd_shim.proto.rpc_pb2 import CORRUPT, AlarmType
 from cosmos_etcd_shim.supervision import Supervisor
 
 logger = logging.getLogger(__name__)
@@ -67,6 +71,18 @@ class HealthChecks:
 
     async def serializable_read(self) -> None:
         self.store.range(PROBE_RANGE)
+
+    def raised_alarm(self, excluded: set[str]) -> str | None:
+        """The name of the first raised alarm whose type is not in ``excluded`` (etcd's /health)."""
+        for alarm in self.store.alarms.get():
+            name = AlarmType.Name(alarm.alarm)
+            if name not in excluded:
+                return name
+        return None
+
+    async def data_corruption(self) -> None:
+        if self.store.alarms.raised(CORRUPT):
+            raise AlarmActivatedError(f"alarm activated: {AlarmType.Name(CORRUPT)}")
 
     async def background_tasks(self) -> None:
         failing = self.supervisor.failing()
@@ -97,6 +113,10 @@ class BackgroundTaskError(Exception):
     """A core background task keeps failing."""
 
 
+class AlarmActivatedError(Exception):
+    """An alarm that makes a check fail is raised."""
+
+
 async def _failure_of(check: Check) -> str | None:
     """None if ``check`` passes, else why not, in etcd's words where etcd has them."""
     try:
@@ -105,7 +125,7 @@ async def _failure_of(check: Check) -> str | None:
         return REQUEST_TIMED_OUT
     except MVCCError as e:
         return status_of(e).message
-    except BackgroundTaskError as e:
+    except (BackgroundTaskError, AlarmActivatedError) as e:
         return str(e)
     return None
 
@@ -114,7 +134,7 @@ def http_routes(checks: HealthChecks) -> list[web.RouteDef]:
     """``/health``, ``/livez``, ``/readyz`` and one path per check under the latter two."""
     registries = {
         "/livez": {"serializable_read": checks.serializable_read, "background_tasks": checks.background_tasks},
-        "/readyz": {"serializable_read": checks.serializable_read,
+        "/readyz": {"data_corruption": checks.data_corruption, "serializable_read": checks.serializable_read,
                     "linearizable_read": checks.linearizable_read_unless_throttled,
                     "background_tasks": checks.background_tasks},
     }
@@ -139,6 +159,11 @@ def _get_only(handler: Handler) -> Handler:
 
 
 async def _health(checks: HealthChecks, request: web.Request) -> web.Response:
+    alarm = checks.raised_alarm(set(request.query.getall("exclude", ())))
+    if alarm is not None:
+        reason = f"ALARM {alarm}"
+        logger.warning("serving /health false", extra={"reason": reason})
+        return _error(503, _health_json("false", reason))
     serializable = request.query.get("serializable") == "true"
     failure = await _failure_of(checks.serializable_read if serializable else checks.linearizable_read)
     if failure is None:

@@ -25,6 +25,7 @@ WATCH_STREAMS = Gauge("cosmos_etcd_watch_streams", "open watch streams")
 LEASES = Gauge("cosmos_etcd_leases", "leases granted and not yet revoked or expired")
 INDEX_VERSIONS = Gauge("cosmos_etcd_index_versions", "key versions (tombstones included) held in memory; "
                        "compaction frees those below the compact revision")
+ALARMS = Gauge("cosmos_etcd_alarms", "raised alarms (etcd's Alarm API), by type", ["alarm"])
 TASK_FAILURES = Counter("cosmos_etcd_background_task_failures", "background tasks that failed and were restarted",
                         ["task"])
 

@@ -60,6 +60,8 @@ _FROM_CORE = {
     core.LeaseExistsError: LEASE_EXISTS,
     core.LeaseTTLTooLargeError: LEASE_TTL_TOO_LARGE,
     core.TooManyRequestsError: EtcdStatus(grpc.StatusCode.RESOURCE_EXHAUSTED, "etcdserver: too many requests"),
+    core.NoSpaceError: EtcdStatus(grpc.StatusCode.RESOURCE_EXHAUSTED, "etcdserver: mvcc: database space exceeded"),
+    core.CorruptError: EtcdStatus(grpc.StatusCode.DATA_LOSS, "etcdserver: corrupt cluster"),
     core.RootUserNotExistError: EtcdStatus(_FAILED, "etcdserver: root user does not exist"),
     core.RootRoleNotExistError: EtcdStatus(_FAILED, "etcdserver: root user does not have root role"),
     core.UserAlreadyExistError: EtcdStatus(_FAILED, "etcdserver: user name already exists"),
@@ -93,6 +95,8 @@ def status_of(error: Exception) -> EtcdStatus:
         # Clients retry UNAVAILABLE. As with etcd's "request timed out", a write whose outcome was
         # unknown may still have been applied: the client reads before it writes again.
         return EtcdStatus(grpc.StatusCode.UNAVAILABLE, f"cosmos-etcd: storage unavailable: {error}")
+    if isinstance(error, core.UnknownAlarmTypeError):
+        return EtcdStatus(_INVALID, f"cosmos-etcd: {error}")
     if isinstance(error, core.RangeTooLargeError):
         # etcd has no such limit; RESOURCE_EXHAUSTED is what it answers for a response over gRPC's send limit.
         bound = "--max-range-keys" if error.unit == "keys" else "the gRPC send limit"

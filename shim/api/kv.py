@@ -2,7 +2,9 @@
 
 With auth enabled each request is checked against the caller's permissions after etcd's request
 checks (and the size check of writes), so refusals come in etcd's order. Compact needs no
-permission (etcd 3.5 lets any caller compact), only a valid token if one is given.
+permission (etcd 3.5 lets any caller compact), only a valid token if one is given. A raised alarm
+(see ``mvcc.alarms``) refuses writes just before the permission check, where etcd's alarm
+appliers refuse them.
 """
 from __future__ import annotations
 
@@ -41,6 +43,7 @@ class KVServicer(rpc_pb2_grpc.KVServicer):
         validation.check_put(request)
         caller = self.callers.of(context)
         validation.check_size(request, self.max_request_bytes)
+        self.store.alarms.check_put()
         self.auth.check_put(caller, request, self.store.leases.keys(request.lease) if request.lease else ())
         response = await self.store.put(request)
         self.headers.fill(response.header)
@@ -51,6 +54,7 @@ class KVServicer(rpc_pb2_grpc.KVServicer):
         validation.check_delete_range(request)
         caller = self.callers.of(context)
         validation.check_size(request, self.max_request_bytes)
+        self.store.alarms.check_delete_range()
         self.auth.check_delete_range(caller, request)
         response = await self.store.delete_range(request)
         self.headers.fill(response.header)
@@ -62,6 +66,7 @@ class KVServicer(rpc_pb2_grpc.KVServicer):
         caller = self.callers.of(context)
         if is_write(request):  # only writes travel through etcd's raft log and its size limit
             validation.check_size(request, self.max_request_bytes)
+            self.store.alarms.check_txn(request)
         self.auth.check_txn(caller, request)
         response = await self.store.txn(request)
         self.headers.fill(response.header)
@@ -71,6 +76,7 @@ class KVServicer(rpc_pb2_grpc.KVServicer):
     async def Compact(self, request, context):
         self.callers.of(context)
         validation.check_size(request, self.max_request_bytes)
+        self.store.alarms.check_compact()
         response = await self.store.compact(request)
         self.headers.fill(response.header)
         return response

@@ -1,7 +1,9 @@
 """The Lease service: Grant, Revoke, KeepAlive (a stream), TimeToLive, Leases.
 
 With auth enabled, as etcd 3.5: revoking a lease needs write permission on every key it holds;
-Grant and Revoke refuse an invalid token; KeepAlive, TimeToLive and Leases check nothing.
+Grant and Revoke refuse an invalid token; KeepAlive, TimeToLive and Leases check nothing. A raised
+NOSPACE alarm refuses Grant, CORRUPT refuses Grant and Revoke (see ``mvcc.alarms``); keep-alives
+go on. Lease expiry goes on under CORRUPT too (etcd's expiry revokes are refused like a client's).
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ class LeaseServicer(rpc_pb2_grpc.LeaseServicer):
     async def LeaseGrant(self, request, context):
         self.callers.of(context)
         validation.check_size(request, self.max_request_bytes)
+        self.store.alarms.check_lease_grant()
         lease = await self.leases.grant(request.ID, request.TTL)
         response = rpc_pb2.LeaseGrantResponse(ID=lease.id, TTL=lease.ttl)
         self.headers.fill(response.header)
@@ -35,6 +38,7 @@ class LeaseServicer(rpc_pb2_grpc.LeaseServicer):
     async def LeaseRevoke(self, request, context):
         caller = self.callers.of(context)
         validation.check_size(request, self.max_request_bytes)
+        self.store.alarms.check_lease_revoke()
         self.callers.auth.check_lease_revoke(caller, self.leases.keys(request.ID))
         await self.store.revoke_lease(request.ID)
         response = rpc_pb2.LeaseRevokeResponse()

@@ -2,8 +2,15 @@
 
 MoveLeader and Downgrade answer UNIMPLEMENTED: there is no raft leader to move or cluster to
 downgrade. With auth enabled, Hash, HashKV, Defragment and Snapshot need the root role and refuse
-others as etcd 3.5 does (code UNKNOWN, the auth package's text); Alarm refuses an invalid token;
-Status checks nothing.
+others as etcd 3.5 does (code UNKNOWN, the auth package's text); Status checks nothing.
+
+Alarm raises, disarms and lists etcd's alarms as etcd 3.5 does (see ``mvcc.alarms`` for what they
+refuse); Status lists the raised ones in ``errors``, in etcd's text (``memberID:<id> alarm:NOSPACE ``,
+the member id left out when it is 0). Alarm refuses an invalid token; with auth enabled ACTIVATE
+and DEACTIVATE also need the root role (etcd's errors: "etcdserver: permission denied" ...), as
+etcd does since 3.5.28 (3.5.1 let any caller raise an alarm, i.e. stop every write); GET stays open
+to any caller, as in 3.5.1. A GET on a shared log first catches up with it, as etcd's goes
+through raft: it lists an alarm raised through any replica.
 """
 from __future__ import annotations
 
@@ -20,6 +27,7 @@ from cosmos_etcd_shim.api.header import RAFT_TERM, ResponseHeaders
 from cosmos_etcd_shim.mvcc.errors import AuthError
 from cosmos_etcd_shim.mvcc.store import MVCCStore
 from cosmos_etcd_shim.proto import rpc_pb2, rpc_pb2_grpc
+from cosmos_etcd_shim.proto.rpc_pb2 import AlarmMember, AlarmRequest, AlarmType
 
 
 SNAPSHOT_CHUNK_BYTES = 32 * 1024  # etcd's snapshot send buffer
@@ -55,6 +63,7 @@ class MaintenanceServicer(rpc_pb2_grpc.MaintenanceServicer):
             raftTerm=RAFT_TERM,
             storageVersion=self.info.storage_version,
             dbSizeQuota=self.info.quota_backend_bytes,
+            errors=[_alarm_text(alarm) for alarm in self.store.alarms.get()],
         )
         self.headers.fill(response.header)
         return response
@@ -67,10 +76,19 @@ class MaintenanceServicer(rpc_pb2_grpc.MaintenanceServicer):
 
     @unary_rpc
     async def Alarm(self, request, context):
-        self.callers.of(context)
-        # No alarm is ever raised (no space quota alarm, no corruption check), so none is listed;
-        # activating or deactivating one is accepted as etcd accepts it, with nothing to report.
+        caller = self.callers.of(context)
+        alarms = self.store.alarms
         response = rpc_pb2.AlarmResponse()
+        if request.action == AlarmRequest.GET:
+            await self.store.sync()
+            response.alarms.extend(alarms.get(request.alarm))
+        elif request.action in (AlarmRequest.ACTIVATE, AlarmRequest.DEACTIVATE):
+            self.callers.auth.check_admin(caller)
+            change = alarms.activate if request.action == AlarmRequest.ACTIVATE else alarms.deactivate
+            changed = await change(request.memberID, request.alarm)
+            if changed is not None:
+                response.alarms.append(changed)
+        # Any other action changes nothing and lists nothing (etcd 3.5.1 crashes on one).
         self.headers.fill(response.header)
         return response
 
@@ -123,3 +141,9 @@ class MaintenanceServicer(rpc_pb2_grpc.MaintenanceServicer):
         response = rpc_pb2.SnapshotResponse(remaining_bytes=remaining, blob=blob, version=self.info.storage_version)
         self.headers.fill(response.header)
         return response
+
+
+def _alarm_text(alarm: AlarmMember) -> str:
+    """An alarm as etcd's Status lists it: gogo protobuf's compact text, a space after each field."""
+    member = f"memberID:{alarm.memberID} " if alarm.memberID else ""
+    return f"{member}alarm:{AlarmType.Name(alarm.alarm)} "

@@ -55,6 +55,22 @@ class LeaseTTLTooLargeError(MVCCError):
     """LeaseGrant with a TTL above etcd's maximum."""
 
 
+class NoSpaceError(MVCCError):
+    """A NOSPACE alarm is raised: the request would make the store grow (etcd's ErrNoSpace)."""
+
+
+class CorruptError(MVCCError):
+    """A CORRUPT alarm is raised: the request would change the store (etcd's ErrCorrupt)."""
+
+
+class UnknownAlarmTypeError(MVCCError):
+    """An alarm type etcd 3.5 does not know was to be raised (etcd would store it and crash)."""
+
+    def __init__(self, alarm: int) -> None:
+        super().__init__(f"unknown alarm type {alarm}")
+        self.alarm = alarm
+
+
 class AuthError(MVCCError):
     """A refusal of the auth store; ``message`` is the text of etcd's ``auth`` package, which
     etcd's Maintenance service answers as is (the other services translate it)."""

@@ -34,6 +34,7 @@ from typing import Any
 
 from cosmos_etcd_shim import metrics
 from cosmos_etcd_shim.mvcc import txn as txns
+from cosmos_etcd_shim.mvcc.alarms import Alarms
 from cosmos_etcd_shim.mvcc.errors import CompactedError, FutureRevisionError, LeaseNotFoundError, MVCCError
 from cosmos_etcd_shim.mvcc.errors import StorageUnavailableError, TooManyRequestsError, from_storage
 from cosmos_etcd_shim.mvcc.index import KeyIndex
@@ -94,6 +95,7 @@ class MVCCStore:
         self._queued = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
         self.leases = Lessor(log)
+        self.alarms = Alarms(log)
         self._listeners: list[Callable[[list[Revision]], None]] = [self.leases.on_commit]
         #: Resolved with a reason when this store can no longer serve (it fell behind a compaction).
         self.failed: asyncio.Future = asyncio.get_running_loop().create_future()

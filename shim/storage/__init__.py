@@ -13,7 +13,8 @@ from cosmos_etcd_shim.storage.base import (
     StorageError,
     StorageRejectedError,
     StorageThrottledError,
+    StoredAlarm,
 )
 
 __all__ = ["AuthConflictError", "AuthRecord", "LogCompactedError", "LogConflictError", "RecoveredState", "RevisionLog", "StorageError",
-           "StorageRejectedError", "StorageThrottledError"]
+           "StorageRejectedError", "StorageThrottledError", "StoredAlarm"]

@@ -9,7 +9,10 @@ removes them; record R itself stays, so a watch may still start exactly at the c
 
 Leases live beside the log: granting one does not create a revision, as in etcd. So does the
 auth state (users, roles, whether auth is enabled): one opaque record whose version every save
-increments, saved only if nobody saved another version meanwhile (a compare-and-swap).
+increments, saved only if nobody saved another version meanwhile (a compare-and-swap). And so
+do the alarms (etcd's NOSPACE and CORRUPT, per member id): a set of (member id, alarm type) pairs
+that every server of a shared log follows, kept by the backend as it last saw it
+(:attr:`RevisionLog.alarms`), so that checking them costs no request.
 """
 from __future__ import annotations
 
@@ -57,6 +60,14 @@ class AuthRecord:
 
     version: int
     data: bytes
+
+
+@dataclasses.dataclass(frozen=True, order=True)
+class StoredAlarm:
+    """One raised alarm: etcd's AlarmMember (``member_id`` is a uint64, ``alarm`` an AlarmType)."""
+
+    member_id: int
+    alarm: int
 
 
 @dataclasses.dataclass
@@ -133,6 +144,21 @@ class RevisionLog(abc.ABC):
     async def save_auth(self, record: AuthRecord) -> None:
         """Store ``record`` if the stored version is ``record.version - 1`` (0 when none is stored),
         else raise :class:`AuthConflictError` and store nothing."""
+
+    @property
+    @abc.abstractmethod
+    def alarms(self) -> frozenset[StoredAlarm]:
+        """The alarms as this server last saw them: loaded by :meth:`open`, changed by
+        :meth:`activate_alarm` and :meth:`deactivate_alarm`; a shared log also learns the changes
+        other servers made when it tails the log."""
+
+    @abc.abstractmethod
+    async def activate_alarm(self, alarm: StoredAlarm) -> None:
+        """Store ``alarm`` (nothing changes if it is stored already)."""
+
+    @abc.abstractmethod
+    async def deactivate_alarm(self, alarm: StoredAlarm) -> bool:
+        """Remove ``alarm``; whether it was stored."""
 
     @abc.abstractmethod
     async def defragment(self) -> None:

@@ -7,6 +7,10 @@ call runs on one dedicated thread, so the event loop never blocks on the disk an
 is never shared between threads.
 
 One process owns a data directory at a time (an exclusive ``flock`` on ``LOCK``), as etcd does.
+
+Raised alarms are rows of ``alarms (member_id, alarm)``: the member id as SQLite's signed 64-bit
+integer (a uint64 id of 2**63 or more is stored as its two's complement, see
+:func:`signed_member_id`), the alarm as etcd's AlarmType number. Snapshots carry the same table.
 """
 from __future__ import annotations
 
@@ -30,6 +34,7 @@ from cosmos_etcd_shim.storage.base import (
     RecoveredState,
     RevisionLog,
     StorageError,
+    StoredAlarm,
     fold,
 )
 
@@ -45,7 +50,19 @@ CREATE TABLE IF NOT EXISTS log (revision INTEGER PRIMARY KEY, record BLOB NOT NU
 CREATE TABLE IF NOT EXISTS base (key BLOB PRIMARY KEY, kv BLOB NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS leases (id INTEGER PRIMARY KEY, record BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS auth (id INTEGER PRIMARY KEY CHECK (id = 0), version INTEGER NOT NULL, record BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS alarms (member_id INTEGER NOT NULL, alarm INTEGER NOT NULL, PRIMARY KEY (member_id, alarm));
 """
+
+UINT64 = 1 << 64
+
+
+def signed_member_id(member_id: int) -> int:
+    """A uint64 member id as SQLite stores integers (signed 64-bit)."""
+    return member_id - UINT64 if member_id >= UINT64 // 2 else member_id
+
+
+def unsigned_member_id(stored: int) -> int:
+    return stored % UINT64
 
 
 class DataDirError(StorageError):
@@ -61,6 +78,7 @@ class EmbeddedLog(RevisionLog):
         self._head = INITIAL_REVISION
         self._compacted_at = NOT_COMPACTED
         self._free_bytes = 0
+        self._alarms: frozenset[StoredAlarm] = frozenset()
 
     async def _run(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
@@ -94,6 +112,8 @@ class EmbeddedLog(RevisionLog):
         base = [KeyValue.FromString(blob) for (blob,) in db.execute("SELECT kv FROM base ORDER BY key")]
         revisions = [Revision.FromString(blob) for (blob,) in db.execute("SELECT record FROM log ORDER BY revision")]
         leases = self._load_leases()
+        self._alarms = frozenset(StoredAlarm(unsigned_member_id(member_id), alarm)
+                                 for member_id, alarm in db.execute("SELECT member_id, alarm FROM alarms"))
         self._head = max(INITIAL_REVISION, compact_revision, revisions[-1].revision if revisions else 0)
         self._measure_free_pages()
         return RecoveredState(compact_revision=compact_revision, base=base, revisions=revisions, leases=leases)
@@ -178,9 +198,25 @@ class EmbeddedLog(RevisionLog):
             self._db.execute("INSERT OR REPLACE INTO auth (id, version, record) VALUES (0, ?, ?)",
                              (record.version, record.data))
 
-    def _write(self, statement: str, parameters: tuple) -> None:
+    def _write(self, statement: str, parameters: tuple) -> int:
+        """Run one statement in a transaction; the number of rows it changed."""
         with self._transaction():
-            self._db.execute(statement, parameters)
+            return self._db.execute(statement, parameters).rowcount
+
+    @property
+    def alarms(self) -> frozenset[StoredAlarm]:
+        return self._alarms
+
+    async def activate_alarm(self, alarm: StoredAlarm) -> None:
+        await self._run(self._write, "INSERT OR IGNORE INTO alarms (member_id, alarm) VALUES (?, ?)",
+                        (signed_member_id(alarm.member_id), alarm.alarm))
+        self._alarms |= {alarm}
+
+    async def deactivate_alarm(self, alarm: StoredAlarm) -> bool:
+        removed = await self._run(self._write, "DELETE FROM alarms WHERE member_id = ? AND alarm = ?",
+                                  (signed_member_id(alarm.member_id), alarm.alarm))
+        self._alarms -= {alarm}
+        return removed > 0
 
     async def defragment(self) -> None:
         await self._run(self._defragment)

@@ -145,11 +145,15 @@ def test_health_answers_as_etcd(etcd_health_port, shim_health_port, method, path
     ("/livez?verbose", "[+]serializable_read ok\n[+]background_tasks ok\n"),
     ("/livez/serializable_read?verbose", "[+]serializable_read ok\n"),
     ("/readyz", ""),
-    ("/readyz?verbose", "[+]serializable_read ok\n[+]linearizable_read ok\n[+]background_tasks ok\n"),
-    ("/readyz?verbose&exclude=linearizable_read", "[+]serializable_read ok\n[+]background_tasks ok\n"),
-    # Excluding a check that does not exist is ignored (etcd only logs it).
+    ("/readyz?verbose", "[+]data_corruption ok\n[+]serializable_read ok\n[+]linearizable_read ok\n"
+                        "[+]background_tasks ok\n"),
+    ("/readyz?verbose&exclude=linearizable_read",
+     "[+]data_corruption ok\n[+]serializable_read ok\n[+]background_tasks ok\n"),
     ("/readyz?verbose&exclude=data_corruption",
      "[+]serializable_read ok\n[+]linearizable_read ok\n[+]background_tasks ok\n"),
+    # Excluding a check that does not exist is ignored (etcd only logs it).
+    ("/readyz?verbose&exclude=no_such_check",
+     "[+]data_corruption ok\n[+]serializable_read ok\n[+]linearizable_read ok\n[+]background_tasks ok\n"),
     ("/readyz/linearizable_read?verbose", "[+]linearizable_read ok\n"),
     ("/readyz/linearizable_read?verbose&exclude=linearizable_read", "[+]linearizable_read ok\n"),
 ])
@@ -197,10 +201,10 @@ def test_cosmos_outage_makes_health_and_readyz_503_until_it_ends(proxied_shim, e
 
     readyz = await_status(port, "/readyz?verbose", 503)
     lines = readyz.body.decode().split("\n")
-    assert lines[0] == "[+]serializable_read ok", readyz
-    assert lines[1].startswith(tuple(f"[-]linearizable_read failed: {r}" for r in OUTAGE_REASONS)), readyz
-    assert lines[2] == "[+]background_tasks ok", readyz
-    assert lines[3:] == ["", ""], readyz  # the listing, then the newline of Go's http.Error
+    assert lines[:2] == ["[+]data_corruption ok", "[+]serializable_read ok"], readyz
+    assert lines[2].startswith(tuple(f"[-]linearizable_read failed: {r}" for r in OUTAGE_REASONS)), readyz
+    assert lines[3] == "[+]background_tasks ok", readyz
+    assert lines[4:] == ["", ""], readyz  # the listing, then the newline of Go's http.Error
     assert readyz.headers == etcds.headers
     assert ask(port, "/readyz/linearizable_read").status == 503
     # What needs only this process still answers: a liveness probe does not restart the shim.
@@ -211,4 +215,4 @@ def test_cosmos_outage_makes_health_and_readyz_503_until_it_ends(proxied_shim, e
     proxied_shim.on_proxy(lambda proxy: proxy.clear())
     assert await_status(port, "/health", 200).json() == {"health": "true", "reason": ""}
     assert await_status(port, "/readyz?verbose", 200).body == \
-        b"[+]serializable_read ok\n[+]linearizable_read ok\n[+]background_tasks ok\nok\n"
+        b"[+]data_corruption ok\n[+]serializable_read ok\n[+]linearizable_read ok\n[+]background_tasks ok\nok\n"

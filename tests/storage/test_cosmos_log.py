@@ -9,8 +9,10 @@ checks that read the container's raw documents to prove what was (not) written.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import pathlib
 import random
+import sqlite3
 import time
 import uuid
 
@@ -18,7 +20,7 @@ import pytest
 
 from cosmos_etcd_shim.proto.kv_pb2 import Event, KeyValue
 from cosmos_etcd_shim.proto.storage_pb2 import Lease, Revision
-from cosmos_etcd_shim.storage import AuthConflictError, AuthRecord, LogConflictError, StorageError
+from cosmos_etcd_shim.storage import AuthConflictError, AuthRecord, LogConflictError, StorageError, StoredAlarm
 from cosmos_etcd_shim.storage.base import fold
 from cosmos_etcd_shim.storage.embedded import DATABASE_FILE, EmbeddedLog
 from tests.harness import cosmos as cosmos_harness
@@ -301,6 +303,59 @@ async def test_auth_record_is_saved_by_compare_and_swap(logs):
     assert await log.load_auth() == AuthRecord(version=2, data=b"\x00second")
     await log.save_auth(AuthRecord(version=3, data=b"third"))
     assert await log.load_auth() == AuthRecord(version=3, data=b"third")
+
+
+NOSPACE, CORRUPT = 1, 2  # etcd's AlarmType numbers
+HIGHEST_MEMBER_ID = 2**64 - 1  # a uint64 member id SQLite can only hold as a negative number
+
+
+async def test_alarms_are_durable_and_carried_by_snapshots(logs, tmp_path):
+    log, _ = await logs.open()
+    assert log.alarms == frozenset()
+    raised = {StoredAlarm(0, NOSPACE), StoredAlarm(HIGHEST_MEMBER_ID, CORRUPT), StoredAlarm(12345, NOSPACE)}
+    for alarm in raised:
+        await log.activate_alarm(alarm)
+    await log.activate_alarm(StoredAlarm(0, NOSPACE))  # raised already: nothing changes
+    assert await log.deactivate_alarm(StoredAlarm(777, NOSPACE)) is False
+    assert await log.deactivate_alarm(StoredAlarm(12345, NOSPACE)) is True
+    raised.discard(StoredAlarm(12345, NOSPACE))
+    assert log.alarms == raised
+    log, _ = await logs.restart(log)
+    assert log.alarms == raised
+    snapshot = tmp_path / "snapshot.db"
+    await log.snapshot(snapshot)
+    with contextlib.closing(sqlite3.connect(snapshot)) as db:  # what etcd-format converters read
+        rows = set(db.execute("SELECT member_id, alarm FROM alarms"))
+    assert rows == {(0, NOSPACE), (-1, CORRUPT)}
+    seeded_dir = tmp_path / "seeded"
+    seeded_dir.mkdir()
+    snapshot.rename(seeded_dir / DATABASE_FILE)
+    seeded = EmbeddedLog(seeded_dir)
+    try:
+        await seeded.open()
+        assert seeded.alarms == raised
+    finally:
+        await seeded.close()
+
+
+async def test_replicas_follow_alarms_from_the_tail(cosmos_logs):
+    """An alarm raised or disarmed through one replica reaches the other with its tail query (no
+    request of its own); changes made through both at once are all kept (etag compare-and-swap)."""
+    a, _ = await cosmos_logs.open()
+    b, _ = await cosmos_logs.open()
+    await a.activate_alarm(StoredAlarm(0, NOSPACE))
+    assert b.alarms == frozenset()
+    before = b.stats.snapshot()
+    await b.tail(1)
+    assert b.alarms == {StoredAlarm(0, NOSPACE)}
+    requests = sum(s.requests for s in b.stats.snapshot().values()) - sum(s.requests for s in before.values())
+    assert requests == 1  # the tail query alone
+    await asyncio.gather(b.activate_alarm(StoredAlarm(5, CORRUPT)), a.activate_alarm(StoredAlarm(6, NOSPACE)))
+    assert await b.deactivate_alarm(StoredAlarm(0, NOSPACE)) is True
+    await a.tail(1)
+    assert a.alarms == b.alarms == {StoredAlarm(5, CORRUPT), StoredAlarm(6, NOSPACE)}
+    await b.tail(1)  # nothing newer: the replica keeps what it has
+    assert b.alarms == {StoredAlarm(5, CORRUPT), StoredAlarm(6, NOSPACE)}
 
 
 async def test_snapshot_seeds_an_embedded_store(logs, tmp_path):

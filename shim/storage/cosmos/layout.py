@@ -19,6 +19,10 @@ partitioned by ``/pk`` into a few logical partitions:
       every change so that tailing replicas notice it.
     * ``auth-stamp`` (kind ``stamp``): ``g`` = the newest version of the auth state, so that
       tailing replicas read the auth document only when it changed.
+    * ``alarms`` (kind ``alarms``): etcd's raised alarms, ``a`` = ``[[member id as decimal text,
+      alarm type number], ...]``, and a generation ``g`` that every change bumps (replaced only if
+      unchanged since read: its etag). Kept in this partition so that the tail query returns the
+      document itself when ``g`` changed: replicas follow alarms without a request of their own.
 ``pk = "base"`` the checkpoint (the live key-values at the compact revision)
     * ``ckpt-<set>-<page, 6 digits>`` (kind ``page``): events of one checkpoint page set; ``lo``
       and ``hi`` are the page's first and last key in hex (bytewise order = string order).
@@ -56,10 +60,12 @@ KIND_LEASE = "lease"
 KIND_MEMBER = "member"
 KIND_AUTH = "auth"
 KIND_STAMP = "stamp"
+KIND_ALARMS = "alarms"
 
 META_ID = "meta"
 AUTH_ID = "auth"
 AUTH_STAMP_ID = "auth-stamp"
+ALARMS_ID = "alarms"
 
 # Only the fields that queries filter or sort on are indexed; the payloads (large base64
 # strings) are not, which keeps the RU charge of a write close to its size alone.

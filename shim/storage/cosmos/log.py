@@ -40,9 +40,10 @@ documents below ``cdoc``, page sets no chain names) is deleted in the background
 and by :meth:`defragment`.
 
 What replicas follow without asking: the tail query also returns ``meta`` when its generation
-is newer than the one this replica saw, and the ``auth-stamp`` document when its version is newer
-than the auth state this replica holds, so an idle replica learns compactions and auth changes
-from the one query it makes per poll.
+is newer than the one this replica saw, the ``auth-stamp`` document when its version is newer
+than the auth state this replica holds, and the ``alarms`` document when its generation is newer
+than the one this replica holds, so an idle replica learns compactions, auth changes and alarms
+from the one query it makes per poll (a busy one at every linearizable read and write conflict).
 
 The stale-writer hazard: a freed log id must not be re-created
 -------------------------------------------------------------
@@ -102,6 +103,7 @@ from cosmos_etcd_shim.storage.base import (
     RecoveredState,
     RevisionLog,
     StorageError,
+    StoredAlarm,
     fold,
 )
 from cosmos_etcd_shim.storage.cosmos import checkpoint, codec, layout
@@ -113,7 +115,7 @@ from cosmos_etcd_shim.storage.cosmos.client import (
     CosmosConnection,
 )
 from cosmos_etcd_shim.storage.cosmos.stats import CosmosStats
-from cosmos_etcd_shim.storage.embedded import NOT_COMPACTED, SCHEMA
+from cosmos_etcd_shim.storage.embedded import NOT_COMPACTED, SCHEMA, signed_member_id
 
 logger = logging.getLogger(__name__)
 
@@ -128,6 +130,7 @@ FOLD_RETRY_MAX_SECONDS = 30.0
 FOLD_TAKEOVER_SECONDS = 30.0
 # Member records whose heartbeat is older than this are deleted (each rollout leaves some).
 MEMBER_FORGET_SECONDS = 300.0
+ALARM_ATTEMPTS = 8
 FULL_CHECKPOINT_MIN_BYTES = 64 * 1024
 CHUNK_WRITE_CONCURRENCY = 4
 
@@ -211,6 +214,8 @@ class CosmosLog(RevisionLog):
         self._background: set[asyncio.Task] = set()
         self._closed = False
         self._auth_read: tuple[int, str] = (0, "")  # (version, etag) of the auth document last read
+        self._alarms: frozenset[StoredAlarm] = frozenset()
+        self._alarms_generation = -1  # of the alarms document last adopted; -1: none read yet
 
     def __repr__(self) -> str:
         return f"CosmosLog({self.conn!r})"
@@ -231,6 +236,9 @@ class CosmosLog(RevisionLog):
         await self.conn.connect()
         await self._ensure_meta()
         await self._ensure_auth()
+        await self._create_if_absent({"id": layout.ALARMS_ID, "pk": layout.LOG_PARTITION,
+                                      "kind": layout.KIND_ALARMS, "g": 0, "a": []})
+        self._adopt_alarms(await self._read_alarms("open"))
         state = await self.reload()
         self._fold_task = asyncio.create_task(self._fold_forever(), name="cosmos-compaction-fold")
         return state
@@ -434,10 +442,11 @@ class CosmosLog(RevisionLog):
         documents = await self.conn.query(
             "read",
             "SELECT * FROM c WHERE c.pk = @pk AND ((c.kind = @log AND c.e > @after AND c.r >= @cdoc)"
-            " OR (c.id = @meta AND c.g > @generation) OR (c.id = @stamp AND c.g > @auth))",
+            " OR (c.id = @meta AND c.g > @generation) OR (c.id = @stamp AND c.g > @auth)"
+            " OR (c.id = @alarms AND c.g > @alarmsg))",
             {"@pk": layout.LOG_PARTITION, "@log": layout.KIND_LOG, "@after": revision, "@cdoc": self._cdoc,
              "@meta": layout.META_ID, "@generation": self._generation, "@stamp": layout.AUTH_STAMP_ID,
-             "@auth": self._auth_stamp},
+             "@auth": self._auth_stamp, "@alarms": layout.ALARMS_ID, "@alarmsg": self._alarms_generation},
             layout.LOG_PARTITION)
         logs = sorted((d for d in documents if d["kind"] == layout.KIND_LOG), key=lambda d: d["r"])
         records = await self._records_after(revision, logs, asked_at, complete=True)
@@ -446,6 +455,8 @@ class CosmosLog(RevisionLog):
                 self._adopt(document)
             elif document["kind"] == layout.KIND_STAMP:
                 self._auth_stamp = max(self._auth_stamp, document["g"])
+            elif document["kind"] == layout.KIND_ALARMS:
+                self._adopt_alarms(document)
         return records
 
     async def _records_after(self, revision: int, documents: list[dict], asked_at: float,
@@ -700,6 +711,49 @@ class CosmosLog(RevisionLog):
         except StorageError as e:
             logger.warning("cannot announce the new auth state to other replicas", extra={"error": str(e)})
 
+    # -- alarms -------------------------------------------------------------------------------
+
+    @property
+    def alarms(self) -> frozenset[StoredAlarm]:
+        return self._alarms
+
+    async def activate_alarm(self, alarm: StoredAlarm) -> None:
+        await self._change_alarms(lambda alarms: alarms | {alarm})
+
+    async def deactivate_alarm(self, alarm: StoredAlarm) -> bool:
+        before = await self._change_alarms(lambda alarms: alarms - {alarm})
+        return alarm in before
+
+    async def _change_alarms(self, change) -> frozenset[StoredAlarm]:
+        """Read the alarms document, apply ``change`` to its set and replace it if unchanged since
+        (its etag), reading again after a lost race; the set as it was read before the change.
+        Setting or removing one alarm gives the same result however often it is applied, so a
+        retried replace whose first answer was lost needs no nonce."""
+        for _ in range(ALARM_ATTEMPTS):
+            document = await self._read_alarms("alarm")
+            self._adopt_alarms(document)
+            before = _alarms_of(document)
+            after = change(before)
+            if after == before:
+                return before
+            updated = {"id": layout.ALARMS_ID, "pk": layout.LOG_PARTITION, "kind": layout.KIND_ALARMS,
+                       "g": document["g"] + 1, "a": _alarms_json(after)}
+            try:
+                stored = await self.conn.replace_if_match("alarm", updated, document["_etag"])
+            except cosmos_exceptions.CosmosAccessConditionFailedError:
+                continue  # another replica changed the alarms meanwhile: decide again on its set
+            self._adopt_alarms(stored)
+            return before
+        raise StorageError(f"changing the alarms kept conflicting with other replicas ({ALARM_ATTEMPTS} attempts)")
+
+    async def _read_alarms(self, op: str) -> dict:
+        return await self.conn.read_item(op, layout.ALARMS_ID, layout.LOG_PARTITION)
+
+    def _adopt_alarms(self, document: dict) -> None:
+        """Follow an alarms document read now (never go back to an older generation)."""
+        if document["g"] > self._alarms_generation:
+            self._alarms, self._alarms_generation = _alarms_of(document), document["g"]
+
     # -- members ------------------------------------------------------------------------------
 
     async def heartbeat(self, member: dict) -> None:
@@ -744,7 +798,8 @@ class CosmosLog(RevisionLog):
         directory holding only this file (as ``cosmos-etcd.db``) is a complete embedded store."""
         loaded = await self._load("snapshot")
         auth = _auth_record(await self.conn.read_item("snapshot", layout.AUTH_ID, layout.AUTH_PARTITION))
-        await asyncio.to_thread(_write_sqlite, pathlib.Path(destination), loaded, auth)
+        alarms = _alarms_of(await self._read_alarms("snapshot"))
+        await asyncio.to_thread(_write_sqlite, pathlib.Path(destination), loaded, auth, alarms)
 
     def size(self) -> tuple[int, int]:
         """The log from cdoc and the checkpoint chain, as every replica sees them (Cosmos manages
@@ -806,7 +861,17 @@ def _auth_record(document: dict) -> AuthRecord | None:
     return AuthRecord(version=document["v"], data=base64.b64decode(document["d"]))
 
 
-def _write_sqlite(destination: pathlib.Path, loaded: _Loaded, auth: AuthRecord | None) -> None:
+def _alarms_of(document: dict) -> frozenset[StoredAlarm]:
+    return frozenset(StoredAlarm(int(member_id), alarm) for member_id, alarm in document["a"])
+
+
+def _alarms_json(alarms: frozenset[StoredAlarm]) -> list[list]:
+    # Member ids are uint64: as text, since Cosmos numbers are doubles.
+    return [[str(a.member_id), a.alarm] for a in sorted(alarms)]
+
+
+def _write_sqlite(destination: pathlib.Path, loaded: _Loaded, auth: AuthRecord | None,
+                  alarms: frozenset[StoredAlarm]) -> None:
     compact, records = loaded.at_compact_revision()
     temporary = destination.with_name(destination.name + ".part")
     with contextlib.suppress(FileNotFoundError):
@@ -824,4 +889,6 @@ def _write_sqlite(destination: pathlib.Path, loaded: _Loaded, auth: AuthRecord |
                            ((lease.id, lease.SerializeToString()) for lease in loaded.leases))
             if auth is not None:
                 db.execute("INSERT INTO auth (id, version, record) VALUES (0, ?, ?)", (auth.version, auth.data))
+            db.executemany("INSERT INTO alarms (member_id, alarm) VALUES (?, ?)",
+                           ((signed_member_id(a.member_id), a.alarm) for a in sorted(alarms)))
     os.replace(temporary, destination)
