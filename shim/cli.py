@@ -45,6 +45,10 @@ def _parser() -> argparse.ArgumentParser:
                        help="maximum number of operations in a Txn (default: %(default)s)")
     serve.add_argument("--quota-backend-bytes", type=int, default=0,
                        help="backend size quota reported by Status; 0 is etcd's default of 2 GiB")
+    serve.add_argument("--snapshot-format", choices=cfg.SNAPSHOT_FORMATS, default=defaults.snapshot_format,
+                       help="what `etcdctl snapshot save` receives: etcd's database (bbolt, for etcdutl snapshot "
+                            "status/restore) or sqlite (the embedded store's database: a data dir holding it as "
+                            "cosmos-etcd.db is a complete store) (default: %(default)s)")
     serve.add_argument("--watch-progress-notify-interval", default="10m",
                        help="how often idle watchers that asked for progress get a notification (default: %(default)s)")
     serve.add_argument("--max-concurrent-streams", type=int, default=defaults.max_concurrent_streams,
@@ -175,6 +179,7 @@ def _serve(args: argparse.Namespace) -> int:
             max_request_bytes=args.max_request_bytes,
             max_txn_ops=args.max_txn_ops,
             quota_backend_bytes=args.quota_backend_bytes,
+            snapshot_format=args.snapshot_format,
             watch_progress_notify_interval=cfg.parse_duration(args.watch_progress_notify_interval),
             max_concurrent_streams=args.max_concurrent_streams,
             max_watchers_per_stream=args.max_watchers_per_stream,

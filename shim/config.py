@@ -22,6 +22,9 @@ DEFAULT_MAX_WATCHERS_PER_STREAM = 100_000
 DEFAULT_MAX_RANGE_KEYS = 1_000_000
 TLS_VERSIONS = ("TLS1.2", "TLS1.3")
 BACKENDS = ("embedded", "cosmos")
+# What Maintenance.Snapshot sends: etcd's bbolt database, or the store image (a SQLite database in the
+# embedded backend's format, which a data directory can hold as it is).
+SNAPSHOT_FORMATS = ("etcd", "sqlite")
 # The environment variable that carries a Cosmos DB account key (never a flag: flags show in ps).
 COSMOS_KEY_VARIABLE = "COSMOS_ETCD_COSMOS_KEY"
 
@@ -41,6 +44,7 @@ class ServeConfig:
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
     max_txn_ops: int = DEFAULT_MAX_TXN_OPS
     quota_backend_bytes: int = DEFAULT_QUOTA_BACKEND_BYTES
+    snapshot_format: str = "etcd"
     watch_progress_notify_interval: float = DEFAULT_WATCH_PROGRESS_NOTIFY_INTERVAL
     max_concurrent_streams: int = DEFAULT_MAX_CONCURRENT_STREAMS
     max_watchers_per_stream: int = DEFAULT_MAX_WATCHERS_PER_STREAM
@@ -76,6 +80,9 @@ class ServeConfig:
             object.__setattr__(self, "quota_backend_bytes", DEFAULT_QUOTA_BACKEND_BYTES)
         if self.backend not in BACKENDS:
             raise ConfigError(f"--backend must be one of {', '.join(BACKENDS)}, not {self.backend!r}")
+        if self.snapshot_format not in SNAPSHOT_FORMATS:
+            raise ConfigError(f"--snapshot-format must be one of {', '.join(SNAPSHOT_FORMATS)}, "
+                              f"not {self.snapshot_format!r}")
         if self.max_request_bytes <= 0:
             raise ConfigError("--max-request-bytes must be positive")
         if self.max_txn_ops <= 0:

@@ -192,7 +192,8 @@ class Server:
             (ClusterServicer(headers, lambda: self._members), rpc_pb2_grpc.ClusterServicer,
              rpc_pb2_grpc.add_ClusterServicer_to_server),
             (MaintenanceServicer(store, headers, ServerInfo(ETCD_VERSION, ETCD_CLUSTER_VERSION,
-                                                            config.quota_backend_bytes), callers),
+                                                            config.quota_backend_bytes,
+                                                            config.snapshot_format), callers),
              rpc_pb2_grpc.MaintenanceServicer, rpc_pb2_grpc.add_MaintenanceServicer_to_server),
             (AuthServicer(callers, headers), rpc_pb2_grpc.AuthServicer, rpc_pb2_grpc.add_AuthServicer_to_server),
         ]

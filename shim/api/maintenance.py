@@ -14,6 +14,7 @@ through raft: it lists an alarm raised through any replica.
 """
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import hashlib
 import pathlib
@@ -28,6 +29,7 @@ from cosmos_etcd_shim.mvcc.errors import AuthError
 from cosmos_etcd_shim.mvcc.store import MVCCStore
 from cosmos_etcd_shim.proto import rpc_pb2, rpc_pb2_grpc
 from cosmos_etcd_shim.proto.rpc_pb2 import AlarmMember, AlarmRequest, AlarmType
+from cosmos_etcd_shim.snapshot.etcd_db import write_etcd_database
 
 
 SNAPSHOT_CHUNK_BYTES = 32 * 1024  # etcd's snapshot send buffer
@@ -40,6 +42,7 @@ class ServerInfo:
     etcd_version: str
     storage_version: str
     quota_backend_bytes: int
+    snapshot_format: str = "etcd"
 
 
 class MaintenanceServicer(rpc_pb2_grpc.MaintenanceServicer):
@@ -117,16 +120,19 @@ class MaintenanceServicer(rpc_pb2_grpc.MaintenanceServicer):
         return response
 
     async def Snapshot(self, request, context):
-        """The store as a file (a SQLite database for the embedded backend), then its SHA-256, as
-        etcd appends one: `etcdctl snapshot save` writes it; a data directory holding it as
-        `cosmos-etcd.db` is a complete copy. etcd's own tools cannot read it (it is not bbolt)."""
+        """etcd's database as a bbolt file (``--snapshot-format etcd``, see ``snapshot/etcd_db.py``)
+        or the store image itself (``sqlite``), then its SHA-256, as etcd appends one: ``etcdctl
+        snapshot save`` writes it, and ``etcdutl snapshot restore`` checks it."""
         try:
             self._require_admin(context)
         except EtcdRpcError as e:
             await context.abort(e.code, e.message)
         with tempfile.TemporaryDirectory() as scratch:
-            path = pathlib.Path(scratch) / "snapshot.db"
-            await self.store.log.snapshot(path)
+            path = image = pathlib.Path(scratch) / "store.db"
+            await self.store.log.snapshot(image)
+            if self.info.snapshot_format == "etcd":
+                path = pathlib.Path(scratch) / "etcd.db"
+                await asyncio.to_thread(write_etcd_database, image, path, self.headers.member_id, RAFT_TERM)
             total = path.stat().st_size + hashlib.sha256().digest_size
             checksum = hashlib.sha256()
             sent = 0
