@@ -1,6 +1,6 @@
 """The ``cosmos-etcd`` command: ``serve`` (the etcd server), ``operator`` (the Kubernetes operator,
 in package ``cosmos_etcd_operator``), ``repair`` (truncates a Cosmos log left with a gap by a region
-failover), ``version``.
+failover), ``restore`` (an embedded data directory from a snapshot), ``version``.
 
 Flags are spelled as etcd's where they mean the same. Errors a user can fix (a bad flag, a port
 in use, an unusable data directory) are one line on stderr and a non-zero exit, never a traceback.
@@ -116,6 +116,19 @@ def _parser() -> argparse.ArgumentParser:
     repair.add_argument("--log-level", choices=sorted(logs.LEVELS), default="warn",
                         help="log level of the JSON logs on stderr (default: %(default)s)")
 
+    restore = commands.add_parser(
+        "restore", help="build an embedded data dir from a snapshot, revisions kept",
+        description="Build the data directory of an embedded store from a snapshot that `etcdctl snapshot save` "
+                    "wrote, from cosmos-etcd or from a real etcd: etcd's database or the shim's store image "
+                    "(--snapshot-format sqlite). Every key keeps its revisions, so clients (and Kubernetes' "
+                    "resourceVersions) see the same store. Then: cosmos-etcd serve --data-dir DIR.")
+    restore.add_argument("--from", dest="snapshot", required=True, metavar="SNAPSHOT",
+                         help="the file etcdctl snapshot save wrote")
+    restore.add_argument("--data-dir", required=True, help="the data directory to create (absent or empty)")
+    restore.add_argument("--skip-hash-check", action="store_true",
+                         help="accept a file without the SHA-256 etcdctl snapshot save appends (e.g. a copied "
+                              "member/snap/db), as etcdutl's flag")
+
     # Listed for --help only: main() hands everything after "operator" to the operator's own parser.
     commands.add_parser("operator", help="run the Kubernetes operator (see cosmos-etcd operator --help)")
     commands.add_parser("version", help="print the version")
@@ -161,6 +174,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "repair":
         return _repair(args)
+    if args.command == "restore":
+        return _restore(args)
     return _serve(args)
 
 
@@ -214,6 +229,20 @@ def _serve(args: argparse.Namespace) -> int:
     except StartupError as e:
         print(f"cosmos-etcd serve: error: {e}", file=sys.stderr)
         return 1
+    return 0
+
+
+def _restore(args: argparse.Namespace) -> int:
+    from cosmos_etcd_shim.snapshot.restore import RestoreError, restore_data_dir
+
+    try:
+        restored = restore_data_dir(pathlib.Path(args.snapshot), pathlib.Path(args.data_dir), args.skip_hash_check)
+    except RestoreError as e:
+        print(f"cosmos-etcd restore: error: {e}", file=sys.stderr)
+        return 1
+    compacted = f", compacted at {restored.compact_revision}" if restored.compact_revision > 0 else ""
+    print(f"restored {args.data_dir} from {restored.format} snapshot {args.snapshot}: "
+          f"revision {restored.revision}{compacted}")
     return 0
 
 

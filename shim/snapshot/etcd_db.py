@@ -1,4 +1,5 @@
-"""etcd's database layout (the v3.5 schema), written from a store image of the shim.
+"""etcd's database layout (the v3.5 schema), written from a store image of the shim and read back
+into one.
 
 Both backends snapshot themselves as a SQLite database in the embedded backend's format (the
 *store image*: a compact revision, the base of live key-values before it, the log of revisions
@@ -26,6 +27,12 @@ status|restore`` read:
 * ``members``, ``members_removed`` and ``cluster`` exist but stay empty: restore replaces the
   membership, and a cluster version written here would make an older etcd refuse to start on the
   restored data (etcd refuses to downgrade a cluster).
+
+Read back (:func:`read_etcd_database`, for the shim's own database or a real etcd's), the changes
+after the compact revision become the log, revisions unchanged; those before it fold into the
+base. What etcd's compaction dropped is gone in both directions: deletions at or before the
+compact revision, so a watch from the compact revision on the restored store misses them, as on
+an etcd restored from the same file.
 """
 from __future__ import annotations
 
@@ -37,12 +44,15 @@ import sqlite3
 import struct
 from collections.abc import Iterator
 
+from google.protobuf.message import DecodeError
+
 from cosmos_etcd_shim.proto import lease_pb2, rpc_pb2
+from cosmos_etcd_shim.proto.auth_pb2 import Role, User
 from cosmos_etcd_shim.proto.kv_pb2 import Event, KeyValue
 from cosmos_etcd_shim.proto.storage_pb2 import AuthState, Lease, Revision
 from cosmos_etcd_shim.snapshot import bbolt
-from cosmos_etcd_shim.storage.base import INITIAL_REVISION
-from cosmos_etcd_shim.storage.embedded import NOT_COMPACTED
+from cosmos_etcd_shim.storage.base import INITIAL_REVISION, AuthRecord, StoredAlarm
+from cosmos_etcd_shim.storage.embedded import NOT_COMPACTED, StoreImage, unsigned_member_id
 
 _U64 = struct.Struct(">Q")
 TOMBSTONE = b"t"
@@ -147,6 +157,87 @@ def _alarms(db: sqlite3.Connection) -> Items:
     if db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'alarms'").fetchone() is None:
         return iter(())
     rows = db.execute("SELECT member_id, alarm FROM alarms")
-    # SQLite integers are signed: a member id above 2**63 comes back negative.
-    return _sorted((rpc_pb2.AlarmMember(memberID=member_id % 2**64, alarm=alarm).SerializeToString(), b"")
+    return _sorted((rpc_pb2.AlarmMember(memberID=unsigned_member_id(member_id), alarm=alarm).SerializeToString(), b"")
                    for member_id, alarm in rows)
+
+
+class EtcdDatabaseError(Exception):
+    """The bbolt file is not an etcd database the shim can take (a bucket or key it cannot read)."""
+
+
+def read_etcd_database(data: bytes) -> StoreImage:
+    """An etcd database (a bbolt file's bytes, etcd 3.4 to 3.6 schema) as a store image, revisions
+    unchanged."""
+    try:
+        return _store_image({name: list(items) for name, items in bbolt.Database(data).buckets()})
+    except (bbolt.BboltFormatError, struct.error, DecodeError) as e:
+        raise EtcdDatabaseError(f"not an etcd database: {e}") from None
+
+
+def _store_image(buckets: dict[bytes, list[tuple[bytes, bytes]]]) -> StoreImage:
+    if b"key" not in buckets or b"meta" not in buckets:
+        raise EtcdDatabaseError("not an etcd database: no 'key' and 'meta' buckets")
+    meta = dict(buckets[b"meta"])
+    # A compaction etcd had scheduled but not finished is finished here, as etcd would on start.
+    marks = [_main_revision(meta[name]) for name in (b"scheduledCompactRev", b"finishedCompactRev") if name in meta]
+    compact = max(marks, default=NOT_COMPACTED)
+    base: dict[bytes, KeyValue] = {}
+    revisions: list[Revision] = []
+    for key, value in buckets[b"key"]:
+        main, event = _event(key, value)
+        if main < compact:
+            if event.type == Event.PUT:
+                base[event.kv.key] = event.kv
+            else:
+                base.pop(event.kv.key, None)
+            continue
+        if not revisions or revisions[-1].revision != main:
+            revisions.append(Revision(revision=main))
+        revisions[-1].events.append(event)
+    _check_contiguous(revisions, compact)
+    leases = [Lease(id=record.ID, ttl=record.TTL)
+              for record in (lease_pb2.Lease.FromString(value) for _, value in buckets.get(b"lease", []))]
+    alarms = [StoredAlarm(member.memberID, member.alarm)
+              for member in (rpc_pb2.AlarmMember.FromString(key) for key, _ in buckets.get(b"alarm", []))]
+    return StoreImage(compact_revision=compact, base=base.values(), revisions=revisions, leases=leases,
+                      auth=_auth_record(buckets), alarms=alarms)
+
+
+def _main_revision(revision_bytes: bytes) -> int:
+    return _U64.unpack_from(revision_bytes)[0]
+
+
+def _event(key: bytes, value: bytes) -> tuple[int, Event]:
+    if len(key) not in (17, 18) or key[8:9] != b"_" or key[17:] not in (b"", TOMBSTONE):
+        raise EtcdDatabaseError(f"not an etcd revision key in bucket 'key': {key!r}")
+    main = _main_revision(key)
+    kv = KeyValue.FromString(value)
+    if key.endswith(TOMBSTONE):
+        # A deletion as the shim's log records one: the key and the deleting revision.
+        return main, Event(type=Event.DELETE, kv=KeyValue(key=kv.key, mod_revision=main))
+    return main, Event(type=Event.PUT, kv=kv)
+
+
+def _check_contiguous(revisions: list[Revision], compact: int) -> None:
+    """Every revision after the compact revision has a change in etcd's database (the one at the
+    compact revision may have lost its deletions and overwritten puts to the compaction)."""
+    expected = INITIAL_REVISION + 1 if compact == NOT_COMPACTED else compact + 1
+    for record in revisions:
+        if record.revision == compact:
+            continue
+        if record.revision != expected:
+            raise EtcdDatabaseError(f"etcd's database has no change at revision {expected} "
+                                    f"(the next is at {record.revision}): not a complete history")
+        expected += 1
+
+
+def _auth_record(buckets: dict[bytes, list[tuple[bytes, bytes]]]) -> AuthRecord | None:
+    flags = dict(buckets.get(b"auth", []))
+    users = sorted((User.FromString(v) for _, v in buckets.get(b"authUsers", [])), key=lambda user: user.name)
+    roles = sorted((Role.FromString(v) for _, v in buckets.get(b"authRoles", [])), key=lambda role: role.name)
+    enabled = flags.get(b"authEnabled") == b"\x01"
+    revision = _U64.unpack(flags[b"authRevision"])[0] if b"authRevision" in flags else 0
+    if not (enabled or users or roles or revision > 1):
+        return None  # never changed: as a store where auth was never touched
+    state = AuthState(enabled=enabled, revision=revision, users=users, roles=roles)
+    return AuthRecord(version=1, data=state.SerializeToString())

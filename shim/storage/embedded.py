@@ -17,11 +17,12 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import dataclasses
 import fcntl
 import os
 import pathlib
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from cosmos_etcd_shim.proto.kv_pb2 import KeyValue
 from cosmos_etcd_shim.proto.storage_pb2 import Lease, Revision
@@ -63,6 +64,43 @@ def signed_member_id(member_id: int) -> int:
 
 def unsigned_member_id(stored: int) -> int:
     return stored % UINT64
+
+
+@dataclasses.dataclass
+class StoreImage:
+    """Everything a store holds, in the shape of this backend's database: what every backend's
+    snapshot writes (:func:`write_image`), and what a restore builds a data directory from."""
+
+    compact_revision: int
+    base: Iterable[KeyValue]  # the live key-values just before the compact revision
+    revisions: Iterable[Revision]  # from the compact revision on, in order
+    leases: Iterable[Lease]
+    auth: AuthRecord | None
+    alarms: Iterable[StoredAlarm]
+
+
+def write_image(destination: pathlib.Path, image: StoreImage) -> None:
+    """``image`` as this backend's database at ``destination`` (which appears only when complete):
+    a data directory holding it as :data:`DATABASE_FILE` is a complete store."""
+    temporary = destination.with_name(destination.name + ".part")
+    temporary.unlink(missing_ok=True)
+    with contextlib.closing(sqlite3.connect(temporary)) as db:
+        db.executescript(SCHEMA)
+        with db:
+            if image.compact_revision != NOT_COMPACTED:
+                db.execute("INSERT INTO meta (name, value) VALUES ('compact_revision', ?)", (image.compact_revision,))
+            db.executemany("INSERT INTO base (key, kv) VALUES (?, ?)",
+                           ((kv.key, kv.SerializeToString()) for kv in image.base))
+            db.executemany("INSERT INTO log (revision, record) VALUES (?, ?)",
+                           ((r.revision, r.SerializeToString()) for r in image.revisions))
+            db.executemany("INSERT INTO leases (id, record) VALUES (?, ?)",
+                           ((lease.id, lease.SerializeToString()) for lease in image.leases))
+            if image.auth is not None:
+                db.execute("INSERT INTO auth (id, version, record) VALUES (0, ?, ?)",
+                           (image.auth.version, image.auth.data))
+            db.executemany("INSERT INTO alarms (member_id, alarm) VALUES (?, ?)",
+                           ((signed_member_id(a.member_id), a.alarm) for a in sorted(image.alarms)))
+    os.replace(temporary, destination)
 
 
 class DataDirError(StorageError):

@@ -12,8 +12,10 @@ shim, both fresh for this module so that their revisions are equal. Then:
   serves: current keys, old revisions, the compaction, the lease, the next revision; with auth,
   the same users, roles and permissions.
 
-Also through the second of two Cosmos replicas, and ``--snapshot-format sqlite`` (the store image,
-which a data directory can hold as it is).
+And the way back: ``cosmos-etcd restore`` builds an embedded data directory from the shim's
+snapshot or from etcd's, and the shim started on it answers as the source did, at the same
+revisions. Also through the second of two Cosmos replicas, and ``--snapshot-format sqlite`` (the
+store image).
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ import hashlib
 import json
 import pathlib
 import subprocess
+import sys
 import uuid
 
 import grpc
@@ -29,7 +32,7 @@ import pytest
 from cosmos_etcd_shim.proto import rpc_pb2 as pb
 from cosmos_etcd_shim.proto import rpc_pb2_grpc
 from cosmos_etcd_shim.snapshot import bbolt
-from tests.e2e.conftest import shim_only, start_etcd_at
+from tests.e2e.conftest import TARGET, shim_only, start_etcd_at
 from tests.harness import cosmos_shims, processes
 
 ETCDUTL = processes.ETCD_BIN_DIR / "etcdutl"
@@ -97,7 +100,7 @@ def status_of(snapshot: pathlib.Path) -> dict:
     return json.loads(r.stdout)
 
 
-def restore(snapshot: pathlib.Path, workdir: pathlib.Path) -> processes.Server:
+def restore_etcd(snapshot: pathlib.Path, workdir: pathlib.Path) -> processes.Server:
     """``etcdutl snapshot restore`` into a new single-member etcd, started on it."""
     client, peer = processes.free_port(), processes.free_port()
     data_dir = workdir / "restored.etcd"
@@ -106,6 +109,19 @@ def restore(snapshot: pathlib.Path, workdir: pathlib.Path) -> processes.Server:
                 "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer}")
     assert r.returncode == 0, r.stderr
     return start_etcd_at(workdir, data_dir, client, peer, name="restored")
+
+
+def cosmos_etcd_restore(snapshot: pathlib.Path, data_dir: pathlib.Path, *flags: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "cosmos_etcd_shim", "restore", "--from", str(snapshot),
+                           "--data-dir", str(data_dir), *flags], capture_output=True, text=True, timeout=120)
+
+
+def restore_shim(snapshot: pathlib.Path, workdir: pathlib.Path) -> processes.Server:
+    """``cosmos-etcd restore`` into a new data directory, and a shim started on it."""
+    data_dir = workdir / "restored.data"
+    r = cosmos_etcd_restore(snapshot, data_dir)
+    assert r.returncode == 0, r.stderr
+    return processes.start_shim(workdir / "restored-shim", data_dir=data_dir)
 
 
 def member_id(endpoint: str) -> int:
@@ -181,13 +197,70 @@ def test_etcdutl_snapshot_status_reads_it(snapshots, history):
 def test_etcdutl_snapshot_restore_serves_the_same_data(snapshots, history, e2e_shim, tmp_path):
     expected = answers(e2e_shim.endpoint, history)
     assert expected["compacted"][0] == "error" and len(expected["now"]) == 6 + MANY - 10
-    restored = restore(snapshots["shim"], tmp_path)
+    restored = restore_etcd(snapshots["shim"], tmp_path)
     try:
         assert answers(restored.endpoint, history) == expected
         after = processes.etcdctl(restored.endpoint, ["put", "next", "1", "-w", "json"])
         assert json.loads(after.stdout)["header"]["revision"] == history["last"] + 1
     finally:
         restored.stop()
+
+
+@shim_only
+@pytest.mark.parametrize("source", ["shim", "etcd"])
+def test_cosmos_etcd_restore_serves_the_same_data(source, snapshots, history, e2e_etcd, e2e_shim, tmp_path):
+    """From the shim's own snapshot, and from etcd's: a migration with every revision kept."""
+    expected = answers({"shim": e2e_shim, "etcd": e2e_etcd}[source].endpoint, history)
+    restored = restore_shim(snapshots[source], tmp_path)
+    try:
+        assert answers(restored.endpoint, history) == expected
+        after = processes.etcdctl(restored.endpoint, ["put", "next", "1", "-w", "json"])
+        assert json.loads(after.stdout)["header"]["revision"] == history["last"] + 1
+    finally:
+        restored.stop()
+
+
+@shim_only
+def test_cosmos_etcd_restore_refuses_and_writes_nothing(snapshots, tmp_path):
+    data = snapshots["shim"].read_bytes()
+    damaged = tmp_path / "damaged.db"
+    damaged.write_bytes(data[:5000] + bytes([data[5000] ^ 1]) + data[5001:])
+    no_hash = tmp_path / "no-hash.db"
+    no_hash.write_bytes(data[:-32])
+    noise = tmp_path / "noise.db"
+    noise.write_bytes(bytes(8192) + hashlib.sha256(bytes(8192)).digest())
+    for snapshot, flags, message in ((damaged, (), "SHA-256 does not match"),
+                                     (no_hash, (), "has no SHA-256"),
+                                     (noise, (), "not an etcd database")):
+        data_dir = tmp_path / f"{snapshot.stem}.data"
+        r = cosmos_etcd_restore(snapshot, data_dir, *flags)
+        assert (r.returncode, r.stdout) == (1, ""), r
+        assert message in r.stderr
+        assert not data_dir.exists() or not list(data_dir.iterdir())
+    occupied = tmp_path / "occupied.data"
+    occupied.mkdir()
+    (occupied / "keep").write_text("mine")
+    r = cosmos_etcd_restore(snapshots["shim"], occupied)
+    assert r.returncode == 1 and "is not empty" in r.stderr
+    assert [p.name for p in occupied.iterdir()] == ["keep"]
+    r = cosmos_etcd_restore(no_hash, tmp_path / "skipped.data", "--skip-hash-check")
+    assert r.returncode == 0, r.stderr
+
+
+def test_raised_alarms_are_in_the_snapshot(history, e2e_etcd, e2e_shim, tmp_path):
+    alarm = pb.AlarmRequest(action=pb.AlarmRequest.ACTIVATE, memberID=0, alarm=pb.NOSPACE)
+    databases = {}
+    for side, server in (("etcd", e2e_etcd), ("shim", e2e_shim)):
+        with grpc.insecure_channel(server.endpoint) as channel:
+            maintenance = rpc_pb2_grpc.MaintenanceStub(channel)
+            maintenance.Alarm(alarm, timeout=10)
+            try:
+                databases[side] = database_of(save(server.endpoint, tmp_path / f"{side}.db"))
+            finally:
+                maintenance.Alarm(pb.AlarmRequest(action=pb.AlarmRequest.DEACTIVATE, memberID=0, alarm=pb.NOSPACE),
+                                  timeout=10)
+    assert databases["shim"][b"alarm"] == databases["etcd"][b"alarm"]
+    assert list(databases["shim"][b"alarm"]) == [pb.AlarmMember(memberID=0, alarm=pb.NOSPACE).SerializeToString()]
 
 
 def test_restored_auth_keeps_users_roles_and_permissions(history, e2e_shim, tmp_path):
@@ -199,21 +272,25 @@ def test_restored_auth_keeps_users_roles_and_permissions(history, e2e_shim, tmp_
         r = processes.etcdctl(endpoint, args)
         assert r.returncode == 0, (args, r.stderr)
     snapshot = save(endpoint, tmp_path / "auth.db", "--user", "root:rootpw")
-    restored = restore(snapshot, tmp_path)
+    restored = [restore_etcd(snapshot, tmp_path / "etcd")]
+    if TARGET == "shim":
+        restored.append(restore_shim(snapshot, tmp_path / "shim"))
     try:
-        for user in ("root:rootpw", "alice:alicepw"):
-            for key in ("a", "b"):
-                on = {server: processes.etcdctl(server, ["--user", user, "get", key, "--print-value-only"])
-                      for server in (endpoint, restored.endpoint)}
-                shim, etcd = on[endpoint], on[restored.endpoint]
-                assert (etcd.returncode, etcd.stdout) == (shim.returncode, shim.stdout), (user, key)
-                assert etcd.stderr.splitlines()[-1:] == shim.stderr.splitlines()[-1:], (user, key)
-        denied = processes.etcdctl(restored.endpoint, ["--user", "alice:wrong", "get", "a"])
-        assert "authentication failed" in denied.stderr
-        roles = processes.etcdctl(restored.endpoint, ["--user", "root:rootpw", "role", "get", "reader"])
-        assert "KV Read:\n\ta\n" in roles.stdout
+        for server in restored:
+            for user in ("root:rootpw", "alice:alicepw"):
+                for key in ("a", "b"):
+                    on = {side: processes.etcdctl(side, ["--user", user, "get", key, "--print-value-only"])
+                          for side in (endpoint, server.endpoint)}
+                    source, copy = on[endpoint], on[server.endpoint]
+                    assert (copy.returncode, copy.stdout) == (source.returncode, source.stdout), (server, user, key)
+                    assert copy.stderr.splitlines()[-1:] == source.stderr.splitlines()[-1:], (server, user, key)
+            denied = processes.etcdctl(server.endpoint, ["--user", "alice:wrong", "get", "a"])
+            assert "authentication failed" in denied.stderr
+            roles = processes.etcdctl(server.endpoint, ["--user", "root:rootpw", "role", "get", "reader"])
+            assert "KV Read:\n\ta\n" in roles.stdout
     finally:
-        restored.stop()
+        for server in restored:
+            server.stop()
 
 
 @shim_only
@@ -227,7 +304,7 @@ def test_a_second_cosmos_replica_snapshots_what_the_first_wrote(cosmos, tmp_path
         snapshot = save(second.endpoint, tmp_path / "second.db")
         assert database_of(snapshot)[b"key"] == database_of(save(first.endpoint, tmp_path / "first.db"))[b"key"]
         assert status_of(snapshot)["revision"] == history["last"]
-        restored = restore(snapshot, tmp_path)
+        restored = restore_etcd(snapshot, tmp_path)
         try:
             assert answers(restored.endpoint, history) == expected
         finally:
@@ -248,11 +325,7 @@ def test_the_sqlite_format_is_a_data_directory(tmp_path):
         expected = answers(source.endpoint, history)
     finally:
         source.stop()
-    data = snapshot.read_bytes()
-    restored_dir = tmp_path / "restored.data"
-    restored_dir.mkdir()
-    (restored_dir / "cosmos-etcd.db").write_bytes(data[:-32])
-    restored = processes.start_shim(tmp_path / "restored", data_dir=restored_dir)
+    restored = restore_shim(snapshot, tmp_path)
     try:
         assert answers(restored.endpoint, history) == expected
     finally:

@@ -83,9 +83,7 @@ import dataclasses
 import json
 import logging
 import math
-import os
 import pathlib
-import sqlite3
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -115,7 +113,7 @@ from cosmos_etcd_shim.storage.cosmos.client import (
     CosmosConnection,
 )
 from cosmos_etcd_shim.storage.cosmos.stats import CosmosStats
-from cosmos_etcd_shim.storage.embedded import NOT_COMPACTED, SCHEMA, signed_member_id
+from cosmos_etcd_shim.storage.embedded import NOT_COMPACTED, StoreImage, write_image
 
 logger = logging.getLogger(__name__)
 
@@ -873,22 +871,4 @@ def _alarms_json(alarms: frozenset[StoredAlarm]) -> list[list]:
 def _write_sqlite(destination: pathlib.Path, loaded: _Loaded, auth: AuthRecord | None,
                   alarms: frozenset[StoredAlarm]) -> None:
     compact, records = loaded.at_compact_revision()
-    temporary = destination.with_name(destination.name + ".part")
-    with contextlib.suppress(FileNotFoundError):
-        temporary.unlink()
-    with contextlib.closing(sqlite3.connect(temporary)) as db:
-        db.executescript(SCHEMA)
-        with db:
-            if compact != NOT_COMPACTED:
-                db.execute("INSERT INTO meta (name, value) VALUES ('compact_revision', ?)", (compact,))
-            db.executemany("INSERT INTO base (key, kv) VALUES (?, ?)",
-                           ((key, kv.SerializeToString()) for key, kv in loaded.base.items()))
-            db.executemany("INSERT INTO log (revision, record) VALUES (?, ?)",
-                           ((r.revision, r.SerializeToString()) for r in records))
-            db.executemany("INSERT INTO leases (id, record) VALUES (?, ?)",
-                           ((lease.id, lease.SerializeToString()) for lease in loaded.leases))
-            if auth is not None:
-                db.execute("INSERT INTO auth (id, version, record) VALUES (0, ?, ?)", (auth.version, auth.data))
-            db.executemany("INSERT INTO alarms (member_id, alarm) VALUES (?, ?)",
-                           ((signed_member_id(a.member_id), a.alarm) for a in sorted(alarms)))
-    os.replace(temporary, destination)
+    write_image(destination, StoreImage(compact, loaded.base.values(), records, loaded.leases, auth, alarms))
