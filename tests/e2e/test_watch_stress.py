@@ -20,6 +20,8 @@ history of its range from its start revision, in order, nothing lost, nothing re
 * One stream (on its own connection) is a deliberately slow consumer: it sends its creates and
   then reads nothing until every other watcher has received everything. The others must complete
   meanwhile (a slow client does not hold them back); then the slow one must catch up completely.
+* The server is this test's own: once every stream is cancelled it is stopped, and its log must
+  not report a task destroyed while pending (work a stream dropped without cancelling it).
 """
 from __future__ import annotations
 
@@ -34,6 +36,7 @@ import pytest
 from cosmos_etcd_shim.proto import kv_pb2
 from cosmos_etcd_shim.proto import rpc_pb2 as pb
 from cosmos_etcd_shim.proto import rpc_pb2_grpc
+from tests.e2e.conftest import Subject
 from tests.harness.differential import prefix_end
 from tests.harness.watch_streams import check_atomic
 
@@ -321,11 +324,19 @@ async def await_complete(watchers, history, last, what: str) -> tuple[float, int
     return took, sum(want.values())
 
 
+@pytest.fixture
+def subject(tmp_path):
+    subject = Subject(tmp_path)
+    subject.start()
+    yield subject
+    subject.stop()
+
+
 @pytest.mark.timeout(240)
-async def test_thousand_watchers_under_concurrent_writers(e2e_shim):
+async def test_thousand_watchers_under_concurrent_writers(subject):
     started = time.monotonic()
     rng = random.Random(20261127)
-    endpoint = e2e_shim.endpoint
+    endpoint = subject.server.endpoint
     write_channel = grpc.aio.insecure_channel(endpoint, options=CHANNEL_OPTIONS)
     fast_channels = [grpc.aio.insecure_channel(endpoint, options=CHANNEL_OPTIONS) for _ in range(2)]
     slow_channel = grpc.aio.insecure_channel(endpoint, options=SLOW_CHANNEL_OPTIONS)
@@ -408,3 +419,6 @@ async def test_thousand_watchers_under_concurrent_writers(e2e_shim):
                 s.reader.cancel()
         for channel in (write_channel, slow_channel, *fast_channels):
             await channel.close()
+    assert subject.server.stop() == 0
+    leaked = [line for line in subject.server.log().splitlines() if "destroyed but it is pending" in line]
+    assert not leaked, f"{len(leaked)} tasks dropped while pending: {leaked[:3]}"
