@@ -44,7 +44,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-txn-ops", type=int, default=defaults.max_txn_ops,
                        help="maximum number of operations in a Txn (default: %(default)s)")
     serve.add_argument("--quota-backend-bytes", type=int, default=0,
-                       help="backend size quota reported by Status; 0 is etcd's default of 2 GiB")
+                       help="backend size at which writes raise the NOSPACE alarm and are refused; "
+                            "0 is etcd's default of 2 GiB, a negative value disables the quota")
     serve.add_argument("--snapshot-format", choices=cfg.SNAPSHOT_FORMATS, default=defaults.snapshot_format,
                        help="what `etcdctl snapshot save` receives: etcd's database (bbolt, for etcdutl snapshot "
                             "status/restore) or sqlite (the embedded store's database: a data dir holding it as "

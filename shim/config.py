@@ -76,7 +76,7 @@ class ServeConfig:
     def __post_init__(self) -> None:
         if not self.data_dir:
             object.__setattr__(self, "data_dir", f"{self.name}.etcd")
-        if self.quota_backend_bytes <= 0:
+        if self.quota_backend_bytes == 0:  # a negative quota disables it, as in etcd
             object.__setattr__(self, "quota_backend_bytes", DEFAULT_QUOTA_BACKEND_BYTES)
         if self.backend not in BACKENDS:
             raise ConfigError(f"--backend must be one of {', '.join(BACKENDS)}, not {self.backend!r}")

@@ -29,6 +29,7 @@ from cosmos_etcd_shim.api.maintenance import MaintenanceServicer, ServerInfo
 from cosmos_etcd_shim.config import COSMOS_KEY_VARIABLE, ConfigError, ServeConfig
 from cosmos_etcd_shim.health import HealthChecks, http_routes
 from cosmos_etcd_shim.mvcc.auth import AuthStore
+from cosmos_etcd_shim.mvcc.quota import SpaceQuota
 from cosmos_etcd_shim.mvcc.reads import RangeLimits
 from cosmos_etcd_shim.mvcc.store import MVCCStore
 from cosmos_etcd_shim.mvcc.watch import WatchHub
@@ -174,6 +175,7 @@ class Server:
             self.supervisor.start("auth-upkeep", auth.maintain_forever),
         ]
         callers = Callers(auth, config.requires_client_certificates)
+        quota = SpaceQuota(store.log, store.alarms, identity.member_id, config.quota_backend_bytes)
 
         server = grpc.aio.server(options=grpc_options(config), interceptors=[DecodeErrors()])
         hub = WatchHub(store.index, store.log, lambda: store.revision, lambda: store.compact_revision,
@@ -183,11 +185,11 @@ class Server:
         self._background.append(self.supervisor.start(
             "watch-progress", lambda: hub.notify_progress_every(config.watch_progress_notify_interval)))
         servicers = [
-            (KVServicer(store, headers, config.max_request_bytes, config.max_txn_ops, callers),
+            (KVServicer(store, quota, headers, config.max_request_bytes, config.max_txn_ops, callers),
              rpc_pb2_grpc.KVServicer, rpc_pb2_grpc.add_KVServicer_to_server),
             (WatchServicer(hub, headers, config.max_request_bytes + GRPC_OVERHEAD_BYTES, callers),
              rpc_pb2_grpc.WatchServicer, rpc_pb2_grpc.add_WatchServicer_to_server),
-            (LeaseServicer(store, headers, config.max_request_bytes, callers), rpc_pb2_grpc.LeaseServicer,
+            (LeaseServicer(store, quota, headers, config.max_request_bytes, callers), rpc_pb2_grpc.LeaseServicer,
              rpc_pb2_grpc.add_LeaseServicer_to_server),
             (ClusterServicer(headers, lambda: self._members), rpc_pb2_grpc.ClusterServicer,
              rpc_pb2_grpc.add_ClusterServicer_to_server),

@@ -4,7 +4,8 @@ With auth enabled each request is checked against the caller's permissions after
 checks (and the size check of writes), so refusals come in etcd's order. Compact needs no
 permission (etcd 3.5 lets any caller compact), only a valid token if one is given. A raised alarm
 (see ``mvcc.alarms``) refuses writes just before the permission check, where etcd's alarm
-appliers refuse them.
+appliers refuse them. The space quota (``mvcc.quota``) checks Put and every Txn before anything
+else, as etcd's quota wrapper of the KV service does.
 """
 from __future__ import annotations
 
@@ -12,15 +13,17 @@ from cosmos_etcd_shim.api import validation
 from cosmos_etcd_shim.api.callers import Callers
 from cosmos_etcd_shim.api.errors import unary_rpc
 from cosmos_etcd_shim.api.header import ResponseHeaders
+from cosmos_etcd_shim.mvcc.quota import SpaceQuota
 from cosmos_etcd_shim.mvcc.store import MVCCStore
 from cosmos_etcd_shim.mvcc.txn import is_write
 from cosmos_etcd_shim.proto import rpc_pb2_grpc
 
 
 class KVServicer(rpc_pb2_grpc.KVServicer):
-    def __init__(self, store: MVCCStore, headers: ResponseHeaders, max_request_bytes: int, max_txn_ops: int,
-                 callers: Callers) -> None:
+    def __init__(self, store: MVCCStore, quota: SpaceQuota, headers: ResponseHeaders, max_request_bytes: int,
+                 max_txn_ops: int, callers: Callers) -> None:
         self.store = store
+        self.quota = quota
         self.callers = callers
         self.auth = callers.auth
         self.headers = headers
@@ -40,6 +43,7 @@ class KVServicer(rpc_pb2_grpc.KVServicer):
 
     @unary_rpc
     async def Put(self, request, context):
+        await self.quota.check_put(request)
         validation.check_put(request)
         caller = self.callers.of(context)
         validation.check_size(request, self.max_request_bytes)
@@ -62,6 +66,7 @@ class KVServicer(rpc_pb2_grpc.KVServicer):
 
     @unary_rpc
     async def Txn(self, request, context):
+        await self.quota.check_txn(request)
         validation.check_txn(request, self.max_txn_ops)
         caller = self.callers.of(context)
         if is_write(request):  # only writes travel through etcd's raft log and its size limit

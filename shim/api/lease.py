@@ -4,6 +4,7 @@ With auth enabled, as etcd 3.5: revoking a lease needs write permission on every
 Grant and Revoke refuse an invalid token; KeepAlive, TimeToLive and Leases check nothing. A raised
 NOSPACE alarm refuses Grant, CORRUPT refuses Grant and Revoke (see ``mvcc.alarms``); keep-alives
 go on. Lease expiry goes on under CORRUPT too (etcd's expiry revokes are refused like a client's).
+The space quota (``mvcc.quota``) checks Grant before anything else, as etcd's quota wrapper does.
 """
 from __future__ import annotations
 
@@ -12,13 +13,16 @@ from cosmos_etcd_shim.api.callers import Callers
 from cosmos_etcd_shim.api.errors import unary_rpc
 from cosmos_etcd_shim.api.header import ResponseHeaders
 from cosmos_etcd_shim.mvcc.errors import LeaseNotFoundError
+from cosmos_etcd_shim.mvcc.quota import SpaceQuota
 from cosmos_etcd_shim.mvcc.store import MVCCStore
 from cosmos_etcd_shim.proto import rpc_pb2, rpc_pb2_grpc
 
 
 class LeaseServicer(rpc_pb2_grpc.LeaseServicer):
-    def __init__(self, store: MVCCStore, headers: ResponseHeaders, max_request_bytes: int, callers: Callers) -> None:
+    def __init__(self, store: MVCCStore, quota: SpaceQuota, headers: ResponseHeaders, max_request_bytes: int,
+                 callers: Callers) -> None:
         self.store = store
+        self.quota = quota
         self.callers = callers
         self.leases = store.leases
         self.headers = headers
@@ -26,6 +30,7 @@ class LeaseServicer(rpc_pb2_grpc.LeaseServicer):
 
     @unary_rpc
     async def LeaseGrant(self, request, context):
+        await self.quota.check_lease_grant()
         self.callers.of(context)
         validation.check_size(request, self.max_request_bytes)
         self.store.alarms.check_lease_grant()

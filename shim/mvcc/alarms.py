@@ -23,10 +23,10 @@ The state lives in the storage backend (:attr:`RevisionLog.alarms`): durable, an
 by several replicas followed by each of them from the log's tail (see the backend). The checks
 below read it from memory, so they cost nothing per request.
 
-Raising NOSPACE from a space quota (``--quota-backend-bytes``, not enforced yet): as etcd's
-quota check before a write, call :meth:`Alarms.activate` with this member's id and NOSPACE, then
-refuse the request with :class:`NoSpaceError`; every request NOSPACE refuses is refused from then
-on, on every replica, until an operator disarms it.
+NOSPACE is raised by the space quota (``--quota-backend-bytes``, see ``mvcc.quota``): as etcd's
+quota check before a write, it calls :meth:`Alarms.activate` with this member's id and NOSPACE,
+then refuses the request with :class:`NoSpaceError`; every request NOSPACE refuses is refused
+from then on, on every replica, until an operator disarms it.
 
 Deliberate differences from etcd 3.5.1:
 

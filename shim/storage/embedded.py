@@ -262,6 +262,9 @@ class EmbeddedLog(RevisionLog):
     def _defragment(self) -> None:
         self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         self._db.execute("VACUUM")
+        # In WAL mode VACUUM writes the compacted database into the write-ahead log: the database
+        # file shrinks only when that is checkpointed, and the log only when truncated.
+        self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         self._measure_free_pages()
 
     async def snapshot(self, destination: pathlib.Path) -> None:
