@@ -1,6 +1,7 @@
 """The ``cosmos-etcd`` command: ``serve`` (the etcd server), ``operator`` (the Kubernetes operator,
 in package ``cosmos_etcd_operator``), ``repair`` (truncates a Cosmos log left with a gap by a region
-failover), ``restore`` (an embedded data directory from a snapshot), ``version``.
+failover), ``restore`` (a store from a snapshot), ``migrate`` (a running etcd into the store),
+``version``.
 
 Flags are spelled as etcd's where they mean the same. Errors a user can fix (a bad flag, a port
 in use, an unusable data directory) are one line on stderr and a non-zero exit, never a traceback.
@@ -118,17 +119,38 @@ def _parser() -> argparse.ArgumentParser:
                         help="log level of the JSON logs on stderr (default: %(default)s)")
 
     restore = commands.add_parser(
-        "restore", help="build an embedded data dir from a snapshot, revisions kept",
-        description="Build the data directory of an embedded store from a snapshot that `etcdctl snapshot save` "
-                    "wrote, from cosmos-etcd or from a real etcd: etcd's database or the shim's store image "
-                    "(--snapshot-format sqlite). Every key keeps its revisions, so clients (and Kubernetes' "
-                    "resourceVersions) see the same store. Then: cosmos-etcd serve --data-dir DIR.")
+        "restore", help="build a store from a snapshot, revisions kept",
+        description="Fill an empty store (an embedded data dir, or a Cosmos container) from a snapshot that "
+                    "`etcdctl snapshot save` wrote, from cosmos-etcd or from a real etcd: etcd's database or the "
+                    "shim's store image (--snapshot-format sqlite). Every key keeps its revisions, so clients (and "
+                    "Kubernetes' resourceVersions) see the same store. Then: cosmos-etcd serve with the same flags.")
     restore.add_argument("--from", dest="snapshot", required=True, metavar="SNAPSHOT",
                          help="the file etcdctl snapshot save wrote")
-    restore.add_argument("--data-dir", required=True, help="the data directory to create (absent or empty)")
     restore.add_argument("--skip-hash-check", action="store_true",
                          help="accept a file without the SHA-256 etcdctl snapshot save appends (e.g. a copied "
                               "member/snap/db), as etcdutl's flag")
+    _target_flags(restore)
+
+    migrate = commands.add_parser(
+        "migrate", help="move a running etcd into the store, revisions kept",
+        description="Copy a running etcd into an empty store (embedded or Cosmos, flags as serve's) from its snapshot, "
+                    "then follow its changes revision by revision; with --cutover (or SIGUSR1) wait until the store "
+                    "has every revision of a source that no longer takes writes, verify both sides, copy the leases "
+                    "and stop. SIGTERM or SIGINT stop it; a rerun resumes. See the README's runbook.",
+        epilog="Exit codes: 0 cut over, 1 failed or refused (a rerun resumes where it can), 2 bad flags, "
+               "3 stopped by a signal before the cutover (a rerun resumes).")
+    migrate.add_argument("--from-endpoints", required=True, metavar="HOST:PORT",
+                         help="the source etcd's client endpoint (one member)")
+    migrate.add_argument("--from-cacert", default="", help="CA bundle to verify the source's TLS certificate")
+    migrate.add_argument("--from-cert", default="", help="client certificate for the source (PEM)")
+    migrate.add_argument("--from-key", default="", help="the key of --from-cert (PEM)")
+    migrate.add_argument("--from-insecure-transport", action="store_true",
+                         help="plain text to the source (implied when no --from-cacert/--from-cert is given)")
+    migrate.add_argument("--from-user", default="", metavar="NAME:PASSWORD",
+                         help="with auth enabled on the source: a user with the root role (Snapshot needs it)")
+    migrate.add_argument("--cutover", action="store_true",
+                         help="cut over once caught up (instead of following until SIGUSR1)")
+    _target_flags(migrate)
 
     # Listed for --help only: main() hands everything after "operator" to the operator's own parser.
     commands.add_parser("operator", help="run the Kubernetes operator (see cosmos-etcd operator --help)")
@@ -156,6 +178,24 @@ def _cosmos_connection_flags(parser: argparse.ArgumentParser, title: str,
     return cosmos
 
 
+def _target_flags(parser: argparse.ArgumentParser) -> None:
+    """The flags that say which store to fill (restore and migrate): as serve's."""
+    defaults = cfg.ServeConfig()
+    parser.add_argument("--backend", choices=cfg.BACKENDS, default=defaults.backend,
+                        help="the store to fill (default: %(default)s)")
+    parser.add_argument("--data-dir", default="", help="the embedded store's data directory (absent or empty)")
+    parser.add_argument("--log-level", choices=sorted(logs.LEVELS), default="info",
+                        help="log level of the JSON logs on stderr (default: %(default)s)")
+    _cosmos_connection_flags(parser, "Cosmos DB target (--backend cosmos; an empty container)")
+
+
+def _target_config(args: argparse.Namespace) -> cfg.ServeConfig:
+    if args.backend == "embedded" and not args.data_dir:
+        raise cfg.ConfigError("--data-dir is required with --backend embedded")
+    return cfg.ServeConfig(backend=args.backend, data_dir=args.data_dir, log_level=args.log_level,
+                           **_cosmos_connection(args))
+
+
 def _cosmos_connection(args: argparse.Namespace) -> dict:
     """The ServeConfig fields of the flags of :func:`_cosmos_connection_flags`."""
     return dict(cosmos_endpoint=args.cosmos_endpoint, cosmos_database=args.cosmos_database,
@@ -177,6 +217,8 @@ def main(argv: list[str] | None = None) -> int:
         return _repair(args)
     if args.command == "restore":
         return _restore(args)
+    if args.command == "migrate":
+        return _migrate(args)
     return _serve(args)
 
 
@@ -234,17 +276,96 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _restore(args: argparse.Namespace) -> int:
-    from cosmos_etcd_shim.snapshot.restore import RestoreError, restore_data_dir
+    from cosmos_etcd_shim.snapshot.restore import RestoreError, image_of, restore_into
+    from cosmos_etcd_shim.storage import StorageError
 
     try:
-        restored = restore_data_dir(pathlib.Path(args.snapshot), pathlib.Path(args.data_dir), args.skip_hash_check)
-    except RestoreError as e:
+        config = _target_config(args)
+        image = image_of(pathlib.Path(args.snapshot), args.skip_hash_check)
+        if config.backend == "embedded":
+            data_dir = pathlib.Path(config.data_dir)
+            if data_dir.exists() and any(data_dir.iterdir()):
+                raise RestoreError(f"data dir {data_dir} is not empty")
+        from cosmos_etcd_shim.server import StartupError, open_backend
+
+        logs.configure(config.log_level)
+        restored = asyncio.run(restore_into(open_backend(config), image))
+    except cfg.ConfigError as e:
+        print(f"cosmos-etcd restore: error: {e}", file=sys.stderr)
+        return 2
+    except (RestoreError, StorageError, StartupError) as e:
         print(f"cosmos-etcd restore: error: {e}", file=sys.stderr)
         return 1
     compacted = f", compacted at {restored.compact_revision}" if restored.compact_revision > 0 else ""
-    print(f"restored {args.data_dir} from {restored.format} snapshot {args.snapshot}: "
-          f"revision {restored.revision}{compacted}")
+    target = config.data_dir if config.backend == "embedded" else f"{config.cosmos_database}/{config.cosmos_container}"
+    print(f"restored {target} from {restored.format} snapshot {args.snapshot}: revision {restored.revision}{compacted}")
     return 0
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    """``cosmos-etcd migrate``: the work is in ``migrate/``; the target is opened as serve opens it."""
+    def fail(message: str, code: int = 1) -> int:
+        print(f"cosmos-etcd migrate: error: {message}", file=sys.stderr)
+        return code
+
+    try:
+        config = _target_config(args)
+    except cfg.ConfigError as e:
+        return fail(str(e), 2)
+    from cosmos_etcd_shim.migrate.runner import MigrationError
+    from cosmos_etcd_shim.migrate.source import SourceEtcd, SourceError, SourceTLS
+    from cosmos_etcd_shim.server import StartupError
+    from cosmos_etcd_shim.snapshot.etcd_db import EtcdDatabaseError
+    from cosmos_etcd_shim.storage import StorageError
+
+    tls = SourceTLS(args.from_cacert, args.from_cert, args.from_key) \
+        if (args.from_cacert or args.from_cert) and not args.from_insecure_transport else None
+    logs.configure(config.log_level)
+    try:
+        # The source's gRPC channel belongs to the loop that asyncio.run starts: made inside it.
+        progress = asyncio.run(_run_migration(config, lambda: SourceEtcd(args.from_endpoints, tls, args.from_user),
+                                              args.cutover))
+    except (MigrationError, SourceError, EtcdDatabaseError, StorageError, StartupError) as e:
+        return fail(str(e))
+    if progress is None:
+        print("cosmos-etcd migrate: stopped before the cutover; run it again to resume", file=sys.stderr)
+        return 3
+    print(f"migrated {progress.keys} keys at revision {progress.revision}: cut over")
+    return 0
+
+
+async def _run_migration(config: cfg.ServeConfig, make_source, cutover_now: bool):
+    """The migration until it cuts over (its final progress) or a signal stops it (None)."""
+    import signal
+
+    from cosmos_etcd_shim.migrate.progress import ProgressDisplay
+    from cosmos_etcd_shim.migrate.runner import Migration
+    from cosmos_etcd_shim.server import open_backend
+
+    loop = asyncio.get_running_loop()
+    cutover, stop = asyncio.Event(), asyncio.Event()
+    if cutover_now:
+        cutover.set()
+    loop.add_signal_handler(signal.SIGUSR1, cutover.set)
+    for number in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(number, stop.set)
+    source, target = make_source(), open_backend(config)
+    display = ProgressDisplay()
+    try:
+        migration = Migration(source, target, cutover, display.update)
+        run = asyncio.create_task(migration.run(await target.open()))
+        stopped = asyncio.create_task(stop.wait())
+        await asyncio.wait([run, stopped], return_when=asyncio.FIRST_COMPLETED)
+        stopped.cancel()
+        if run.done():
+            return run.result()
+        run.cancel()
+        await asyncio.gather(run, return_exceptions=True)
+        return None
+    finally:
+        display.close()
+        await source.close()
+        await target.close()
 
 
 def _repair(args: argparse.Namespace) -> int:

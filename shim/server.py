@@ -155,11 +155,17 @@ class Server:
         auth = AuthStore(store.log, config.bcrypt_cost, config.auth_token_ttl)
         try:
             await store.open()
+            migration = await store.log.load_migration()
+            if migration is not None:
+                raise StartupError(f"this store is a migration that was not cut over (from {migration}): finish it "
+                                   "with cosmos-etcd migrate --cutover, or serve another data dir or container")
             await auth.open()
             identity = identity_of(config)
         except Exception as e:  # storage, credentials, files: the user's to fix, in one line
             await store.close()
             self.store = None
+            if isinstance(e, StartupError):
+                raise
             raise StartupError(f"cannot open the {config.backend} store: {e}") from None
         headers = ResponseHeaders(identity.cluster_id, identity.member_id, lambda: store.revision)
         this_member = rpc_pb2.Member(

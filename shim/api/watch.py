@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from cosmos_etcd_shim import metrics
 from cosmos_etcd_shim.api.callers import Callers
 from cosmos_etcd_shim.api.errors import WATCH_PERMISSION_DENIED
 from cosmos_etcd_shim.api.header import ResponseHeaders
@@ -35,12 +36,17 @@ class WatchServicer(rpc_pb2_grpc.WatchServicer):
         try:
             while True:
                 response = asyncio.ensure_future(stream.next_response())
-                done, _ = await asyncio.wait({response, requests}, return_when=asyncio.FIRST_COMPLETED)
-                if response not in done:
-                    return  # the client closed its side: etcd ends the stream too
-                message = response.result()
+                if not requests.done():
+                    await asyncio.wait({response, requests}, return_when=asyncio.FIRST_COMPLETED)
+                if requests.done() and not requests.cancelled() and requests.exception() is not None:
+                    return  # reading the client's requests failed: the stream is broken
+                # A client that closed its side (all requests sent) still gets its events, as from
+                # etcd, whose receive loop ends on EOF without ending the stream.
+                message = await response
                 if message is None:  # the server is shutting down
                     return
+                if message.events:
+                    metrics.WATCH_DELIVERY_LAG.observe(self.hub.revision - message.events[-1].kv.mod_revision)
                 # Watch responses carry the revision the hub gave them (0 for a compacted cancel).
                 self.headers.fill_identity(message.header)
                 if stream.wants_fragments(message.watch_id):

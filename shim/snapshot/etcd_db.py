@@ -51,8 +51,8 @@ from cosmos_etcd_shim.proto.auth_pb2 import Role, User
 from cosmos_etcd_shim.proto.kv_pb2 import Event, KeyValue
 from cosmos_etcd_shim.proto.storage_pb2 import AuthState, Lease, Revision
 from cosmos_etcd_shim.snapshot import bbolt
-from cosmos_etcd_shim.storage.base import INITIAL_REVISION, AuthRecord, StoredAlarm
-from cosmos_etcd_shim.storage.embedded import NOT_COMPACTED, StoreImage, unsigned_member_id
+from cosmos_etcd_shim.storage.base import INITIAL_REVISION, AuthRecord, StoreImage, StoredAlarm
+from cosmos_etcd_shim.storage.embedded import NOT_COMPACTED, unsigned_member_id
 
 _U64 = struct.Struct(">Q")
 TOMBSTONE = b"t"

@@ -13,8 +13,9 @@ from cosmos_etcd_shim.storage.base import (
     StorageError,
     StorageRejectedError,
     StorageThrottledError,
+    StoreImage,
     StoredAlarm,
 )
 
 __all__ = ["AuthConflictError", "AuthRecord", "LogCompactedError", "LogConflictError", "RecoveredState", "RevisionLog", "StorageError",
-           "StorageRejectedError", "StorageThrottledError", "StoredAlarm"]
+           "StorageRejectedError", "StorageThrottledError", "StoreImage", "StoredAlarm"]

@@ -71,6 +71,19 @@ class StoredAlarm:
 
 
 @dataclasses.dataclass
+class StoreImage:
+    """Everything a store holds, revisions included: what a snapshot carries, and what
+    :meth:`RevisionLog.import_image` fills an empty store with (a restore, a migration)."""
+
+    compact_revision: int
+    base: Iterable[KeyValue]  # the live key-values just before the compact revision
+    revisions: Iterable[Revision]  # from the compact revision on, in order, contiguous
+    leases: Iterable[Lease]
+    auth: AuthRecord | None
+    alarms: Iterable[StoredAlarm]
+
+
+@dataclasses.dataclass
 class RecoveredState:
     """What a backend holds: the base at the compact revision, and the log after it."""
 
@@ -159,6 +172,20 @@ class RevisionLog(abc.ABC):
     @abc.abstractmethod
     async def deactivate_alarm(self, alarm: StoredAlarm) -> bool:
         """Remove ``alarm``; whether it was stored."""
+
+    @abc.abstractmethod
+    async def import_image(self, image: StoreImage) -> None:
+        """Fill this store, open and empty (no revision, no compaction), with ``image``, every
+        revision unchanged; StorageError and nothing written if the store is not empty."""
+
+    @abc.abstractmethod
+    async def load_migration(self) -> str | None:
+        """The mark of a migration into this store that has not been cut over (its source, as
+        the migration wrote it); None when there is none."""
+
+    @abc.abstractmethod
+    async def save_migration(self, source: str | None) -> None:
+        """Set the migration mark (None: clear it, at cutover)."""
 
     @abc.abstractmethod
     async def defragment(self) -> None:

@@ -17,12 +17,11 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import dataclasses
 import fcntl
 import os
 import pathlib
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
 from cosmos_etcd_shim.proto.kv_pb2 import KeyValue
 from cosmos_etcd_shim.proto.storage_pb2 import Lease, Revision
@@ -35,6 +34,7 @@ from cosmos_etcd_shim.storage.base import (
     RecoveredState,
     RevisionLog,
     StorageError,
+    StoreImage,
     StoredAlarm,
     fold,
 )
@@ -52,6 +52,7 @@ CREATE TABLE IF NOT EXISTS base (key BLOB PRIMARY KEY, kv BLOB NOT NULL) WITHOUT
 CREATE TABLE IF NOT EXISTS leases (id INTEGER PRIMARY KEY, record BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS auth (id INTEGER PRIMARY KEY CHECK (id = 0), version INTEGER NOT NULL, record BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS alarms (member_id INTEGER NOT NULL, alarm INTEGER NOT NULL, PRIMARY KEY (member_id, alarm));
+CREATE TABLE IF NOT EXISTS migration (id INTEGER PRIMARY KEY CHECK (id = 0), source TEXT NOT NULL);
 """
 
 UINT64 = 1 << 64
@@ -66,19 +67,6 @@ def unsigned_member_id(stored: int) -> int:
     return stored % UINT64
 
 
-@dataclasses.dataclass
-class StoreImage:
-    """Everything a store holds, in the shape of this backend's database: what every backend's
-    snapshot writes (:func:`write_image`), and what a restore builds a data directory from."""
-
-    compact_revision: int
-    base: Iterable[KeyValue]  # the live key-values just before the compact revision
-    revisions: Iterable[Revision]  # from the compact revision on, in order
-    leases: Iterable[Lease]
-    auth: AuthRecord | None
-    alarms: Iterable[StoredAlarm]
-
-
 def write_image(destination: pathlib.Path, image: StoreImage) -> None:
     """``image`` as this backend's database at ``destination`` (which appears only when complete):
     a data directory holding it as :data:`DATABASE_FILE` is a complete store."""
@@ -87,20 +75,41 @@ def write_image(destination: pathlib.Path, image: StoreImage) -> None:
     with contextlib.closing(sqlite3.connect(temporary)) as db:
         db.executescript(SCHEMA)
         with db:
-            if image.compact_revision != NOT_COMPACTED:
-                db.execute("INSERT INTO meta (name, value) VALUES ('compact_revision', ?)", (image.compact_revision,))
-            db.executemany("INSERT INTO base (key, kv) VALUES (?, ?)",
-                           ((kv.key, kv.SerializeToString()) for kv in image.base))
-            db.executemany("INSERT INTO log (revision, record) VALUES (?, ?)",
-                           ((r.revision, r.SerializeToString()) for r in image.revisions))
-            db.executemany("INSERT INTO leases (id, record) VALUES (?, ?)",
-                           ((lease.id, lease.SerializeToString()) for lease in image.leases))
-            if image.auth is not None:
-                db.execute("INSERT INTO auth (id, version, record) VALUES (0, ?, ?)",
-                           (image.auth.version, image.auth.data))
-            db.executemany("INSERT INTO alarms (member_id, alarm) VALUES (?, ?)",
-                           ((signed_member_id(a.member_id), a.alarm) for a in sorted(image.alarms)))
+            _insert_image(db, image)
     os.replace(temporary, destination)
+
+
+def read_image(path: pathlib.Path) -> StoreImage:
+    """This backend's database at ``path`` (a store image, or a data directory's database) as an
+    image, read at once."""
+    with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+        tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if not {"meta", "log", "base", "leases", "auth"} <= tables:
+            raise StorageError(f"not a cosmos-etcd store image (its tables: {', '.join(sorted(tables)) or 'none'})")
+        row = db.execute("SELECT value FROM meta WHERE name = 'compact_revision'").fetchone()
+        auth = db.execute("SELECT version, record FROM auth WHERE id = 0").fetchone()
+        alarms = db.execute("SELECT member_id, alarm FROM alarms").fetchall() if "alarms" in tables else []
+        return StoreImage(
+            compact_revision=NOT_COMPACTED if row is None else row[0],
+            base=[KeyValue.FromString(blob) for (blob,) in db.execute("SELECT kv FROM base ORDER BY key")],
+            revisions=[Revision.FromString(blob) for (blob,) in db.execute("SELECT record FROM log ORDER BY revision")],
+            leases=[Lease.FromString(blob) for (blob,) in db.execute("SELECT record FROM leases ORDER BY id")],
+            auth=None if auth is None else AuthRecord(version=auth[0], data=auth[1]),
+            alarms=[StoredAlarm(unsigned_member_id(member_id), alarm) for member_id, alarm in alarms])
+
+
+def _insert_image(db: sqlite3.Connection, image: StoreImage) -> None:
+    if image.compact_revision != NOT_COMPACTED:
+        db.execute("INSERT INTO meta (name, value) VALUES ('compact_revision', ?)", (image.compact_revision,))
+    db.executemany("INSERT INTO base (key, kv) VALUES (?, ?)", ((kv.key, kv.SerializeToString()) for kv in image.base))
+    db.executemany("INSERT INTO log (revision, record) VALUES (?, ?)",
+                   ((r.revision, r.SerializeToString()) for r in image.revisions))
+    db.executemany("INSERT INTO leases (id, record) VALUES (?, ?)",
+                   ((lease.id, lease.SerializeToString()) for lease in image.leases))
+    if image.auth is not None:
+        db.execute("INSERT INTO auth (id, version, record) VALUES (0, ?, ?)", (image.auth.version, image.auth.data))
+    db.executemany("INSERT INTO alarms (member_id, alarm) VALUES (?, ?)",
+                   ((signed_member_id(a.member_id), a.alarm) for a in sorted(image.alarms)))
 
 
 class DataDirError(StorageError):
@@ -150,8 +159,7 @@ class EmbeddedLog(RevisionLog):
         base = [KeyValue.FromString(blob) for (blob,) in db.execute("SELECT kv FROM base ORDER BY key")]
         revisions = [Revision.FromString(blob) for (blob,) in db.execute("SELECT record FROM log ORDER BY revision")]
         leases = self._load_leases()
-        self._alarms = frozenset(StoredAlarm(unsigned_member_id(member_id), alarm)
-                                 for member_id, alarm in db.execute("SELECT member_id, alarm FROM alarms"))
+        self._alarms = self._load_alarms()
         self._head = max(INITIAL_REVISION, compact_revision, revisions[-1].revision if revisions else 0)
         self._measure_free_pages()
         return RecoveredState(compact_revision=compact_revision, base=base, revisions=revisions, leases=leases)
@@ -255,6 +263,37 @@ class EmbeddedLog(RevisionLog):
                                   (signed_member_id(alarm.member_id), alarm.alarm))
         self._alarms -= {alarm}
         return removed > 0
+
+    async def import_image(self, image: StoreImage) -> None:
+        await self._run(self._import_image, image)
+
+    def _import_image(self, image: StoreImage) -> None:
+        with self._transaction():
+            if any(self._db.execute(f"SELECT 1 FROM {table} LIMIT 1").fetchone()
+                   for table in ("log", "base", "meta", "leases", "auth", "alarms")):
+                raise StorageError(f"the store in {self.data_dir} is not empty")
+            _insert_image(self._db, image)
+        self._compacted_at = self._compact_revision()
+        last, = self._db.execute("SELECT MAX(revision) FROM log").fetchone()
+        self._head = max(INITIAL_REVISION, self._compacted_at, last or 0)
+        self._alarms = self._load_alarms()
+
+    def _load_alarms(self) -> frozenset[StoredAlarm]:
+        return frozenset(StoredAlarm(unsigned_member_id(member_id), alarm)
+                         for member_id, alarm in self._db.execute("SELECT member_id, alarm FROM alarms"))
+
+    async def load_migration(self) -> str | None:
+        return await self._run(self._load_migration)
+
+    def _load_migration(self) -> str | None:
+        row = self._db.execute("SELECT source FROM migration WHERE id = 0").fetchone()
+        return None if row is None else row[0]
+
+    async def save_migration(self, source: str | None) -> None:
+        if source is None:
+            await self._run(self._write, "DELETE FROM migration WHERE id = 0", ())
+        else:
+            await self._run(self._write, "INSERT OR REPLACE INTO migration (id, source) VALUES (0, ?)", (source,))
 
     async def defragment(self) -> None:
         await self._run(self._defragment)

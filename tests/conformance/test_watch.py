@@ -172,6 +172,30 @@ def test_watch_one_key(pair, watch):
     assert [e.kv.version for e in events] == [1, 2, 0, 1]
 
 
+def test_a_client_that_closed_its_side_still_gets_events(pair):
+    """A client whose request stream ends after its create (half-closed) keeps receiving events:
+    etcd's receive loop ends on EOF without ending the stream (the shim used to end it)."""
+    a = pair.k(b"a")
+    calls = {side.name: side.stub("Watch").Watch(iter([pb.WatchRequest(create_request=pb.WatchCreateRequest(key=a))]),
+                                                  timeout=15)
+             for side in pair.sides}
+    try:
+        for name, call in calls.items():
+            assert next(call).created, name
+        pair.put(a, b"1")
+        pair.put(a, b"2")
+        seen = {}
+        for name, call in calls.items():
+            events = []
+            while len(events) < 2:
+                events.extend(next(call).events)
+            seen[name] = [(e.kv.value, e.kv.mod_revision - pair.base[name]) for e in events]
+        assert seen["etcd"] == seen["shim"] == [(b"1", 1), (b"2", 2)]
+    finally:
+        for call in calls.values():
+            call.cancel()
+
+
 def test_watch_range_end(pair, watch):
     created = watch.create(key=pair.k(b"b"), range_end=pair.k(b"d"))
     assert created.header.revision == 0

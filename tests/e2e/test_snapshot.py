@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import pathlib
 import subprocess
 import sys
@@ -34,6 +35,7 @@ from cosmos_etcd_shim.proto import rpc_pb2_grpc
 from cosmos_etcd_shim.snapshot import bbolt
 from tests.e2e.conftest import TARGET, shim_only, start_etcd_at
 from tests.harness import cosmos_shims, processes
+from tests.harness.backends import LOCAL_COSMOS_KEY
 
 ETCDUTL = processes.ETCD_BIN_DIR / "etcdutl"
 LEASE_ID = 0x5EED
@@ -111,9 +113,11 @@ def restore_etcd(snapshot: pathlib.Path, workdir: pathlib.Path) -> processes.Ser
     return start_etcd_at(workdir, data_dir, client, peer, name="restored")
 
 
-def cosmos_etcd_restore(snapshot: pathlib.Path, data_dir: pathlib.Path, *flags: str) -> subprocess.CompletedProcess:
+def cosmos_etcd_restore(snapshot: pathlib.Path, data_dir: pathlib.Path, *flags: str,
+                        env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "cosmos_etcd_shim", "restore", "--from", str(snapshot),
-                           "--data-dir", str(data_dir), *flags], capture_output=True, text=True, timeout=120)
+                           "--data-dir", str(data_dir), *flags], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, **(env or {})})
 
 
 def restore_shim(snapshot: pathlib.Path, workdir: pathlib.Path) -> processes.Server:
@@ -218,6 +222,25 @@ def test_cosmos_etcd_restore_serves_the_same_data(source, snapshots, history, e2
         assert json.loads(after.stdout)["header"]["revision"] == history["last"] + 1
     finally:
         restored.stop()
+
+
+@shim_only
+@pytest.mark.parametrize("source", ["shim", "etcd"])
+def test_cosmos_etcd_restore_into_a_cosmos_container(source, snapshots, history, e2e_etcd, e2e_shim, cosmos,
+                                                     tmp_path):
+    expected = answers({"shim": e2e_shim, "etcd": e2e_etcd}[source].endpoint, history)
+    flags = ["--cosmos-endpoint", cosmos.endpoint, "--cosmos-container", f"restore-{uuid.uuid4().hex[:8]}"]
+    r = cosmos_etcd_restore(snapshots[source], tmp_path / "unused", "--backend", "cosmos", *flags,
+                            env=LOCAL_COSMOS_KEY)
+    assert r.returncode == 0, r.stderr
+    first = cosmos_shims.start_shim(tmp_path, cosmos.endpoint, flags[3], "first")
+    second = cosmos_shims.start_shim(tmp_path, cosmos.endpoint, flags[3], "second")
+    try:
+        for replica in (first, second):
+            assert answers(replica.endpoint, history) == expected, replica.name
+    finally:
+        for replica in (first, second):
+            replica.close()
 
 
 @shim_only

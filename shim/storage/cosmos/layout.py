@@ -61,11 +61,13 @@ KIND_MEMBER = "member"
 KIND_AUTH = "auth"
 KIND_STAMP = "stamp"
 KIND_ALARMS = "alarms"
+KIND_MIGRATION = "migration"
 
 META_ID = "meta"
 AUTH_ID = "auth"
 AUTH_STAMP_ID = "auth-stamp"
 ALARMS_ID = "alarms"
+MIGRATION_ID = "migration"
 
 # Only the fields that queries filter or sort on are indexed; the payloads (large base64
 # strings) are not, which keeps the RU charge of a write close to its size alone.

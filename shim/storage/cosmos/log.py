@@ -101,6 +101,7 @@ from cosmos_etcd_shim.storage.base import (
     RecoveredState,
     RevisionLog,
     StorageError,
+    StoreImage,
     StoredAlarm,
     fold,
 )
@@ -113,7 +114,7 @@ from cosmos_etcd_shim.storage.cosmos.client import (
     CosmosConnection,
 )
 from cosmos_etcd_shim.storage.cosmos.stats import CosmosStats
-from cosmos_etcd_shim.storage.embedded import NOT_COMPACTED, StoreImage, write_image
+from cosmos_etcd_shim.storage.embedded import NOT_COMPACTED, write_image
 
 logger = logging.getLogger(__name__)
 
@@ -129,6 +130,9 @@ FOLD_TAKEOVER_SECONDS = 30.0
 # Member records whose heartbeat is older than this are deleted (each rollout leaves some).
 MEMBER_FORGET_SECONDS = 300.0
 ALARM_ATTEMPTS = 8
+# Revisions per log document when importing an image: large documents, few requests (a document
+# over the item limit is split into chunks like any other).
+IMPORT_REVISIONS_PER_DOCUMENT = 100
 FULL_CHECKPOINT_MIN_BYTES = 64 * 1024
 CHUNK_WRITE_CONCURRENCY = 4
 
@@ -784,6 +788,54 @@ class CosmosLog(RevisionLog):
         await self.conn.delete("member", layout.member_id(identity), layout.MEMBER_PARTITION)
 
     # -- maintenance --------------------------------------------------------------------------
+
+    async def import_image(self, image: StoreImage) -> None:
+        """The base as the first checkpoint (a full page set at the compact revision), ``meta``
+        moved there with an etag condition (the step that fails if another writer got here
+        first), then the revisions as log documents; leases get their full TTL from now, as etcd
+        gives them after a restore."""
+        meta = await self._read_meta("import")
+        self._adopt(meta)
+        records = list(image.revisions)
+        if self._head != INITIAL_REVISION or meta["compact"] != NOT_COMPACTED or meta.get("sched", NOT_COMPACTED) \
+                != NOT_COMPACTED or await self._query_log("import", after=INITIAL_REVISION, from_first=0):
+            raise StorageError(f"the container {self.conn.container_name} is not empty")
+        compact = image.compact_revision
+        if compact != NOT_COMPACTED:
+            base = {kv.key: kv for kv in image.base}
+            page_set = await checkpoint.write_page_set(
+                self.conn, layout.page_set(compact, True, NOT_COMPACTED), compact, checkpoint.full_events(base), True)
+            first = records[0].revision if records else compact + 1
+            updated = _meta_fields(meta)
+            updated.update(compact=compact, sched=compact, cdoc=first, chain=[page_set.to_json()], g=meta.get("g", 0) + 1)
+            try:
+                stored = await self.conn.replace_if_match("import", updated, meta["_etag"])
+            except cosmos_exceptions.CosmosAccessConditionFailedError:
+                raise StorageError("another writer changed the container during the import") from None
+            self._adopt(stored)
+            self._head = first - 1
+        for start in range(0, len(records), IMPORT_REVISIONS_PER_DOCUMENT):
+            await self.append(records[start:start + IMPORT_REVISIONS_PER_DOCUMENT])
+        now_ms = int(time.time() * 1000)
+        for lease in image.leases:
+            await self.save_lease(Lease(id=lease.id, ttl=lease.ttl, deadline_ms=now_ms + lease.ttl * 1000))
+        if image.auth is not None:
+            await self.load_auth()
+            await self.save_auth(AuthRecord(version=1, data=image.auth.data))
+        for alarm in image.alarms:
+            await self.activate_alarm(alarm)
+
+    async def load_migration(self) -> str | None:
+        found = await self.conn.query("migration", "SELECT * FROM c WHERE c.pk = @pk AND c.id = @id",
+                                      {"@pk": layout.LOG_PARTITION, "@id": layout.MIGRATION_ID}, layout.LOG_PARTITION)
+        return found[0]["source"] if found else None
+
+    async def save_migration(self, source: str | None) -> None:
+        if source is None:
+            await self.conn.delete("migration", layout.MIGRATION_ID, layout.LOG_PARTITION)
+            return
+        await self.conn.upsert("migration", {"id": layout.MIGRATION_ID, "pk": layout.LOG_PARTITION,
+                                             "kind": layout.KIND_MIGRATION, "source": source})
 
     async def defragment(self) -> None:
         """Cosmos manages its own space: finish a scheduled compaction and collect its garbage now."""
