@@ -35,9 +35,12 @@ on the configured Resource Manager endpoint, so that a tampered status cannot ma
 send its bearer token elsewhere; an unusable token is ignored, which costs only a re-read, since
 every step is idempotent.
 
-Errors become :class:`AzureError` with ARM's error code. The client's retry policy is bounded for
-a controller: a few quick retries of transient failures, and a ``Retry-After`` longer than a few
-seconds is handed back to the caller (``AzureError.retry_after``) instead of being slept in-process.
+Errors become :class:`AzureError` with ARM's error code; every call is counted in
+``cosmos_etcd_operator_arm_requests_total{operation,code}`` (``get_account``, ``create_account``,
+``poll_operation`` ...; code ``OK`` or the error code, a resource found absent included). The
+client's retry policy is bounded for a controller: a few quick retries of transient failures, and a
+``Retry-After`` longer than a few seconds is handed back to the caller (``AzureError.retry_after``)
+instead of being slept in-process.
 HTTP logging stays azure-core's header logging, which redacts ``Authorization`` and never logs
 bodies (so not ``listKeys`` answers); network tracing (``logging_enable``) is forced off.
 """
@@ -60,6 +63,7 @@ from azure.mgmt.cosmosdb import models
 from azure.mgmt.cosmosdb.aio import CosmosDBManagementClient
 
 from cosmos_etcd_operator.cloud import AzureCloud
+from cosmos_etcd_operator.metrics import ARM_REQUESTS
 from cosmos_etcd_operator.spec import ClusterSpec, ConsistencyLevel, InvalidSpec, ThroughputMode
 from cosmos_etcd_shim.storage.cosmos.layout import INDEXING_POLICY, PARTITION_KEY
 
@@ -145,8 +149,10 @@ class AccountKeys:
 
 @dataclasses.dataclass(frozen=True)
 class _Change:
-    """What a step wants ARM to do: ``begin`` starts it (a ``begin_*`` call of the SDK)."""
+    """What a step wants ARM to do: ``begin`` starts it (a ``begin_*`` call of the SDK); ``operation``
+    names it in the metrics."""
 
+    operation: str
     description: str
     begin: Callable[..., Awaitable[Any]]
     creates: bool = False
@@ -238,16 +244,17 @@ class CosmosResources:
 
     async def list_keys(self, spec: ClusterSpec) -> AccountKeys:
         self._check_subscription(spec)
-        async with _azure_errors():
+        async with _azure_errors("list_keys"):
             keys = await self._client.database_accounts.list_keys(spec.resource_group, spec.account_name)
         return AccountKeys(keys.primary_master_key, keys.secondary_master_key)
 
     # -- what each step compares -----------------------------------------------------------------
 
     async def _reconcile_account(self, spec: ClusterSpec, created: bool):
-        account = await self._get(self._client.database_accounts.get, spec.resource_group, spec.account_name)
+        account = await self._get("get_account", self._client.database_accounts.get, spec.resource_group,
+                                  spec.account_name)
         if account is None:
-            return _Change(f"create account {spec.account_name}", lambda **options: (
+            return _Change("create_account", f"create account {spec.account_name}", lambda **options: (
                 self._client.database_accounts.begin_create_or_update(
                     spec.resource_group, spec.account_name, _account_parameters(spec), **options)), creates=True)
         properties = account.properties
@@ -257,25 +264,25 @@ class CosmosResources:
         update = _account_update(spec, account)
         if update is not None:
             changed, parameters = update
-            return _Change(f"update account {spec.account_name} ({changed})", lambda **options: (
+            return _Change("update_account", f"update account {spec.account_name} ({changed})", lambda **options: (
                 self._client.database_accounts.begin_update(
                     spec.resource_group, spec.account_name, parameters, **options)))
         return AccountReady(document_endpoint=properties.document_endpoint, adopted=not created,
                             provisioning_state=properties.provisioning_state)
 
     async def _reconcile_database(self, spec: ClusterSpec, created: bool):
-        database = await self._get(self._client.sql_resources.get_sql_database,
+        database = await self._get("get_database", self._client.sql_resources.get_sql_database,
                                     spec.resource_group, spec.account_name, spec.database)
         if database is not None:
             return Ready(spec.database)
         parameters = models.SqlDatabaseCreateUpdateParameters(properties=models.SqlDatabaseCreateUpdateProperties(
             resource=models.SqlDatabaseResource(id=spec.database), options=models.CreateUpdateOptions()))
-        return _Change(f"create database {spec.database}", lambda **options: (
+        return _Change("create_database", f"create database {spec.database}", lambda **options: (
             self._client.sql_resources.begin_create_update_sql_database(
                 spec.resource_group, spec.account_name, spec.database, parameters, **options)), creates=True)
 
     async def _reconcile_container(self, spec: ClusterSpec, created: bool):
-        container = await self._get(self._client.sql_resources.get_sql_container,
+        container = await self._get("get_container", self._client.sql_resources.get_sql_container,
                                     spec.resource_group, spec.account_name, spec.database, spec.container)
         if container is None:
             return self._container_change(spec, f"create container {spec.container}", _throughput_options(spec))
@@ -295,13 +302,15 @@ class CosmosResources:
                 id=spec.container, partition_key=models.ContainerPartitionKey(copy.deepcopy(PARTITION_KEY)),
                 indexing_policy=models.IndexingPolicy(copy.deepcopy(INDEXING_POLICY))),
             options=options or models.CreateUpdateOptions()))
-        return _Change(description, lambda **kwargs: self._client.sql_resources.begin_create_update_sql_container(
-            spec.resource_group, spec.account_name, spec.database, spec.container, parameters, **kwargs),
+        return _Change("create_or_update_container", description, lambda **kwargs: (
+            self._client.sql_resources.begin_create_update_sql_container(
+                spec.resource_group, spec.account_name, spec.database, spec.container, parameters, **kwargs)),
             creates=options is not None)
 
     async def _reconcile_throughput(self, spec: ClusterSpec, created: bool):
         names = (spec.resource_group, spec.account_name, spec.database, spec.container)
-        settings = await self._get(self._client.sql_resources.get_sql_container_throughput, *names)
+        settings = await self._get("get_throughput", self._client.sql_resources.get_sql_container_throughput,
+                                   *names)
         if settings is None:
             raise AzureError("NotFound", f"container {spec.container} has no dedicated throughput (a serverless "
                                          f"account, or throughput shared by the database)", 404, retryable=False)
@@ -314,7 +323,8 @@ class CosmosResources:
         if in_force.mode is not wanted.mode:
             migrate = (operations.begin_migrate_sql_container_to_autoscale if wanted.mode is ThroughputMode.AUTOSCALE
                        else operations.begin_migrate_sql_container_to_manual_throughput)
-            return _Change(f"migrate the throughput of container {spec.container} to {wanted.mode.value}",
+            return _Change("migrate_throughput",
+                           f"migrate the throughput of container {spec.container} to {wanted.mode.value}",
                            lambda **options: migrate(*names, **options))
         if in_force.request_units != wanted.request_units:
             if wanted.mode is ThroughputMode.AUTOSCALE:
@@ -324,18 +334,19 @@ class CosmosResources:
                 resource = models.ThroughputSettingsResource(throughput=wanted.request_units)
             parameters = models.ThroughputSettingsUpdateParameters(
                 properties=models.ThroughputSettingsUpdateProperties(resource=resource))
-            return _Change(f"set the {wanted.mode.value.lower()} throughput of container {spec.container} to "
-                           f"{wanted.request_units} RU/s", lambda **options: (
+            return _Change("update_throughput", f"set the {wanted.mode.value.lower()} throughput of container "
+                           f"{spec.container} to {wanted.request_units} RU/s", lambda **options: (
                                operations.begin_update_sql_container_throughput(*names, parameters, **options)))
         return in_force
 
     async def _reconcile_deletion(self, spec: ClusterSpec, created: bool):
-        account = await self._get(self._client.database_accounts.get, spec.resource_group, spec.account_name)
+        account = await self._get("get_account", self._client.database_accounts.get, spec.resource_group,
+                                  spec.account_name)
         if account is None:
             return Deleted()
         if account.properties.provisioning_state in _RUNNING_STATES:
             return _Wait(f"account {spec.account_name} is {account.properties.provisioning_state.lower()}")
-        return _Change(f"delete account {spec.account_name}", lambda **options: (
+        return _Change("delete_account", f"delete account {spec.account_name}", lambda **options: (
             self._client.database_accounts.begin_delete(spec.resource_group, spec.account_name, **options)))
 
     # -- the long-running protocol ---------------------------------------------------------------
@@ -369,7 +380,7 @@ class CosmosResources:
         """Start the operation and keep where ARM says to poll it; the SDK's poller is not run."""
         responses: list[PipelineResponse] = []
         logger.info("%s: starting", change.description)
-        async with _azure_errors():
+        async with _azure_errors(change.operation):
             await change.begin(raw_response_hook=responses.append)
         headers = responses[-1].http_response.headers
         retry_after = self._retry_after(headers)
@@ -383,10 +394,13 @@ class CosmosResources:
 
     async def _poll(self, token: _Token) -> float | None:
         """One poll: None when the operation has finished well, else the Retry-After to wait.
-        A failed operation raises AzureError with the operation's error code."""
-        async with _azure_errors():
+        A failed operation raises AzureError with the operation's error code, and is counted under it."""
+        async with _azure_errors("poll_operation"):
             response = await self._client.send_request(HttpRequest("GET", token.url))
             await response.read()
+            return self._operation_state(token, response)
+
+    def _operation_state(self, token: _Token, response) -> float | None:
         if response.status_code == 404:  # ARM forgets finished operations after a while
             logger.info("%s: operation no longer known, reading the resource", token.operation)
             return None
@@ -442,10 +456,10 @@ class CosmosResources:
                 pass
         return self._polling_interval
 
-    async def _get(self, read: Callable[..., Awaitable[Any]], *names: str):
+    async def _get(self, operation: str, read: Callable[..., Awaitable[Any]], *names: str):
         """The resource, or None if ARM says it does not exist (any other 404 is an error)."""
         try:
-            async with _azure_errors():
+            async with _azure_errors(operation):
                 return await read(*names)
         except AzureError as error:
             if error.status == 404 and error.code in _ABSENT_CODES:
@@ -459,16 +473,27 @@ class CosmosResources:
 
 
 class _azure_errors:
-    """Turns azure-core's exceptions into AzureError (an async context manager, so that it also
-    wraps awaits)."""
+    """One ARM call, counted under ``operation``: turns azure-core's exceptions into AzureError (an
+    async context manager, so that it also wraps awaits)."""
+
+    def __init__(self, operation: str):
+        self.operation = operation
 
     async def __aenter__(self):
         return self
 
     async def __aexit__(self, kind, error, traceback):
-        if error is None or isinstance(error, AzureError) or not isinstance(error, azure_exceptions.AzureError):
+        if error is None:
+            ARM_REQUESTS.labels(self.operation, "OK").inc()
             return False
-        raise _translate(error) from None
+        if isinstance(error, AzureError):
+            ARM_REQUESTS.labels(self.operation, error.code).inc()
+            return False
+        if not isinstance(error, azure_exceptions.AzureError):
+            return False
+        translated = _translate(error)
+        ARM_REQUESTS.labels(self.operation, translated.code).inc()
+        raise translated from None
 
 
 def _translate(error: azure_exceptions.AzureError) -> AzureError:

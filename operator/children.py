@@ -83,11 +83,15 @@ def keys_checksum(keys: Sequence[str]) -> str:
 
 
 def service(owner: Mapping[str, Any]) -> dict[str, Any]:
+    """The etcd endpoint, and the shims' /metrics for the chart's ServiceMonitor (which selects
+    Services, not pods)."""
     return _child(owner, "v1", "Service", spec={
         "type": "ClusterIP",
         "selector": selector(owner["metadata"]["name"]),
         "ports": [{"name": "client", "port": CLIENT_PORT, "targetPort": "client", "protocol": "TCP",
-                   "appProtocol": "grpc"}],
+                   "appProtocol": "grpc"},
+                  {"name": "metrics", "port": METRICS_PORT, "targetPort": "metrics", "protocol": "TCP",
+                   "appProtocol": "http"}],
     })
 
 

@@ -59,7 +59,8 @@ from cosmos_etcd_operator.conditions import (ACCEPTED, ACCOUNT, CONTAINER, CREDE
 from cosmos_etcd_operator.credentials import Credentials, InvalidCredentials
 from cosmos_etcd_operator.kubeapi import Kube, KubeError, cluster_path, connection_info, contains, \
     load_configuration, object_path
-from cosmos_etcd_operator.metrics import AZURE_OPERATIONS, RECONCILE_SECONDS, RECONCILIATIONS
+from cosmos_etcd_operator.metrics import (AZURE_OPERATIONS, CLUSTERS, RECONCILE_ERRORS, RECONCILE_SECONDS,
+                                          RECONCILIATIONS, ClusterState)
 from cosmos_etcd_operator.spec import GROUP, PLURAL, VERSION, ClusterSpec, DeletionPolicy, InvalidSpec, parse
 
 FINALIZER = f"{GROUP}/finalizer"
@@ -154,7 +155,9 @@ async def on_delete(namespace: str, name: str, logger, memo: kopf.Memo, **_: Any
         if body is None:
             return
         outcome = await Reconciliation(context, body, logger).delete()
-    if outcome.result != DELETED:
+    if outcome.result == DELETED:
+        CLUSTERS.forget(namespace, name)
+    else:
         # Never PermanentError: kopf would then release the object and leave the account behind
         # unnoticed. Switching deletionPolicy to Retain lets it go.
         raise kopf.TemporaryError(outcome.message, delay=outcome.delay or context.retry_delay)
@@ -185,6 +188,7 @@ async def on_deployment_event(type: str | None, body: kopf.Body, namespace: str,
         conditions.set(shim)
         conditions.summarize(stalled=conditions.status_of(STALLED) == TRUE)
         await _patch_status(context.kube, namespace, name, {"conditions": conditions.as_list()})
+        _record_state(namespace, name, {**status, "conditions": conditions.as_list()})
         _post_events(cluster, status.get("conditions"), conditions.as_list())
 
 
@@ -404,6 +408,7 @@ class Reconciliation:
         self.conditions.set(Condition(part, TRUE, reason, message))
 
     def _fail(self, part: str, reason: str, message: str, *, retryable: bool, delay: float | None = None):
+        RECONCILE_ERRORS.labels(self.namespace, self.name, part, reason).inc()
         self.conditions.set(Condition(part, FALSE, reason, message))
         self.conditions.wait_after(part)
         raise _Stop(Outcome(ERROR if retryable else STALLED_RESULT, f"{part}: {reason}: {message}", delay))
@@ -414,6 +419,7 @@ class Reconciliation:
         if self.pending_changes:
             status["pendingOperations"] = self.pending_changes
         stored = {key: value for key, value in self.status.items() if key != "kopf"}
+        _record_state(self.namespace, self.name, {**stored, **status})
         if contains(stored, {key: value for key, value in status.items() if key != "pendingOperations"}) and \
                 all(stored.get("pendingOperations", {}).get(key) == value
                     for key, value in self.pending_changes.items()):
@@ -429,6 +435,13 @@ def _shim_condition(deployment: dict[str, Any] | None) -> Condition:
     message = f"{available} of {wanted} replicas available"
     return Condition(SHIM, TRUE, "Available", message) if available > 0 else \
         Condition(SHIM, FALSE, UNAVAILABLE, message)
+
+
+def _record_state(namespace: str, name: str, status: dict[str, Any]) -> None:
+    """The cluster's Ready status and throughput in force, for the operator's gauges."""
+    ready = (Conditions(status.get("conditions"), 0).get(READY) or {}).get("status", "Unknown")
+    throughput = status.get("throughput") or {}
+    CLUSTERS.record(namespace, name, ClusterState(ready, throughput.get("mode"), throughput.get("requestUnits")))
 
 
 def _post_events(body: dict[str, Any], before: list[dict[str, Any]] | None, after: list[dict[str, Any]]) -> None:

@@ -27,7 +27,7 @@ from cosmos_etcd_operator import cloud as clouds
 from cosmos_etcd_operator import handlers
 from cosmos_etcd_operator.credentials import Credentials
 from cosmos_etcd_operator.kubeapi import Kube, load_configuration
-from cosmos_etcd_operator.metrics import serve_metrics
+from cosmos_etcd_operator.metrics import CLUSTERS, serve_metrics
 from cosmos_etcd_shim import __version__
 
 DEFAULT_SHIM_IMAGE = f"ghcr.io/cosmos-etcd/cosmos-etcd:{__version__}"
@@ -131,6 +131,7 @@ async def run(config: OperatorConfig, *, stop_flag: asyncio.Event | threading.Ev
     handlers.configure(settings)
     settings.posting.level = logging.INFO
     kube = Kube(load_configuration())
+    CLUSTERS.clear()  # the gauges tell what this run has seen (tests run the operator again in one process)
     metrics = serve_metrics(config.metrics_address)
     try:
         async with Credentials(config.cloud) as credentials:

@@ -22,10 +22,18 @@ COMMIT_BATCH_REQUESTS = Histogram("cosmos_etcd_commit_batch_requests", "write re
 STORAGE_APPEND_SECONDS = Histogram("cosmos_etcd_storage_append_seconds", "time to make one batch durable",
                                    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1))
 WATCH_STREAMS = Gauge("cosmos_etcd_watch_streams", "open watch streams")
+# Measured when a response leaves for the client, so a slow reader and a watcher catching up from
+# the log both show; revisions rather than seconds because events carry no commit time.
+WATCH_DELIVERY_LAG = Histogram("cosmos_etcd_watch_delivery_lag_revisions",
+                               "revisions the store is ahead of the last event of a watch response when it is sent",
+                               buckets=(0, 1, 10, 100, 1000, 10000, 100000))
 LEASES = Gauge("cosmos_etcd_leases", "leases granted and not yet revoked or expired")
 INDEX_VERSIONS = Gauge("cosmos_etcd_index_versions", "key versions (tombstones included) held in memory; "
                        "compaction frees those below the compact revision")
 ALARMS = Gauge("cosmos_etcd_alarms", "raised alarms (etcd's Alarm API), by type", ["alarm"])
+TLS_CERTIFICATE_EXPIRY = Gauge("cosmos_etcd_tls_certificate_expiration_timestamp_seconds",
+                               "notAfter of the certificate served on https:// client URLs (Unix time), "
+                               "as last (re)loaded", ["cert_file"])
 TASK_FAILURES = Counter("cosmos_etcd_background_task_failures", "background tasks that failed and were restarted",
                         ["task"])
 

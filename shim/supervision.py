@@ -40,6 +40,7 @@ class Supervisor:
         if core:
             self._core.add(name)
         self._failures.setdefault(name, collections.deque())
+        metrics.TASK_FAILURES.labels(name)  # a series at 0 from the start, so that the first failure is an increase
         return asyncio.create_task(self._supervise(name, run), name=name)
 
     async def _supervise(self, name: str, run: Callable[[], Awaitable[None]]) -> None:

@@ -38,6 +38,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from cosmos_etcd_shim import metrics
 from cosmos_etcd_shim.config import ConfigError, ServeConfig
 
 logger = logging.getLogger(__name__)
@@ -106,6 +107,7 @@ class _Material:
     key: bytes
     chain: bytes
     client_cas: bytes | None
+    not_after: float  # of the leaf certificate, Unix time
 
 
 class CertificateFiles:
@@ -118,6 +120,7 @@ class CertificateFiles:
         self._lock = threading.Lock()  # gRPC calls fetch from its own threads
         self._signature = self._stat()
         self.material = self._read()  # at startup, a bad file is the user's to fix: raise
+        self._publish_expiry()
 
     def initial_configuration(self):
         return _certificate_configuration(self.material)
@@ -138,8 +141,12 @@ class CertificateFiles:
             if material == self.material:
                 return None
             self.material = material
+            self._publish_expiry()
         logger.info("TLS files reloaded", extra={"files": list(self.paths.values())})
         return _certificate_configuration(material)
+
+    def _publish_expiry(self) -> None:
+        metrics.TLS_CERTIFICATE_EXPIRY.labels(self.paths["--cert-file"]).set(self.material.not_after)
 
     def _stat(self) -> tuple:
         """What changes when a file is replaced or rewritten (None for a file that is missing)."""
@@ -160,11 +167,12 @@ class CertificateFiles:
                 contents[flag] = pathlib.Path(path).read_bytes()
             except OSError as e:
                 raise ConfigError(f"cannot read {flag} {path}: {e.strerror}") from None
-        _check_pair(contents["--cert-file"], contents["--key-file"], self.paths)
+        leaf = _check_pair(contents["--cert-file"], contents["--key-file"], self.paths)
         client_cas = contents.get("--trusted-ca-file")
         if client_cas is not None:
             _load_certificates(client_cas, "--trusted-ca-file", self.paths["--trusted-ca-file"])
-        return _Material(contents["--key-file"], contents["--cert-file"], client_cas)
+        return _Material(contents["--key-file"], contents["--cert-file"], client_cas,
+                         leaf.not_valid_after_utc.timestamp())
 
 
 def _load_certificates(pem: bytes, flag: str, path: str) -> list[x509.Certificate]:
@@ -174,7 +182,8 @@ def _load_certificates(pem: bytes, flag: str, path: str) -> list[x509.Certificat
         raise ConfigError(f"{flag} {path} holds no PEM certificate") from None
 
 
-def _check_pair(chain_pem: bytes, key_pem: bytes, paths: dict[str, str]) -> None:
+def _check_pair(chain_pem: bytes, key_pem: bytes, paths: dict[str, str]) -> x509.Certificate:
+    """The leaf certificate, if the key is its key."""
     leaf = _load_certificates(chain_pem, "--cert-file", paths["--cert-file"])[0]
     try:
         key = serialization.load_pem_private_key(key_pem, password=None)
@@ -183,6 +192,7 @@ def _check_pair(chain_pem: bytes, key_pem: bytes, paths: dict[str, str]) -> None
     spki = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     if leaf.public_key().public_bytes(*spki) != key.public_key().public_bytes(*spki):
         raise ConfigError(f"--key-file {paths['--key-file']} is not the key of --cert-file {paths['--cert-file']}")
+    return leaf
 
 
 def _certificate_configuration(material: _Material):

@@ -147,7 +147,9 @@ def test_service_pdb_and_secret():
     service = children.service(OWNER)
     assert service["metadata"]["name"] == "tenant-a"
     assert service["spec"]["ports"] == [{"name": "client", "port": 2379, "targetPort": "client", "protocol": "TCP",
-                                         "appProtocol": "grpc"}]
+                                         "appProtocol": "grpc"},
+                                        {"name": "metrics", "port": 2381, "targetPort": "metrics", "protocol": "TCP",
+                                         "appProtocol": "http"}]
     assert service["spec"]["selector"] == children.selector("tenant-a")
     pdb = children.pod_disruption_budget(OWNER)
     assert pdb["spec"] == {"maxUnavailable": 1, "selector": {"matchLabels": children.selector("tenant-a")}}

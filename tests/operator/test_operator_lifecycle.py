@@ -99,7 +99,8 @@ async def test_create_until_ready(kube_api, arm_stand_in, arm_service_principal,
     service = kube_api.get(SERVICES, NAMESPACE, "tenant-a")
     assert service["metadata"]["ownerReferences"] == owner and service["metadata"]["labels"] == LABELS
     assert service["spec"] == {"type": "ClusterIP", "selector": SELECTOR, "ports": [
-        {"name": "client", "port": 2379, "targetPort": "client", "protocol": "TCP", "appProtocol": "grpc"}]}
+        {"name": "client", "port": 2379, "targetPort": "client", "protocol": "TCP", "appProtocol": "grpc"},
+        {"name": "metrics", "port": 2381, "targetPort": "metrics", "protocol": "TCP", "appProtocol": "http"}]}
 
     # The PodDisruptionBudget.
     pdb = kube_api.get(PDBS, NAMESPACE, "tenant-a")

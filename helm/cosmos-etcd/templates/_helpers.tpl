@@ -158,3 +158,20 @@ resources:
   {{- toYaml . | nindent 2 }}
 {{- end }}
 {{- end }}
+
+{{/* The scrape settings of every ServiceMonitor endpoint. */}}
+{{- define "cosmos-etcd.scrapeSettings" -}}
+{{- with .Values.monitoring.serviceMonitor -}}
+interval: {{ .interval }}
+scrapeTimeout: {{ .scrapeTimeout }}
+{{- end }}
+{{- end }}
+
+{{/* The labels of a monitoring object: the component's, and those Prometheus selects by:
+(dict "ctx" $ "component" "shim" "extra" .Values.monitoring.serviceMonitor.labels) */}}
+{{- define "cosmos-etcd.monitoringLabels" -}}
+{{ include "cosmos-etcd.labels" . }}
+{{- with .extra }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
