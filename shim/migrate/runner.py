@@ -78,7 +78,7 @@ class Migration:
                 await asyncio.wait([follower, cutover], return_when=asyncio.FIRST_COMPLETED)
                 cutover.cancel()
                 if self.cutover.is_set() and not follower.done():
-                    await self._cut_over()
+                    await self._cut_over(follower)
                     return self.progress
             follower.result()
             raise MigrationError("the source's watch ended")
@@ -155,17 +155,26 @@ class Migration:
             self._advance(revision, self.progress.phase)
             self._advanced.notify_all()
 
-    async def _caught_up_with(self, revision: int) -> None:
-        async with self._advanced:
-            await self._advanced.wait_for(lambda: self.progress.revision >= revision)
+    async def _caught_up_with(self, revision: int, follower: asyncio.Task) -> None:
+        """Wait until the target has ``revision``, or fail with the follower if it stops first."""
+        async def reached() -> None:
+            async with self._advanced:
+                await self._advanced.wait_for(lambda: self.progress.revision >= revision)
 
-    async def _cut_over(self) -> None:
+        waiter = asyncio.create_task(reached())
+        await asyncio.wait([waiter, follower], return_when=asyncio.FIRST_COMPLETED)
+        if not waiter.done():
+            waiter.cancel()
+            follower.result()  # its error, if it failed
+            raise MigrationError("the source's watch ended during the cutover")
+
+    async def _cut_over(self, follower: asyncio.Task) -> None:
         self.progress.phase = "cutover"
         while True:
             source_revision = await self.source.revision()
             self.progress.source_revision = source_revision
             self.report(self.progress)
-            await self._caught_up_with(source_revision)
+            await self._caught_up_with(source_revision, follower)
             expected, keys = await self.source.digest_at(source_revision)
             ours = state_digest(self.state[key] for key in sorted(self.state))
             if await self.source.revision() != source_revision:
