@@ -213,7 +213,11 @@ class Kube:
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"watch {path} from {resource_version}: condition not met after "
                                        f"{timeout}s; events: {events}")
-                line = response.readline()
+                try:
+                    line = response.readline()
+                except TimeoutError:  # the socket's timeout: nothing more came in time
+                    raise TimeoutError(f"watch {path} from {resource_version}: condition not met after "
+                                       f"{timeout}s; events: {events}") from None
                 if not line:
                     break  # the server closed the stream
                 event = json.loads(line)
