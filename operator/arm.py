@@ -13,7 +13,9 @@ ARM operations by step::
                       PUT  databaseAccounts/{a}                      200 + Azure-AsyncOperation
                       PATCH databaseAccounts/{a}                     a mutable property differs; regions
                                                                      alone (Cosmos refuses both at once), first
-                                                                     unless the consistency must become Strong
+                                                                     unless the consistency must become Strong;
+                                                                     hardening (network, TLS, backup) with the
+                                                                     other properties
     ensure_database   GET, PUT .../sqlDatabases/{db}                 202 + Azure-AsyncOperation
     ensure_container  GET, PUT .../sqlDatabases/{db}/containers/{c}  created with the shim's partition key,
                                                                      indexing policy and the spec's throughput;
@@ -34,6 +36,12 @@ api-version). No credential, token or key ever enters it. A token is accepted on
 on the configured Resource Manager endpoint, so that a tampered status cannot make the operator
 send its bearer token elsewhere; an unusable token is ignored, which costs only a re-read, since
 every step is idempotent.
+
+Account hardening: what the spec sets is sent on create and set back on an existing account (see
+:mod:`cosmos_etcd_operator.spec` for what an unset field means). Azure cannot turn continuous backup
+back into periodic: an account that has (or is migrating to) continuous backup under a spec asking for
+periodic raises :class:`InvalidSpec`, which the handlers report as a condition without retrying.
+:attr:`AccountReady.settings` is what is in force, for the status.
 
 Errors become :class:`AzureError` with ARM's error code; every call is counted in
 ``cosmos_etcd_operator_arm_requests_total{operation,code}`` (``get_account``, ``create_account``,
@@ -64,7 +72,8 @@ from azure.mgmt.cosmosdb.aio import CosmosDBManagementClient
 
 from cosmos_etcd_operator.cloud import AzureCloud
 from cosmos_etcd_operator.metrics import ARM_REQUESTS
-from cosmos_etcd_operator.spec import ClusterSpec, ConsistencyLevel, InvalidSpec, ThroughputMode
+from cosmos_etcd_operator.spec import (Backup, BackupType, ClusterSpec, ConsistencyLevel, ContinuousTier, InvalidSpec,
+                                       ThroughputMode)
 from cosmos_etcd_shim.storage.cosmos.layout import INDEXING_POLICY, PARTITION_KEY
 
 logger = logging.getLogger(__name__)
@@ -118,6 +127,9 @@ class AccountReady:
     # already there. Handlers keep the value of the first Ready (later checks see an existing account).
     adopted: bool
     provisioning_state: str
+    # The hardening in force, as status reports it: minimalTlsVersion, disableKeyBasedMetadataWriteAccess,
+    # network {publicNetworkAccess, ipRules, virtualNetworkRules}, backup {type, ...}.
+    settings: dict[str, Any] = dataclasses.field(default_factory=dict, compare=False)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -268,7 +280,7 @@ class CosmosResources:
                 self._client.database_accounts.begin_update(
                     spec.resource_group, spec.account_name, parameters, **options)))
         return AccountReady(document_endpoint=properties.document_endpoint, adopted=not created,
-                            provisioning_state=properties.provisioning_state)
+                            provisioning_state=properties.provisioning_state, settings=_account_settings(account))
 
     async def _reconcile_database(self, spec: ClusterSpec, created: bool):
         database = await self._get("get_database", self._client.sql_resources.get_sql_database,
@@ -581,11 +593,55 @@ def _account_parameters(spec: ClusterSpec) -> models.DatabaseAccountCreateUpdate
         location=spec.location, kind=models.DatabaseAccountKind.GLOBAL_DOCUMENT_DB, tags=dict(spec.tags),
         properties=models.DatabaseAccountCreateUpdateProperties(
             database_account_offer_type="Standard", consistency_policy=_consistency_policy(spec),
-            locations=_locations(spec), enable_automatic_failover=spec.automatic_failover))
+            locations=_locations(spec), enable_automatic_failover=spec.automatic_failover,
+            **_hardening(spec)))
+
+
+def _hardening(spec: ClusterSpec) -> dict[str, Any]:
+    """The hardening properties the spec sets, as keyword arguments of the SDK's account properties."""
+    properties: dict[str, Any] = {"minimal_tls_version": spec.minimal_tls_version.value}
+    if spec.public_network_access is not None:
+        properties["public_network_access"] = spec.public_network_access.value
+    if spec.ip_rules is not None:
+        properties["ip_rules"] = [models.IpAddressOrRange(ip_address_or_range=rule) for rule in spec.ip_rules]
+    if spec.virtual_network_rules is not None:
+        # Cosmos applies the rules only with the filter switched on; no rules, no filter.
+        properties["is_virtual_network_filter_enabled"] = bool(spec.virtual_network_rules)
+        properties["virtual_network_rules"] = [
+            models.VirtualNetworkRule(id=rule.subnet_id,
+                                      ignore_missing_v_net_service_endpoint=rule.ignore_missing_service_endpoint)
+            for rule in spec.virtual_network_rules]
+    if spec.disable_key_based_metadata_write_access is not None:
+        properties["disable_key_based_metadata_write_access"] = spec.disable_key_based_metadata_write_access
+    if spec.backup is not None:
+        properties["backup_policy"] = _backup_policy(spec.backup)
+    return properties
+
+
+def _backup_policy(backup: Backup) -> models.BackupPolicy:
+    if backup.type is BackupType.CONTINUOUS:
+        return models.ContinuousModeBackupPolicy(
+            continuous_mode_properties=models.ContinuousModeProperties(tier=backup.tier.value))
+    return models.PeriodicModeBackupPolicy(periodic_mode_properties=models.PeriodicModeProperties(
+        backup_interval_in_minutes=backup.interval_minutes,
+        backup_retention_interval_in_hours=backup.retention_hours,
+        backup_storage_redundancy=backup.storage_redundancy.value))
+
+
+def _backup_type(properties: models.DatabaseAccountGetProperties) -> str:
+    """The account's backup type, or the one it is being migrated to."""
+    policy = properties.backup_policy
+    if policy is None:
+        return BackupType.PERIODIC.value  # Azure's default; accounts always report one
+    migration = policy.migration_state
+    if migration is not None and _text(migration.status) == "InProgress" and migration.target_type:
+        return _text(migration.target_type)
+    return _text(policy.type)
 
 
 def _check_adoptable(spec: ClusterSpec, account: models.DatabaseAccountGetResults) -> None:
-    """An existing account can be adopted only if it is a NoSQL account in the spec's write region."""
+    """An existing account can be adopted only if it is a NoSQL account in the spec's write region, and
+    only if it needs no change Azure refuses (continuous backup back to periodic)."""
     kind = account.kind or models.DatabaseAccountKind.GLOBAL_DOCUMENT_DB
     if kind != models.DatabaseAccountKind.GLOBAL_DOCUMENT_DB:
         raise InvalidSpec(f"spec.account.name: account {spec.account_name!r} exists with kind {kind}; "
@@ -596,6 +652,11 @@ def _check_adoptable(spec: ClusterSpec, account: models.DatabaseAccountGetResult
     if write_region != _region(spec.location):
         raise InvalidSpec(f"spec.azure.location: account {spec.account_name!r} exists with its write region in "
                           f"{write_region}, not {spec.location}; the write region cannot be changed here")
+    if spec.backup is not None and spec.backup.type is BackupType.PERIODIC and \
+            _backup_type(account.properties) == BackupType.CONTINUOUS.value:
+        raise InvalidSpec(f"spec.account.backup.type: account {spec.account_name!r} has continuous backup, which "
+                          f"Azure cannot turn back into periodic; set spec.account.backup.type: Continuous, or "
+                          f"remove spec.account.backup to leave the backup as it is")
 
 
 def _account_update(spec: ClusterSpec, account: models.DatabaseAccountGetResults):
@@ -631,6 +692,14 @@ def _properties_update(spec: ClusterSpec, account: models.DatabaseAccountGetResu
     if bool(properties.enable_automatic_failover) != spec.automatic_failover:
         changed.append("automatic failover")
         update["enable_automatic_failover"] = spec.automatic_failover
+    for name, value in _hardening(spec).items():
+        if name == "is_virtual_network_filter_enabled":
+            continue  # sent with the rules, which decide it
+        if _hardening_differs(name, value, properties):
+            changed.append(_HARDENING_NAMES[name])
+            update[name] = value
+            if name == "virtual_network_rules":
+                update["is_virtual_network_filter_enabled"] = bool(value)
     tags = None
     if dict(account.tags or {}) != dict(spec.tags):
         changed.append("tags")
@@ -639,6 +708,75 @@ def _properties_update(spec: ClusterSpec, account: models.DatabaseAccountGetResu
         return None
     return ", ".join(changed), models.DatabaseAccountUpdateParameters(
         tags=tags, properties=models.DatabaseAccountUpdateProperties(**update) if update else None)
+
+
+_HARDENING_NAMES = {"minimal_tls_version": "minimal TLS version", "public_network_access": "public network access",
+                    "ip_rules": "IP rules", "virtual_network_rules": "virtual network rules",
+                    "disable_key_based_metadata_write_access": "key-based metadata writes",
+                    "backup_policy": "backup policy"}
+
+
+def _hardening_differs(name: str, wanted: Any, properties: models.DatabaseAccountGetProperties) -> bool:
+    current = getattr(properties, name)
+    if name == "ip_rules":
+        return {rule.ip_address_or_range for rule in wanted} != \
+            {rule.ip_address_or_range for rule in current or []}
+    if name == "virtual_network_rules":
+        # Subnet ids are compared alone and without case (ARM's ids are case-insensitive, and
+        # ignoreMissingVNetServiceEndpoint only matters when a rule is added).
+        return {rule.id.lower() for rule in wanted} != {(rule.id or "").lower() for rule in current or []} or \
+            bool(properties.is_virtual_network_filter_enabled) != bool(wanted)
+    if name == "disable_key_based_metadata_write_access":
+        return bool(current) != wanted
+    if name == "backup_policy":
+        in_force = _backup_settings(properties)
+        if in_force.get("migration"):  # a migration to this type is under way: not asked for twice
+            return in_force["type"] != _text(wanted.type)
+        return in_force != _backup_settings_of(wanted)
+    return _text(current) != _text(wanted)
+
+
+def _backup_settings_of(policy: models.BackupPolicy | None) -> dict[str, Any]:
+    """A backup policy as status shows it: {type, intervalInMinutes, retentionInHours, storageRedundancy}
+    or {type, tier}."""
+    if policy is None:
+        return {}
+    if _text(policy.type) == BackupType.CONTINUOUS.value:
+        tier = policy.continuous_mode_properties.tier if policy.continuous_mode_properties else None
+        return {"type": BackupType.CONTINUOUS.value, "tier": _text(tier) or ContinuousTier.DAYS_30.value}
+    periodic = policy.periodic_mode_properties or models.PeriodicModeProperties()
+    return {"type": BackupType.PERIODIC.value, "intervalInMinutes": periodic.backup_interval_in_minutes,
+            "retentionInHours": periodic.backup_retention_interval_in_hours,
+            "storageRedundancy": _text(periodic.backup_storage_redundancy)}
+
+
+def _backup_settings(properties: models.DatabaseAccountGetProperties) -> dict[str, Any]:
+    """The account's backup, a migration to continuous counting as continuous (it is not started again)."""
+    settings = _backup_settings_of(properties.backup_policy)
+    if settings and _backup_type(properties) != settings["type"]:
+        return {"type": _backup_type(properties), "migration": "InProgress"}
+    return settings
+
+
+def _account_settings(account: models.DatabaseAccountGetResults) -> dict[str, Any]:
+    """The hardening in force, for the status."""
+    properties = account.properties
+    return {
+        "minimalTlsVersion": _text(properties.minimal_tls_version),
+        "disableKeyBasedMetadataWriteAccess": bool(properties.disable_key_based_metadata_write_access),
+        "network": {
+            "publicNetworkAccess": _text(properties.public_network_access),
+            "ipRules": sorted(rule.ip_address_or_range for rule in properties.ip_rules or []),
+            "virtualNetworkRules": sorted(rule.id for rule in properties.virtual_network_rules or []),
+        },
+        "backup": _backup_settings(properties),
+    }
+
+
+def _text(value: Any) -> str:
+    """An SDK enum member or string as its wire value ('' for None): str() of the SDK's enums is
+    their Python name."""
+    return "" if value is None else str(getattr(value, "value", value))
 
 
 # -- the container and its throughput ------------------------------------------------------------

@@ -64,6 +64,8 @@ from cosmos_etcd_operator.metrics import (AZURE_OPERATIONS, CLUSTERS, RECONCILE_
 from cosmos_etcd_operator.spec import GROUP, PLURAL, VERSION, ClusterSpec, DeletionPolicy, InvalidSpec, parse
 
 FINALIZER = f"{GROUP}/finalizer"
+# ARM's refusal of a token requested for another audience (a custom cloud without --arm-audience).
+WRONG_AUDIENCE = "InvalidAuthenticationTokenAudience"
 DELETION = "deletion"  # the key of the account deletion in status.pendingOperations
 
 # Outcomes of a reconciliation (also the metric's "result" label).
@@ -279,6 +281,7 @@ class Reconciliation:
             assert isinstance(account, AccountReady)
             self.new_status["accountEndpoint"] = account.document_endpoint
             self.new_status["consistency"] = spec.consistency.level.value
+            self.new_status.update(account.settings)
             self._ready(ACCOUNT, self._account_reason(account),
                         f"account {spec.account_name} ({account.provisioning_state}) at {account.document_endpoint}")
             await self._azure(DATABASE, lambda token: resources.ensure_database(spec, token))
@@ -347,7 +350,11 @@ class Reconciliation:
             AZURE_OPERATIONS.labels(part, e.code).inc()
             if key in self.pending:  # a failed operation is over: the next pass reads and starts anew
                 self.pending_changes[key] = None
-            self._fail(part, e.code, e.message, retryable=e.retryable, delay=e.retry_after)
+            message = e.message
+            if e.code == WRONG_AUDIENCE:
+                message += (f" (the operator requests tokens for {self.context.cloud.credential_scope}: start it with "
+                            f"--arm-audience set to the audience this Resource Manager accepts)")
+            self._fail(part, e.code, message, retryable=e.retryable, delay=e.retry_after)
         except InvalidSpec as e:  # e.g. an existing account that cannot be adopted
             self.conditions.set(Condition(part, FALSE, INVALID_SPEC, str(e)))
             raise
@@ -416,9 +423,10 @@ class Reconciliation:
     async def _write_status(self) -> None:
         """One status write, and none when nothing changed (no watch event, no resourceVersion)."""
         status = {"observedGeneration": self.generation, "conditions": self.conditions.as_list(), **self.new_status}
+        stored = {key: value for key, value in self.status.items() if key != "kopf"}
+        _remove_dropped_fields(status, stored)
         if self.pending_changes:
             status["pendingOperations"] = self.pending_changes
-        stored = {key: value for key, value in self.status.items() if key != "kopf"}
         _record_state(self.namespace, self.name, {**stored, **status})
         if contains(stored, {key: value for key, value in status.items() if key != "pendingOperations"}) and \
                 all(stored.get("pendingOperations", {}).get(key) == value
@@ -426,6 +434,15 @@ class Reconciliation:
             return
         await _patch_status(self.kube, self.namespace, self.name, status)
         _post_events(self.body, self.status.get("conditions"), status["conditions"])
+
+
+def _remove_dropped_fields(status: dict[str, Any], stored: dict[str, Any]) -> None:
+    """A merge patch keeps fields it does not name: an object of the status that lost a field (the
+    periodic backup's interval when it became continuous) names it with None, which removes it."""
+    for key, value in status.items():
+        if key != "pendingOperations" and isinstance(value, dict) and isinstance(stored.get(key), dict):
+            for dropped in stored[key].keys() - value.keys():
+                value[dropped] = None
 
 
 def _shim_condition(deployment: dict[str, Any] | None) -> Condition:

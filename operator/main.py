@@ -77,6 +77,9 @@ def parser() -> argparse.ArgumentParser:
                    help="the Azure cloud (default: %(default)s)")
     p.add_argument("--arm-endpoint", default=None, metavar="URL",
                    help="the Resource Manager endpoint of --cloud custom")
+    p.add_argument("--arm-audience", default=None, metavar="URI",
+                   help="the token audience of --cloud custom's Resource Manager (default: read from its "
+                        "/metadata/endpoints, else the --arm-endpoint URL)")
     p.add_argument("--authority-host", default=None, metavar="URL",
                    help=f"the Entra ID authority (default: ${clouds.AUTHORITY_HOST_VARIABLE}, else the cloud's)")
     p.add_argument("--azure-ca-file", default=None, metavar="FILE",
@@ -106,7 +109,7 @@ def parse_args(argv: list[str]) -> OperatorConfig:
     args = p.parse_args(argv)
     try:
         cloud = clouds.resolve(args.cloud, arm_endpoint=args.arm_endpoint, authority_host=args.authority_host,
-                               ca_file=args.azure_ca_file)
+                               arm_audience=args.arm_audience, ca_file=args.azure_ca_file)
     except clouds.InvalidCloud as e:
         p.error(str(e))
     for option in ("liveness_address", "metrics_address"):
@@ -124,7 +127,9 @@ def _is_address(text: str) -> bool:
 
 async def run(config: OperatorConfig, *, stop_flag: asyncio.Event | threading.Event | None = None,
               ready_flag: asyncio.Event | threading.Event | None = None) -> None:
-    """Run the operator until ``stop_flag`` is set (or SIGTERM/SIGINT)."""
+    """Run the operator until ``stop_flag`` is set (or SIGTERM/SIGINT). Raises InvalidCloud when a custom
+    cloud's authority is neither given nor discovered."""
+    cloud = await clouds.discover(config.cloud)
     registry = kopf.OperatorRegistry()
     handlers.register(registry, drift_interval=config.drift_interval)
     settings = kopf.OperatorSettings()
@@ -134,8 +139,8 @@ async def run(config: OperatorConfig, *, stop_flag: asyncio.Event | threading.Ev
     CLUSTERS.clear()  # the gauges tell what this run has seen (tests run the operator again in one process)
     metrics = serve_metrics(config.metrics_address)
     try:
-        async with Credentials(config.cloud) as credentials:
-            context = handlers.OperatorContext(kube=kube, credentials=credentials, cloud=config.cloud,
+        async with Credentials(cloud) as credentials:
+            context = handlers.OperatorContext(kube=kube, credentials=credentials, cloud=cloud,
                                                shim_image=config.shim_image, retry_delay=config.retry_delay)
             await kopf.operator(
                 registry=registry, settings=settings, memo=kopf.Memo(context=context),
@@ -166,7 +171,7 @@ def main(argv: list[str]) -> int:
         return 1
     try:
         asyncio.run(run(config))
-    except OSError as e:  # a metrics or liveness port in use
+    except (OSError, clouds.InvalidCloud) as e:  # a metrics or liveness port in use; no authority found
         print(f"cosmos-etcd operator: error: {e}", file=sys.stderr)
         return 1
     return 0

@@ -14,11 +14,20 @@ writes of both levels to a majority of the region's replicas and reads both from
 at the same RU charge, so Strong would buy nothing there and would only change existing accounts.
 BoundedStaleness on a multi-region account with automatic failover can lose up to the staleness
 bound in a failover, and is refused unless ``spec.account.acceptDataLossOnFailover`` accepts that.
+
+Account hardening (issue 13, item 4): ``minimalTlsVersion`` defaults to Tls12 and is always
+enforced (raising it never opens anything). The network fields (``publicNetworkAccess``,
+``ipRules``, ``virtualNetworkRules``), ``disableKeyBasedMetadataWriteAccess`` and ``backup`` are
+enforced only when set: unset (None here), the operator leaves them as the account has them, so
+that adopting a locked-down account never opens it to the internet, drops its firewall rules or
+tries to turn continuous backup back into periodic, which Azure refuses. A new account gets Azure's
+defaults for them (public access, no rules, periodic backup every 240 minutes kept 8 hours, Geo).
 """
 from __future__ import annotations
 
 import dataclasses
 import enum
+import ipaddress
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -45,6 +54,11 @@ AUTOSCALE_MINIMUM_MAX_RUS = 1000
 AUTOSCALE_STEP_RUS = 1000
 MAX_STALENESS_PREFIX_RANGE = (1, 2_147_483_647)
 MAX_INTERVAL_SECONDS_RANGE = (5, 86_400)
+# Azure's bounds of periodic backup; the retention must also hold two backups.
+BACKUP_INTERVAL_MINUTES_RANGE = (60, 1440)
+BACKUP_RETENTION_HOURS_RANGE = (8, 720)
+SUBNET_ID = re.compile(r"^/subscriptions/[^/]+/resourceGroups/[^/]+/providers/Microsoft\.Network/virtualNetworks/"
+                       r"[^/]+/subnets/[^/]+$", re.IGNORECASE)
 
 SERVICE_PRINCIPAL_KEYS = ("clientId", "clientSecret", "tenantId")
 
@@ -68,6 +82,35 @@ class ThroughputMode(str, enum.Enum):
     AUTOSCALE = "Autoscale"
 
 
+class PublicNetworkAccess(str, enum.Enum):
+    ENABLED = "Enabled"
+    DISABLED = "Disabled"
+    SECURED_BY_PERIMETER = "SecuredByPerimeter"
+
+
+class MinimalTlsVersion(str, enum.Enum):
+    """As azure-mgmt-cosmosdb's MinimalTlsVersion names them."""
+    TLS10 = "Tls"
+    TLS11 = "Tls11"
+    TLS12 = "Tls12"
+
+
+class BackupType(str, enum.Enum):
+    PERIODIC = "Periodic"
+    CONTINUOUS = "Continuous"
+
+
+class ContinuousTier(str, enum.Enum):
+    DAYS_7 = "Continuous7Days"
+    DAYS_30 = "Continuous30Days"
+
+
+class BackupStorageRedundancy(str, enum.Enum):
+    GEO = "Geo"
+    LOCAL = "Local"
+    ZONE = "Zone"
+
+
 class DeletionPolicy(str, enum.Enum):
     RETAIN = "Retain"
     DELETE = "Delete"
@@ -86,6 +129,22 @@ class Consistency:
     # Only meaningful for BoundedStaleness; Azure's own defaults.
     max_staleness_prefix: int = 100_000
     max_interval_seconds: int = 300
+
+
+@dataclasses.dataclass(frozen=True)
+class VirtualNetworkRule:
+    subnet_id: str
+    ignore_missing_service_endpoint: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class Backup:
+    """Periodic (the interval, retention and redundancy count) or continuous (the tier counts)."""
+    type: BackupType
+    interval_minutes: int = 240
+    retention_hours: int = 8
+    storage_redundancy: BackupStorageRedundancy = BackupStorageRedundancy.GEO
+    tier: ContinuousTier = ContinuousTier.DAYS_30
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,6 +191,13 @@ class ClusterSpec:
     credentials: Credentials
     shim: Shim
     deletion_policy: DeletionPolicy
+    # Account hardening; None: left as the account has it (see the module docstring).
+    minimal_tls_version: MinimalTlsVersion = MinimalTlsVersion.TLS12
+    public_network_access: PublicNetworkAccess | None = None
+    ip_rules: tuple[str, ...] | None = None
+    virtual_network_rules: tuple[VirtualNetworkRule, ...] | None = None
+    disable_key_based_metadata_write_access: bool | None = None
+    backup: Backup | None = None
 
     @property
     def failover_can_lose_writes(self) -> bool:
@@ -170,6 +236,15 @@ def parse(spec: Mapping[str, Any], *, name: str) -> ClusterSpec:
         credentials=_credentials(_mapping(azure, "credentials")),
         shim=_shim(_mapping(spec, "shim")),
         deletion_policy=_enum(spec, "deletionPolicy", "spec.deletionPolicy", DeletionPolicy, DeletionPolicy.RETAIN),
+        minimal_tls_version=_enum(account, "minimalTlsVersion", "spec.account.minimalTlsVersion", MinimalTlsVersion,
+                                  MinimalTlsVersion.TLS12),
+        public_network_access=_enum(account, "publicNetworkAccess", "spec.account.publicNetworkAccess",
+                                    PublicNetworkAccess, None),
+        ip_rules=_ip_rules(account.get("ipRules")),
+        virtual_network_rules=_virtual_network_rules(account.get("virtualNetworkRules")),
+        disable_key_based_metadata_write_access=_optional_boolean(
+            account, "disableKeyBasedMetadataWriteAccess", "spec.account.disableKeyBasedMetadataWriteAccess"),
+        backup=_backup(account.get("backup")),
     )
     if parsed.failover_can_lose_writes and not parsed.accept_data_loss_on_failover:
         raise InvalidSpec(_failover_refusal(parsed.consistency))
@@ -228,6 +303,76 @@ def _locations(value: Any, write_region: str) -> tuple[Location, ...]:
         raise InvalidSpec(f"spec.account.locations: the region with failoverPriority 0 is {write.name!r}, "
                           f"but spec.azure.location is {write_region!r}; they must be the same")
     return tuple(sorted(locations, key=lambda location: location.failover_priority))
+
+
+def _ip_rules(value: Any) -> tuple[str, ...] | None:
+    """IPv4 addresses or CIDR ranges, as Cosmos's firewall takes them (it has no IPv6 rules)."""
+    if value is None:
+        return None
+    if not isinstance(value, list):
+        raise InvalidSpec("spec.account.ipRules must be a list of IPv4 addresses or CIDR ranges")
+    for index, item in enumerate(value):
+        try:
+            ipaddress.IPv4Network(item if isinstance(item, str) else "", strict=True)
+        except ValueError:
+            raise InvalidSpec(f"spec.account.ipRules[{index}] must be an IPv4 address or a CIDR range such as "
+                              f"203.0.113.0/24 (no host bits set), not {item!r}") from None
+    if len(set(value)) != len(value):
+        raise InvalidSpec(f"spec.account.ipRules lists an entry twice: {value}")
+    return tuple(value)
+
+
+def _virtual_network_rules(value: Any) -> tuple[VirtualNetworkRule, ...] | None:
+    if value is None:
+        return None
+    if not isinstance(value, list):
+        raise InvalidSpec("spec.account.virtualNetworkRules must be a list")
+    rules = []
+    for index, item in enumerate(value):
+        field = f"spec.account.virtualNetworkRules[{index}]"
+        if not isinstance(item, Mapping):
+            raise InvalidSpec(f"{field} must be an object")
+        rules.append(VirtualNetworkRule(
+            subnet_id=_string(item, "id", f"{field}.id", SUBNET_ID, "a subnet resource id (/subscriptions/…/"
+                              "providers/Microsoft.Network/virtualNetworks/…/subnets/…)"),
+            ignore_missing_service_endpoint=_boolean(item, "ignoreMissingVNetServiceEndpoint",
+                                                     f"{field}.ignoreMissingVNetServiceEndpoint", default=False)))
+    ids = [rule.subnet_id.lower() for rule in rules]
+    if len(set(ids)) != len(ids):
+        raise InvalidSpec("spec.account.virtualNetworkRules lists a subnet twice")
+    return tuple(rules)
+
+
+def _backup(value: Any) -> Backup | None:
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
+        raise InvalidSpec("spec.account.backup must be an object")
+    kind = _enum(value, "type", "spec.account.backup.type", BackupType, None)
+    if kind is None:
+        raise InvalidSpec("spec.account.backup.type is required (Periodic or Continuous)")
+    periodic_fields = {"intervalInMinutes", "retentionInHours", "storageRedundancy"} & value.keys()
+    if kind is BackupType.CONTINUOUS:
+        if periodic_fields:
+            raise InvalidSpec(f"spec.account.backup: {', '.join(sorted(periodic_fields))} only apply to type "
+                              f"Periodic")
+        return Backup(kind, tier=_enum(value, "tier", "spec.account.backup.tier", ContinuousTier,
+                                       ContinuousTier.DAYS_30))
+    if "tier" in value:
+        raise InvalidSpec("spec.account.backup.tier only applies to type Continuous")
+    defaults = Backup(kind)
+    backup = Backup(
+        kind,
+        interval_minutes=_integer(value, "intervalInMinutes", "spec.account.backup.intervalInMinutes",
+                                  BACKUP_INTERVAL_MINUTES_RANGE, defaults.interval_minutes),
+        retention_hours=_integer(value, "retentionInHours", "spec.account.backup.retentionInHours",
+                                 BACKUP_RETENTION_HOURS_RANGE, defaults.retention_hours),
+        storage_redundancy=_enum(value, "storageRedundancy", "spec.account.backup.storageRedundancy",
+                                 BackupStorageRedundancy, defaults.storage_redundancy))
+    if backup.retention_hours * 60 < 2 * backup.interval_minutes:
+        raise InvalidSpec(f"spec.account.backup.retentionInHours ({backup.retention_hours}) must keep at least two "
+                          f"backups: at least twice intervalInMinutes ({backup.interval_minutes}) in hours")
+    return backup
 
 
 def _throughput(section: Mapping[str, Any]) -> Throughput:
@@ -322,8 +467,14 @@ def _boolean(section: Mapping[str, Any], key: str, field: str, *, default: bool)
     return value
 
 
-def _enum(section: Mapping[str, Any], key: str, field: str, kind: type[enum.Enum], default: enum.Enum):
-    value = section.get(key, default.value)
+def _optional_boolean(section: Mapping[str, Any], key: str, field: str) -> bool | None:
+    return None if section.get(key) is None else _boolean(section, key, field, default=False)
+
+
+def _enum(section: Mapping[str, Any], key: str, field: str, kind: type[enum.Enum], default: enum.Enum | None):
+    value = section.get(key, default.value if default is not None else None)
+    if value is None and default is None:
+        return None
     try:
         return kind(value)
     except ValueError:

@@ -9,8 +9,16 @@ what those clients and the operator depend on:
 * An Entra ID authority at the same address: OpenID discovery
   (``/{tenant}/v2.0/.well-known/openid-configuration``) and the token endpoint
   (``/{tenant}/oauth2/v2.0/token``) for service principals (client secret) and workload identities
-  (client assertion). Every ARM request must carry a bearer token it issued for its own audience
-  (``{url}/.default``), else 401 ``AuthenticationFailed`` / ``InvalidAuthenticationToken``.
+  (client assertion). Tokens are JWT-shaped (unsigned) and carry the audience they were requested
+  for (``aud``: the scope without ``/.default``). Every ARM request must carry a bearer token it
+  issued, else 401 ``AuthenticationFailed`` / ``InvalidAuthenticationToken``, for its audience
+  (``audience=`` or ``token_audience``, its URL unless set), else 401
+  ``InvalidAuthenticationTokenAudience`` as ARM answers. The token endpoint issues tokens for the audience and for the URL, so that a client that
+  takes the URL for the audience gets ARM's refusal, as with Azure Stack Hub or a proxy in front of
+  public ARM.
+* ARM's cloud metadata, ``GET /metadata/endpoints?api-version=2022-09-01`` (no token), unless
+  ``serves_metadata`` is False: one cloud whose ``authentication.audiences[0]`` is the audience and
+  ``authentication.loginEndpoint`` the authority. These requests go to ``metadata_requests``.
 * ARM's rules: the ``api-version`` query parameter is required (400 ``MissingApiVersionParameter``,
   unknown versions 400 ``NoRegisteredProviderFound``), subscriptions and resource groups must exist
   (404 ``SubscriptionNotFound`` / ``ResourceGroupNotFound``), missing resources answer 404 with ARM's
@@ -22,7 +30,9 @@ what those clients and the operator depend on:
   ``polls_in_progress`` polls, then ``Succeeded`` (the change is applied then) or ``Failed`` with an
   error code. Accounts show ``provisioningState`` ``Creating``/``Updating``/``Deleting`` meanwhile,
   regions by display name (``West Europe``) as ARM does.
-* State: accounts (kind, consistency, regions, automatic failover, tags, keys), SQL databases,
+* State: accounts (kind, consistency, regions, automatic failover, tags, keys; the hardening:
+  public network access, IP and virtual network rules, minimal TLS version, key-based metadata
+  writes, backup policy — continuous cannot become periodic again: 400 ``BadRequest``), SQL databases,
   containers (partition key, indexing policy) and their throughput, manual or autoscale, with the
   migrate operations.
 
@@ -34,9 +44,11 @@ The control API for tests (plain methods, no HTTP):
 ``hold(kind)`` / ``release(kind=None)``
     Operations of ``kind`` stay ``InProgress`` until released.
 ``set_throughput(...)``, ``rotate_keys(account)``, ``add_account(...)``
-    Changes behind the operator's back: drift, key rotation, an account that already exists.
+    Changes behind the operator's back: drift, key rotation, an account that already exists (an
+    account's hardening is drifted by setting the fields of ``account(...)``).
 ``requests``
-    Every request: method, path, api-version, the calling principal and the answer's status.
+    Every request but the metadata's: method, path, api-version, the calling principal, the
+    audience of its token and the answer's status.
 ``issued_tokens``, ``revoke_tokens()``
     The access tokens handed out; make them all invalid (as after a secret rotation).
 
@@ -58,7 +70,9 @@ It runs in the calling event loop (aiohttp), on 127.0.0.1 and a free port.
 from __future__ import annotations
 
 import base64
+import binascii
 import dataclasses
+import ipaddress
 import json
 import re
 import secrets
@@ -88,6 +102,12 @@ _REGION_DISPLAY_NAMES = {
     "westus": "West US", "westus2": "West US 2", "uksouth": "UK South", "swedencentral": "Sweden Central",
     "germanywestcentral": "Germany West Central", "chinaeast2": "China East 2", "usgovvirginia": "USGov Virginia",
 }
+DEFAULT_BACKUP_POLICY = {"type": "Periodic", "periodicModeProperties": {
+    "backupIntervalInMinutes": 240, "backupRetentionIntervalInHours": 8, "backupStorageRedundancy": "Geo"}}
+PUBLIC_NETWORK_ACCESS = ("Enabled", "Disabled", "SecuredByPerimeter")
+MINIMAL_TLS_VERSIONS = ("Tls", "Tls11", "Tls12")
+CONTINUOUS_TIERS = ("Continuous7Days", "Continuous30Days")
+BACKUP_STORAGE_REDUNDANCIES = ("Geo", "Local", "Zone")
 CONSISTENCY_LEVELS = ("Eventual", "ConsistentPrefix", "Session", "BoundedStaleness", "Strong")
 ACCOUNT_KINDS = ("GlobalDocumentDB", "MongoDB", "Parse")
 _ACCOUNT_NAME = re.compile(r"^[a-z0-9](?:[a-z0-9-]{1,42}[a-z0-9])$")
@@ -96,6 +116,7 @@ _ACCOUNT_PATH = (r"/subscriptions/(?P<subscription>[^/]+)/resourceGroups/(?P<gro
                  r"/providers/Microsoft\.DocumentDB/databaseAccounts/(?P<account>[^/]+)")
 _DATABASE_PATH = _ACCOUNT_PATH + r"/sqlDatabases/(?P<database>[^/]+)"
 _CONTAINER_PATH = _DATABASE_PATH + r"/containers/(?P<container>[^/]+)"
+METADATA_API_VERSION = "2022-09-01"
 _OPERATION_PATH = (r"/subscriptions/(?P<subscription>[^/]+)/providers/Microsoft\.DocumentDB/locations/[^/]+"
                    r"/(?P<style>operationsStatus|operationResults)/(?P<operation>[^/]+)")
 
@@ -166,6 +187,15 @@ class Account:
     automatic_failover: bool
     locations: list[dict[str, Any]]  # {"locationName", "failoverPriority", "isZoneRedundant"}
     provisioning_state: str = "Succeeded"
+    public_network_access: str = "Enabled"
+    ip_rules: list[str] = dataclasses.field(default_factory=list)
+    # {"id", "ignoreMissingVNetServiceEndpoint"}
+    virtual_network_rules: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    virtual_network_filter: bool = False
+    minimal_tls_version: str = "Tls12"
+    disable_key_based_metadata_write_access: bool = False
+    # ARM's body: {"type": "Periodic", "periodicModeProperties": {...}} or {"type": "Continuous", ...}
+    backup_policy: dict[str, Any] = dataclasses.field(default_factory=lambda: dict(DEFAULT_BACKUP_POLICY))
     keys: dict[str, str] = dataclasses.field(default_factory=dict)
     databases: dict[str, Database] = dataclasses.field(default_factory=dict)
 
@@ -204,6 +234,7 @@ class ArmRequest:
     api_version: str | None
     principal: str | None  # the client id of the bearer token, None without a valid one
     status: int
+    audience: str | None = None  # the aud of the bearer token, None without one
 
 
 @dataclasses.dataclass
@@ -225,7 +256,8 @@ class ArmStandIn:
     """The server, its state and the control API (see the module docstring)."""
 
     def __init__(self, *, polls_in_progress: int = 1, retry_after: int = 0,
-                 document_endpoint: Callable[[str], str] | None = None):
+                 document_endpoint: Callable[[str], str] | None = None, audience: str | None = None,
+                 serves_metadata: bool = True):
         # Polls of an operation that answer InProgress before it completes.
         self.polls_in_progress = polls_in_progress
         # The Retry-After of every asynchronous answer: whole seconds, as ARM sends (the SDK parses
@@ -233,7 +265,11 @@ class ArmStandIn:
         self.retry_after = retry_after
         # The documentEndpoint an account reports (point it at a Cosmos emulator for end-to-end tests).
         self.document_endpoint = document_endpoint or (lambda name: f"https://{name}.documents.azure.com:443/")
+        # The token audience ARM accepts (None: its URL, as public ARM's is its own); settable.
+        self.token_audience = audience
+        self.serves_metadata = serves_metadata
         self.requests: list[ArmRequest] = []
+        self.metadata_requests: list[ArmRequest] = []
         # Every access token handed out, for tests that check none leaks.
         self.issued_tokens: list[str] = []
         self.accounts: dict[tuple[str, str, str], Account] = {}
@@ -262,9 +298,13 @@ class ArmStandIn:
         return self.url
 
     @property
+    def audience(self) -> str:
+        return self.token_audience or self.url
+
+    @property
     def scope(self) -> str:
         """The scope clients must ask tokens for (ARM's audience + /.default)."""
-        return f"{self.url}/.default"
+        return f"{self.audience}/.default"
 
     async def start(self) -> "ArmStandIn":
         import ssl
@@ -382,18 +422,24 @@ class ArmStandIn:
     # -- HTTP ------------------------------------------------------------------------------------
 
     async def _dispatch(self, request: web.Request) -> web.StreamResponse:
-        principal = None
+        if request.path == "/metadata/endpoints":
+            response = self._metadata(request)
+            self.metadata_requests.append(ArmRequest(request.method, request.path, request.query.get("api-version"),
+                                                     None, response.status))
+            return response
+        principal = audience = None
         try:
             if request.path.endswith("/oauth2/v2.0/token") or "/.well-known/" in request.path \
                     or request.path.startswith("/common/discovery/"):
                 response = await self._authority(request)
             else:
+                audience = _token_audience(request.headers.get("Authorization", "").removeprefix("Bearer "))
                 principal = self._authenticate(request)
                 response = await self._arm(request)
         except ArmFailure as failure:
             response = failure.response()
         self.requests.append(ArmRequest(request.method, request.path, request.query.get("api-version"),
-                                        principal, response.status))
+                                        principal, response.status, audience))
         return response
 
     def _authenticate(self, request: web.Request) -> str:
@@ -401,10 +447,28 @@ class ArmStandIn:
         if not header.startswith("Bearer "):
             raise ArmFailure(401, "AuthenticationFailed",
                              "Authentication failed. The 'Authorization' header is missing.")
-        token = self._tokens.get(header.removeprefix("Bearer "))
-        if token is None or token.expires < time.time() or token.audience != self.scope:
+        access_token = header.removeprefix("Bearer ")
+        token = self._tokens.get(access_token)
+        if token is None or token.expires < time.time():
             raise ArmFailure(401, "InvalidAuthenticationToken", "The access token is invalid.")
+        audience = _token_audience(access_token)
+        if audience != self.audience:
+            raise ArmFailure(401, "InvalidAuthenticationTokenAudience",
+                             f"The access token has been obtained for wrong audience or resource '{audience}'. It "
+                             f"should exactly match with one of the allowed audiences '{self.audience}'.")
         return token.client_id
+
+    def _metadata(self, request: web.Request) -> web.Response:
+        """ARM's cloud metadata document (the list form of api-version 2019-05-01 and later)."""
+        if not self.serves_metadata:
+            return web.Response(status=404)
+        if request.query.get("api-version") != METADATA_API_VERSION:
+            return ArmFailure(400, "InvalidApiVersionParameter", "The api-version is invalid.").response()
+        return web.json_response([{
+            "name": "StandIn", "resourceManager": f"{self.url}/", "portal": f"{self.url}/portal",
+            "authentication": {"loginEndpoint": f"{self.authority_host}/", "audiences": [self.audience, self.url],
+                               "tenant": "common", "identityProvider": "AAD"},
+            "suffixes": {"storage": "core.stand-in.test"}}])
 
     async def _arm(self, request: web.Request) -> web.Response:
         api_version = request.query.get("api-version")
@@ -487,11 +551,12 @@ class ArmStandIn:
             raise _bad_request("Invalid or missing databaseAccountOfferType: the only supported value is 'Standard'.")
         locations = _validated_locations(properties.get("locations"))
         consistency = _validated_consistency(properties.get("consistencyPolicy"), multi_region=len(locations) > 1)
+        hardening = _validated_hardening(properties, current_backup=None)
         created = Account(
             subscription=subscription, resource_group=group, name=account, location=body["location"], kind=kind,
             tags=dict(body.get("tags") or {}), consistency=consistency,
             automatic_failover=bool(properties.get("enableAutomaticFailover", False)), locations=locations,
-            provisioning_state="Creating")
+            provisioning_state="Creating", **hardening)
         self.accounts[key] = created
 
         def apply():
@@ -523,7 +588,7 @@ class ArmStandIn:
             current_write = next(item for item in account.locations if item["failoverPriority"] == 0)
             if region_key(write["locationName"]) != region_key(current_write["locationName"]):
                 raise _bad_request("The write region cannot be changed by an update: use failoverPriorityChange.")
-            others = {"consistencyPolicy", "enableAutomaticFailover"} & properties.keys()
+            others = properties.keys() - {"locations"}
             if not full and (others or "tags" in body):
                 raise _bad_request("Updating database account locations and other properties at the same time "
                                    "is not supported.")
@@ -532,10 +597,13 @@ class ArmStandIn:
             consistency = _validated_consistency(properties["consistencyPolicy"], multi_region=regions > 1)
         elif locations is not None and regions > 1:
             _validated_consistency(account.consistency, multi_region=True)
+        hardening = _validated_hardening(properties, current_backup=account.backup_policy)
         previous_state = account.provisioning_state
         account.provisioning_state = "Updating"
 
         def apply():
+            for name, value in hardening.items():
+                setattr(account, name, value)
             if locations is not None:
                 account.locations = locations
             if consistency is not None:
@@ -609,7 +677,13 @@ class ArmStandIn:
                 "failoverPolicies": [{"id": item["id"], "locationName": item["locationName"],
                                       "failoverPriority": item["failoverPriority"]} for item in described],
                 "disableLocalAuth": False,
-                "publicNetworkAccess": "Enabled",
+                "publicNetworkAccess": account.public_network_access,
+                "ipRules": [{"ipAddressOrRange": rule} for rule in account.ip_rules],
+                "isVirtualNetworkFilterEnabled": account.virtual_network_filter,
+                "virtualNetworkRules": [dict(rule) for rule in account.virtual_network_rules],
+                "minimalTlsVersion": account.minimal_tls_version,
+                "disableKeyBasedMetadataWriteAccess": account.disable_key_based_metadata_write_access,
+                "backupPolicy": json.loads(json.dumps(account.backup_policy)),
             },
         }
 
@@ -861,11 +935,13 @@ class ArmStandIn:
             return _oauth_error(401, "invalid_client",
                                 "AADSTS700213: No matching federated identity record found for presented assertion.")
         scope = form.get("scope", "")
-        if scope != self.scope:
+        if scope not in (self.scope, f"{self.url}/.default"):
             return _oauth_error(400, "invalid_scope",
                                 f"AADSTS500011: The resource principal named {scope.removesuffix('/.default')} "
                                 f"was not found in the tenant.")
-        access_token = secrets.token_urlsafe(40)
+        access_token = _jwt({"aud": scope.removesuffix("/.default"), "appid": principal.client_id,
+                             "tid": principal.tenant, "exp": int(time.time()) + TOKEN_LIFETIME,
+                             "jti": secrets.token_urlsafe(16)})
         self._tokens[access_token] = _Token(principal.client_id, scope, time.time() + TOKEN_LIFETIME)
         self.issued_tokens.append(access_token)
         return web.json_response({"token_type": "Bearer", "expires_in": TOKEN_LIFETIME,
@@ -876,6 +952,23 @@ class ArmStandIn:
         if queue:
             failure = queue.pop(0)
             raise ArmFailure(failure.status or 500, failure.code, failure.message, failure.retry_after)
+
+
+def _jwt(claims: dict[str, Any]) -> str:
+    """An unsigned JWT-shaped access token: header.claims.random (the stand-in knows its tokens)."""
+    def part(value: dict[str, Any]) -> str:
+        return base64.urlsafe_b64encode(json.dumps(value).encode()).rstrip(b"=").decode()
+    return f"{part({'typ': 'JWT', 'alg': 'none'})}.{part(claims)}.{secrets.token_urlsafe(32)}"
+
+
+def _token_audience(access_token: str) -> str | None:
+    """The ``aud`` of a token as the stand-in issues them; None for anything else."""
+    try:
+        payload = access_token.split(".")[1]
+        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    except (IndexError, ValueError, binascii.Error):
+        return None
+    return claims.get("aud") if isinstance(claims, dict) else None
 
 
 def _account_key(subscription: str, group: str, name: str) -> tuple[str, str, str]:
@@ -947,6 +1040,61 @@ def _validated_consistency(value: Any, *, multi_region: bool) -> dict[str, Any]:
         raise _bad_request(f"maxIntervalInSeconds must be between {minimum_interval} and 86400 for "
                            f"{'multi' if multi_region else 'single'}-region accounts with BoundedStaleness.")
     return {"defaultConsistencyLevel": level, "maxStalenessPrefix": prefix, "maxIntervalInSeconds": interval}
+
+
+def _validated_hardening(properties: dict[str, Any], *, current_backup: dict[str, Any] | None) -> dict[str, Any]:
+    """The hardening properties a PUT or PATCH sets, as Account fields; ARM's refusals as ArmFailure."""
+    found: dict[str, Any] = {}
+    if "publicNetworkAccess" in properties:
+        if properties["publicNetworkAccess"] not in PUBLIC_NETWORK_ACCESS:
+            raise _bad_request(f"Invalid publicNetworkAccess '{properties['publicNetworkAccess']}'.")
+        found["public_network_access"] = properties["publicNetworkAccess"]
+    if "minimalTlsVersion" in properties:
+        if properties["minimalTlsVersion"] not in MINIMAL_TLS_VERSIONS:
+            raise _bad_request(f"Invalid minimalTlsVersion '{properties['minimalTlsVersion']}'.")
+        found["minimal_tls_version"] = properties["minimalTlsVersion"]
+    if "ipRules" in properties:
+        rules = [item.get("ipAddressOrRange") for item in properties["ipRules"] or []]
+        for rule in rules:
+            try:
+                ipaddress.IPv4Network(rule or "", strict=True)
+            except ValueError:
+                raise _bad_request(f"Invalid IP address or range '{rule}' in ipRules.") from None
+        found["ip_rules"] = rules
+    if "virtualNetworkRules" in properties:
+        rules = [{"id": item.get("id"), "ignoreMissingVNetServiceEndpoint":
+                  bool(item.get("ignoreMissingVNetServiceEndpoint", False))}
+                 for item in properties["virtualNetworkRules"] or []]
+        if any(not rule["id"] or "/subnets/" not in rule["id"] for rule in rules):
+            raise _bad_request("Every virtual network rule needs the resource id of a subnet.")
+        found["virtual_network_rules"] = rules
+    if "isVirtualNetworkFilterEnabled" in properties:
+        found["virtual_network_filter"] = bool(properties["isVirtualNetworkFilterEnabled"])
+    if "disableKeyBasedMetadataWriteAccess" in properties:
+        found["disable_key_based_metadata_write_access"] = bool(properties["disableKeyBasedMetadataWriteAccess"])
+    if "backupPolicy" in properties:
+        found["backup_policy"] = _validated_backup(properties["backupPolicy"] or {}, current_backup)
+    return found
+
+
+def _validated_backup(policy: dict[str, Any], current: dict[str, Any] | None) -> dict[str, Any]:
+    if current is not None and current["type"] == "Continuous" and policy.get("type") == "Periodic":
+        raise _bad_request("Cannot update the backup policy of a database account from Continuous to Periodic.")
+    if policy.get("type") == "Continuous":
+        tier = (policy.get("continuousModeProperties") or {}).get("tier", "Continuous30Days")
+        if tier not in CONTINUOUS_TIERS:
+            raise _bad_request(f"Invalid continuous backup tier '{tier}'.")
+        return {"type": "Continuous", "continuousModeProperties": {"tier": tier}}
+    if policy.get("type") != "Periodic":
+        raise _bad_request(f"Invalid backup policy type '{policy.get('type')}'.")
+    periodic = {**DEFAULT_BACKUP_POLICY["periodicModeProperties"], **(policy.get("periodicModeProperties") or {})}
+    interval, retention = periodic["backupIntervalInMinutes"], periodic["backupRetentionIntervalInHours"]
+    if not 60 <= interval <= 1440 or not 8 <= retention <= 720 or retention * 60 < 2 * interval:
+        raise _bad_request("The backup interval must be 60-1440 minutes and the retention 8-720 hours, at least "
+                           "twice the interval.")
+    if periodic["backupStorageRedundancy"] not in BACKUP_STORAGE_REDUNDANCIES:
+        raise _bad_request(f"Invalid backupStorageRedundancy '{periodic['backupStorageRedundancy']}'.")
+    return {"type": "Periodic", "periodicModeProperties": periodic}
 
 
 def _validated_options(options: dict[str, Any]) -> ThroughputState:

@@ -27,15 +27,18 @@ SHIM_IMAGE = "registry.example/cosmos-etcd:test"
 
 
 def operator_flags(arm: arm_harness.ArmStandIn, *, drift_interval: float = 3600, retry_delay: float = 0.2,
-                   namespaces: tuple[str, ...] = ()) -> list[str]:
+                   namespaces: tuple[str, ...] = (), arm_audience: str | None = None) -> list[str]:
     """The flags of ``cosmos-etcd operator`` for the stand-in: a custom cloud at its address, trusting
-    its CA; free local ports; no drift pass unless a test asks (``drift_interval``)."""
+    its CA; free local ports; no drift pass unless a test asks (``drift_interval``); ``--arm-audience``
+    if given (else the operator reads the stand-in's metadata)."""
     flags = ["--cloud", "custom", "--arm-endpoint", arm.url, "--authority-host", arm.authority_host,
              "--azure-ca-file", arm.ca_file, "--liveness-address", f"127.0.0.1:{free_port()}",
              "--metrics-address", f"127.0.0.1:{free_port()}", "--shim-image", SHIM_IMAGE, "--log-level", "debug",
              "--drift-interval", str(drift_interval), "--retry-delay", str(retry_delay)]
     for namespace in namespaces:
         flags += ["--namespace", namespace]
+    if arm_audience is not None:
+        flags += ["--arm-audience", arm_audience]
     return flags
 
 

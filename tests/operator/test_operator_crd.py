@@ -78,7 +78,8 @@ def test_defaults_are_the_specs(admission):
     assert admitted["deletionPolicy"] == "Retain"
     # No level: the operator chooses it from the regions (see test_consistency_defaults_by_regions).
     assert admitted["account"] == {"consistency": {"maxStalenessPrefix": 100000, "maxIntervalInSeconds": 300},
-                                   "automaticFailover": True, "acceptDataLossOnFailover": False}
+                                   "automaticFailover": True, "acceptDataLossOnFailover": False,
+                                   "minimalTlsVersion": "Tls12"}
     from_schema = parse(admitted, name="tenant-a")
     from_parse = parse({"azure": AZURE}, name="tenant-a")
     assert from_schema == from_parse
@@ -155,6 +156,13 @@ MUTABLE = [
                  "locations": TWO_REGIONS}},
     {"deletionPolicy": "Delete"},
     {"azure": {**AZURE, "credentials": {"servicePrincipalSecretRef": {"name": "sp"}}}},
+    {"account": {"publicNetworkAccess": "Disabled", "ipRules": ["203.0.113.0/24", "198.51.100.7"],
+                 "virtualNetworkRules": [{"id": "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Network/"
+                                                "virtualNetworks/v/subnets/n"}],
+                 "minimalTlsVersion": "Tls12", "disableKeyBasedMetadataWriteAccess": True,
+                 "backup": {"type": "Continuous", "tier": "Continuous7Days"}}},
+    {"account": {"backup": {"type": "Periodic", "intervalInMinutes": 60, "retentionInHours": 720,
+                            "storageRedundancy": "Zone"}}},
 ]
 
 
@@ -192,7 +200,29 @@ REJECTED_BY_BOTH = {
     "bad subscription": {"azure": {**AZURE, "subscriptionId": "not-a-guid"}},
     "bad region": {"azure": {**AZURE, "location": "West Europe"}},
     "too many tags": {"account": {"tags": {f"t{index}": "v" for index in range(51)}}},
+    "unknown public network access": {"account": {"publicNetworkAccess": "Private"}},
+    "ip rule not IPv4": {"account": {"ipRules": ["2001:db8::/32"]}},
+    "ip rule prefix too long": {"account": {"ipRules": ["203.0.113.0/33"]}},
+    "virtual network rule not a subnet": {"account": {"virtualNetworkRules": [{"id": "/subscriptions/s"}]}},
+    "unknown TLS version": {"account": {"minimalTlsVersion": "Tls13"}},
+    "backup without type": {"account": {"backup": {"tier": "Continuous7Days"}}},
+    "periodic backup with a tier": {"account": {"backup": {"type": "Periodic", "tier": "Continuous7Days"}}},
+    "continuous backup with an interval": {"account": {"backup": {"type": "Continuous", "intervalInMinutes": 60}}},
+    "backup interval too short": {"account": {"backup": {"type": "Periodic", "intervalInMinutes": 30}}},
+    "retention under two backups": {"account": {"backup": {"type": "Periodic", "intervalInMinutes": 600}}},
+    "unknown continuous tier": {"account": {"backup": {"type": "Continuous", "tier": "Continuous90Days"}}},
 }
+
+
+def test_continuous_backup_cannot_be_changed_back_to_periodic(admission):
+    old = admission.admit(_cluster({"azure": AZURE, "account": {"backup": {"type": "Continuous"}}}))
+    periodic = copy.deepcopy(old)
+    periodic["spec"]["account"]["backup"] = {"type": "Periodic"}
+    with pytest.raises(Invalid, match="Azure cannot turn continuous backup back into periodic"):
+        admission.admit(periodic, old)
+    longer = copy.deepcopy(old)
+    longer["spec"]["account"]["backup"] = {"type": "Continuous", "tier": "Continuous7Days"}
+    admission.admit(longer, old)
 
 
 @pytest.mark.parametrize("spec", REJECTED_BY_BOTH.values(), ids=REJECTED_BY_BOTH.keys())

@@ -48,6 +48,7 @@ VALUES = {
                   "pullPolicy": "Always"},
         "imagePullSecrets": [{"name": "registry-credentials"}],
         "operator": {"cloud": "custom", "armEndpoint": "https://management.azure.example/",
+                     "armAudience": "https://management.core.azure.example/",
                      "authorityHost": "https://login.azure.example/"},
         "shim": {**STANDALONE_SHIM, "cosmos": {**STANDALONE_SHIM["cosmos"], "noCreate": True},
                  "extraArgs": ["--max-txn-ops=256"]},
@@ -246,8 +247,9 @@ def test_custom_image_and_cloud(render):
         assert deployment["spec"]["template"]["spec"]["imagePullSecrets"] == [{"name": "registry-credentials"}]
     args = flags(only(objects, "Deployment", "operator"))
     assert args["--shim-image"] == image
-    assert (args["--cloud"], args["--arm-endpoint"], args["--authority-host"]) == \
-        ("custom", "https://management.azure.example/", "https://login.azure.example/")
+    assert (args["--cloud"], args["--arm-endpoint"], args["--arm-audience"], args["--authority-host"]) == \
+        ("custom", "https://management.azure.example/", "https://management.core.azure.example/",
+         "https://login.azure.example/")
     shim_args = container(only(objects, "Deployment", "shim"))["args"]
     assert "--cosmos-no-create" in shim_args and shim_args[-1] == "--max-txn-ops=256"
 
@@ -336,8 +338,8 @@ BAD_VALUES = {
     "pull policy": ({"image": {"pullPolicy": "Sometimes"}}, ["/image/pullPolicy", "'Always', 'IfNotPresent', 'Never'"]),
     "namespace name": ({"operator": {"watchNamespaces": ["Team_A"]}}, ["/operator/watchNamespaces/0", "'Team_A'"]),
     "cloud": ({"operator": {"cloud": "mars"}}, ["/operator/cloud", "'public', 'china', 'usgovernment', 'custom'"]),
-    "custom cloud without endpoints": ({"operator": {"cloud": "custom"}},
-                                       ["/operator/armEndpoint", "/operator/authorityHost"]),
+    # The authority may come from the endpoint's /metadata/endpoints; the endpoint itself may not.
+    "custom cloud without endpoint": ({"operator": {"cloud": "custom"}}, ["/operator/armEndpoint"]),
     "workload identity without client id": ({"operator": {"workloadIdentity": {"enabled": True}}},
                                             ["/operator/workloadIdentity/clientId"]),
     "shim without endpoint": ({"shim": {"enabled": True, "cosmos": {"existingKeySecret": "k"}}},

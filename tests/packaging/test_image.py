@@ -34,6 +34,7 @@ from tests.harness.project import DOCKERFILE, PACKAGE_VERSION, REPO
 # The chart's values that make it pass every flag it knows (see test_helm_chart.py).
 EVERY_OPERATOR_FLAG = {"operator": {"watchNamespaces": ["team-a"], "cloud": "custom",
                                     "armEndpoint": "https://management.azure.example/",
+                                    "armAudience": "https://management.core.azure.example/",
                                     "authorityHost": "https://login.azure.example/"}}
 EVERY_SHIM_FLAG = {"operator": {"enabled": False},
                    "shim": {"enabled": True, "cosmos": {"endpoint": "https://a.documents.azure.com:443/",
