@@ -128,29 +128,22 @@ def test_alarm_survives_a_restart(tmp_path):
 @shim_only
 def test_replicas_share_alarms(cosmos, tmp_path):
     container = f"alarms-{uuid.uuid4().hex[:8]}"
-    a = cosmos_shims.start_shim(tmp_path, cosmos.endpoint, container, "replica-a")
-    try:
-        b = cosmos_shims.start_shim(tmp_path, cosmos.endpoint, container, "replica-b")
-        try:
-            assert put_outcome(b.channel, b"/shared/k") is None
-            a.maintenance.Alarm(pb.AlarmRequest(action=ACTIVATE, memberID=0, alarm=pb.NOSPACE), timeout=10)
-            # A GET catches up with the log first: it lists the alarm at once.
-            listed = b.maintenance.Alarm(pb.AlarmRequest(action=GET), timeout=10).alarms
-            assert [(x.memberID, x.alarm) for x in listed] == [(0, pb.NOSPACE)]
-            eventually(lambda: put_outcome(b.channel, b"/shared/k") == NO_SPACE, "replica B refuses a Put")
-            assert list(b.maintenance.Status(pb.StatusRequest(), timeout=10).errors) == ["alarm:NOSPACE "]
-            assert b.http("/health").json() == {"health": "false", "reason": "ALARM NOSPACE"}
-            assert b.metrics()[NOSPACE_METRIC] == 1
-            disarmed = b.maintenance.Alarm(pb.AlarmRequest(action=pb.AlarmRequest.DEACTIVATE, memberID=0,
-                                                           alarm=pb.NOSPACE), timeout=10).alarms
-            assert [(x.memberID, x.alarm) for x in disarmed] == [(0, pb.NOSPACE)]
-            assert put_outcome(b.channel, b"/shared/k") is None
-            eventually(lambda: put_outcome(a.channel, b"/shared/k") is None, "replica A writes again")
-            assert a.http("/health").status == 200
-            assert a.metrics()[NOSPACE_METRIC] == 0
-            a.assert_alive()
-            b.assert_alive()
-        finally:
-            b.close()
-    finally:
-        a.close()
+    with cosmos_shims.replicas(tmp_path, cosmos.endpoint, container, "replica-a", "replica-b") as (a, b):
+        assert put_outcome(b.channel, b"/shared/k") is None
+        a.maintenance.Alarm(pb.AlarmRequest(action=ACTIVATE, memberID=0, alarm=pb.NOSPACE), timeout=10)
+        # A GET catches up with the log first: it lists the alarm at once.
+        listed = b.maintenance.Alarm(pb.AlarmRequest(action=GET), timeout=10).alarms
+        assert [(x.memberID, x.alarm) for x in listed] == [(0, pb.NOSPACE)]
+        eventually(lambda: put_outcome(b.channel, b"/shared/k") == NO_SPACE, "replica B refuses a Put")
+        assert list(b.maintenance.Status(pb.StatusRequest(), timeout=10).errors) == ["alarm:NOSPACE "]
+        assert b.http("/health").json() == {"health": "false", "reason": "ALARM NOSPACE"}
+        assert b.metrics()[NOSPACE_METRIC] == 1
+        disarmed = b.maintenance.Alarm(pb.AlarmRequest(action=pb.AlarmRequest.DEACTIVATE, memberID=0,
+                                                       alarm=pb.NOSPACE), timeout=10).alarms
+        assert [(x.memberID, x.alarm) for x in disarmed] == [(0, pb.NOSPACE)]
+        assert put_outcome(b.channel, b"/shared/k") is None
+        eventually(lambda: put_outcome(a.channel, b"/shared/k") is None, "replica A writes again")
+        assert a.http("/health").status == 200
+        assert a.metrics()[NOSPACE_METRIC] == 0
+        a.assert_alive()
+        b.assert_alive()

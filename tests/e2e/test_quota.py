@@ -250,15 +250,9 @@ def test_nospace_embedded_as_etcd(tmp_path):
 def test_nospace_cosmos_two_replicas_as_etcd(tmp_path, cosmos):
     etcd = run_on_etcd(tmp_path / "etcd", compaction_alone_frees_space=True)
     container = f"quota-{uuid.uuid4().hex[:8]}"
-    a = cosmos_shims.start_shim(tmp_path, cosmos.endpoint, container, "replica-a", QUOTA_FLAG)
-    try:
-        b = cosmos_shims.start_shim(tmp_path, cosmos.endpoint, container, "replica-b", QUOTA_FLAG)
-        try:
-            transcript = scenario(Roles(a.channel, b.channel), compaction_alone_frees_space=True)
-            a.assert_alive()
-            b.assert_alive()
-        finally:
-            b.close()
-    finally:
-        a.close()
+    with cosmos_shims.replicas(tmp_path, cosmos.endpoint, container, "replica-a", "replica-b",
+                               extra_args=QUOTA_FLAG) as (a, b):
+        transcript = scenario(Roles(a.channel, b.channel), compaction_alone_frees_space=True)
+        a.assert_alive()
+        b.assert_alive()
     assert_same(transcript, etcd)

@@ -153,6 +153,16 @@ def answers(endpoint: str, revisions: dict[str, int]) -> dict[str, object]:
     return found
 
 
+def assert_serves(restored: processes.Server, expected: dict, history: dict[str, int]) -> None:
+    """A restored server answers as the source did, and writes on at the next revision; then it stops."""
+    try:
+        assert answers(restored.endpoint, history) == expected
+        after = processes.etcdctl(restored.endpoint, ["put", "next", "1", "-w", "json"])
+        assert json.loads(after.stdout)["header"]["revision"] == history["last"] + 1
+    finally:
+        restored.stop()
+
+
 @pytest.fixture(scope="module")
 def history(e2e_etcd, e2e_shim):
     revisions = {side: write_history(server.endpoint) for side, server in (("etcd", e2e_etcd), ("shim", e2e_shim))}
@@ -201,13 +211,7 @@ def test_etcdutl_snapshot_status_reads_it(snapshots, history):
 def test_etcdutl_snapshot_restore_serves_the_same_data(snapshots, history, e2e_shim, tmp_path):
     expected = answers(e2e_shim.endpoint, history)
     assert expected["compacted"][0] == "error" and len(expected["now"]) == 6 + MANY - 10
-    restored = restore_etcd(snapshots["shim"], tmp_path)
-    try:
-        assert answers(restored.endpoint, history) == expected
-        after = processes.etcdctl(restored.endpoint, ["put", "next", "1", "-w", "json"])
-        assert json.loads(after.stdout)["header"]["revision"] == history["last"] + 1
-    finally:
-        restored.stop()
+    assert_serves(restore_etcd(snapshots["shim"], tmp_path), expected, history)
 
 
 @shim_only
@@ -215,13 +219,7 @@ def test_etcdutl_snapshot_restore_serves_the_same_data(snapshots, history, e2e_s
 def test_cosmos_etcd_restore_serves_the_same_data(source, snapshots, history, e2e_etcd, e2e_shim, tmp_path):
     """From the shim's own snapshot, and from etcd's: a migration with every revision kept."""
     expected = answers({"shim": e2e_shim, "etcd": e2e_etcd}[source].endpoint, history)
-    restored = restore_shim(snapshots[source], tmp_path)
-    try:
-        assert answers(restored.endpoint, history) == expected
-        after = processes.etcdctl(restored.endpoint, ["put", "next", "1", "-w", "json"])
-        assert json.loads(after.stdout)["header"]["revision"] == history["last"] + 1
-    finally:
-        restored.stop()
+    assert_serves(restore_shim(snapshots[source], tmp_path), expected, history)
 
 
 @shim_only
@@ -233,14 +231,9 @@ def test_cosmos_etcd_restore_into_a_cosmos_container(source, snapshots, history,
     r = cosmos_etcd_restore(snapshots[source], tmp_path / "unused", "--backend", "cosmos", *flags,
                             env=LOCAL_COSMOS_KEY)
     assert r.returncode == 0, r.stderr
-    first = cosmos_shims.start_shim(tmp_path, cosmos.endpoint, flags[3], "first")
-    second = cosmos_shims.start_shim(tmp_path, cosmos.endpoint, flags[3], "second")
-    try:
-        for replica in (first, second):
+    with cosmos_shims.replicas(tmp_path, cosmos.endpoint, flags[3], "first", "second") as served:
+        for replica in served:
             assert answers(replica.endpoint, history) == expected, replica.name
-    finally:
-        for replica in (first, second):
-            replica.close()
 
 
 @shim_only
@@ -319,22 +312,13 @@ def test_restored_auth_keeps_users_roles_and_permissions(history, e2e_shim, tmp_
 @shim_only
 def test_a_second_cosmos_replica_snapshots_what_the_first_wrote(cosmos, tmp_path):
     container = f"snapshot-{uuid.uuid4().hex[:8]}"
-    first = cosmos_shims.start_shim(tmp_path, cosmos.endpoint, container, "first")
-    second = cosmos_shims.start_shim(tmp_path, cosmos.endpoint, container, "second")
-    try:
+    with cosmos_shims.replicas(tmp_path, cosmos.endpoint, container, "first", "second") as (first, second):
         history = write_history(first.endpoint)
         expected = answers(first.endpoint, history)
         snapshot = save(second.endpoint, tmp_path / "second.db")
         assert database_of(snapshot)[b"key"] == database_of(save(first.endpoint, tmp_path / "first.db"))[b"key"]
         assert status_of(snapshot)["revision"] == history["last"]
-        restored = restore_etcd(snapshot, tmp_path)
-        try:
-            assert answers(restored.endpoint, history) == expected
-        finally:
-            restored.stop()
-    finally:
-        for shim in (first, second):
-            shim.close()
+        assert_serves(restore_etcd(snapshot, tmp_path), expected, history)
 
 
 @shim_only

@@ -7,8 +7,10 @@ give ``--cosmos-key-file``. The local server accepts any key.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import pathlib
+from collections.abc import Iterator
 
 import grpc
 
@@ -69,3 +71,17 @@ def start_shim(workdir: pathlib.Path, endpoint: str, container: str, name: str,
         extra_args=["--name", name, "--cosmos-endpoint", endpoint, "--cosmos-container", container,
                     "--listen-metrics-urls", f"http://127.0.0.1:{metrics_port}", *extra_args])
     return Shim(server, metrics_port, grpc.insecure_channel(server.endpoint), name)
+
+
+@contextlib.contextmanager
+def replicas(workdir: pathlib.Path, endpoint: str, container: str, *names: str,
+             extra_args: list[str] = ()) -> Iterator[list[Shim]]:
+    """Shims named ``names`` on one container, all closed (stopped by pid) however the block ends."""
+    started: list[Shim] = []
+    try:
+        for name in names:
+            started.append(start_shim(workdir, endpoint, container, name, list(extra_args)))
+        yield started
+    finally:
+        for shim in started:
+            shim.close()
