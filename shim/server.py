@@ -157,8 +157,8 @@ class Server:
             await store.open()
             migration = await store.log.load_migration()
             if migration is not None:
-                raise StartupError(f"this store is a migration that was not cut over (from {migration}): finish it "
-                                   "with cosmos-etcd migrate --cutover, or serve another data dir or container")
+                raise StartupError(f"this store is being filled and is not complete ({migration}): finish the "
+                                   "migration with cosmos-etcd migrate --cutover, or empty it and restore again")
             await auth.open()
             identity = identity_of(config)
         except Exception as e:  # storage, credentials, files: the user's to fix, in one line

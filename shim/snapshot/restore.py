@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import pathlib
 import tempfile
 
@@ -63,7 +64,11 @@ async def restore_into(log: RevisionLog, snapshot: LoadedSnapshot) -> Restored:
     """Open ``log`` (an empty store) and fill it with the snapshot."""
     try:
         await log.open()
+        # Marked while it fills (as a migration marks its target): a restore that fails half way
+        # (Cosmos writes many documents) leaves a store that refuses to be served, not a partial one.
+        await log.save_migration(json.dumps({"restore": snapshot.format, "phase": "importing"}))
         await log.import_image(snapshot.image)
+        await log.save_migration(None)
     finally:
         await log.close()
     image = snapshot.image

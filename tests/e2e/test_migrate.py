@@ -241,7 +241,7 @@ def test_an_interrupted_migration_resumes_and_is_not_served_meanwhile(source, ta
     code, _ = first.finish()
     assert code == 3, first.log()
     refused = target.serve_refused()
-    assert refused.returncode != 0 and "migration that was not cut over" in refused.stderr, refused.stderr
+    assert refused.returncode != 0 and "being filled and is not complete" in refused.stderr, refused.stderr
     wait_until(lambda: writer.acknowledged >= 120, 60, "more writes while the migration is stopped")
     second = Migration(source, target, tmp_path)
     resumed = second.wait_for("migration resumed")

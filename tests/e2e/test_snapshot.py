@@ -36,6 +36,8 @@ from cosmos_etcd_shim.snapshot import bbolt
 from tests.e2e.conftest import TARGET, shim_only, start_etcd_at
 from tests.harness import cosmos_shims, processes
 from tests.harness.backends import LOCAL_COSMOS_KEY
+from tests.harness.faultproxy import Rule, ThreadedFaultProxy
+from tests.harness.faultrules import on_proxy
 
 ETCDUTL = processes.ETCD_BIN_DIR / "etcdutl"
 LEASE_ID = 0x5EED
@@ -234,6 +236,26 @@ def test_cosmos_etcd_restore_into_a_cosmos_container(source, snapshots, history,
     with cosmos_shims.replicas(tmp_path, cosmos.endpoint, flags[3], "first", "second") as served:
         for replica in served:
             assert answers(replica.endpoint, history) == expected, replica.name
+
+
+@shim_only
+def test_a_restore_refused_half_way_by_cosmos_leaves_a_store_that_is_not_served(snapshots, cosmos, tmp_path):
+    """A 403 on the import's first log write (after its checkpoint and meta): the restore fails
+    with Cosmos' refusal named, and the half-filled container refuses to be served."""
+    container = f"restore-403-{uuid.uuid4().hex[:8]}"
+    threaded = ThreadedFaultProxy("127.0.0.1", cosmos.port)
+    with threaded as proxy:
+        on_proxy(threaded, lambda p: p.add(Rule("status", status=403, times=1, operation="create",
+                                                body=b'"kind":"log"')))
+        flags = ["--cosmos-endpoint", proxy.endpoint, "--cosmos-container", container]
+        r = cosmos_etcd_restore(snapshots["shim"], tmp_path / "unused", "--backend", "cosmos", *flags,
+                                env=LOCAL_COSMOS_KEY)
+    assert r.returncode == 1 and "403" in r.stderr, r.stderr
+    refused = subprocess.run(processes.shim_argv(tmp_path / "data", processes.free_port(),
+                                                 ["--backend", "cosmos", "--cosmos-endpoint", cosmos.endpoint,
+                                                  "--cosmos-container", container]),
+                             capture_output=True, text=True, timeout=60, env={**os.environ, **LOCAL_COSMOS_KEY})
+    assert refused.returncode != 0 and "being filled and is not complete" in refused.stderr, refused.stderr
 
 
 @shim_only

@@ -30,9 +30,9 @@
 #   With no component named, both are built. Progress and timings go to stderr; stdout gets
 #   shell-sourceable lines (also written to PATH with --env-file), e.g.
 #     KUBERNETES_VERSION=v1.36.5
-#     KUBERNETES_BIN=/root/.cache/cosmos-etcd-peers/kubernetes-v1.36.5/bin
+#     KUBERNETES_BIN=<cache>/kubernetes-v1.36.5/bin
 #     KINE_VERSION=v0.17.5
-#     KINE_BIN=/root/.cache/cosmos-etcd-peers/kine-v0.17.5/bin
+#     KINE_BIN=<cache>/kine-v0.17.5/bin
 #
 # Cost, measured on 2 cores with Go 1.26.8 and empty GOMODCACHE/GOCACHE:
 #   Kubernetes: download 12-17 s (GOMODCACHE +768 MB, of which 153 MB zips), compile 397 s
