@@ -246,18 +246,29 @@ class ApiServer:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    @property
+    def url(self) -> str:
+        return f"https://127.0.0.1:{self.port}"
+
+    @property
+    def ca_file(self) -> pathlib.Path:
+        """The CA that signed the serving certificate (for kubeconfigs of other components)."""
+        return self.workdir / "ca.crt"
+
     def assert_alive(self) -> None:
         assert self.process.poll() is None, \
             f"kube-apiserver exited with {self.process.returncode}:\n{self.log()[-5000:]}"
 
 
 def _write_credentials(workdir: pathlib.Path) -> ssl.SSLContext:
-    """Serving certificate and key, service-account key, token file; the client's SSL context."""
+    """Serving certificate and key and their CA, service-account key, token file; the client's SSL
+    context."""
     import trustme
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import rsa
 
     ca = trustme.CA()
+    ca.cert_pem.write_to_path(str(workdir / "ca.crt"))
     serving = ca.issue_cert("127.0.0.1", "localhost")
     serving.cert_chain_pems[0].write_to_path(str(workdir / "serving.crt"))
     serving.private_key_pem.write_to_path(str(workdir / "serving.key"))
