@@ -23,7 +23,8 @@ ARM operations by step::
     ensure_throughput GET  .../containers/{c}/throughputSettings/default
                       POST .../throughputSettings/default/migrateToAutoscale | migrateToManualThroughput
                       PUT  .../throughputSettings/default             the value (after a migration)
-    list_keys         POST databaseAccounts/{a}/listKeys             not long-running
+    list_keys         POST databaseAccounts/{a}/listKeys             not long-running (Key mode only)
+    (role_assignment.py) GET, PUT, DELETE .../sqlRoleAssignments/{id}  through :meth:`CosmosResources.step`
     delete_account    GET, DELETE databaseAccounts/{a}               absent = deleted
     (every resume)    GET  the operation's Azure-AsyncOperation URL (or Location URL), once
 
@@ -41,7 +42,9 @@ Account hardening: what the spec sets is sent on create and set back on an exist
 :mod:`cosmos_etcd_operator.spec` for what an unset field means). Azure cannot turn continuous backup
 back into periodic: an account that has (or is migrating to) continuous backup under a spec asking for
 periodic raises :class:`InvalidSpec`, which the handlers report as a condition without retrying.
-:attr:`AccountReady.settings` is what is in force, for the status.
+:attr:`AccountReady.settings` is what is in force, for the status. ``disableLocalAuth`` follows
+``spec.azure.dataPlaneAuth``: true with EntraID (no key opens the data plane), false with Key (the shim
+needs the keys), so it is always enforced.
 
 Errors become :class:`AzureError` with ARM's error code; every call is counted in
 ``cosmos_etcd_operator_arm_requests_total{operation,code}`` (``get_account``, ``create_account``,
@@ -72,8 +75,8 @@ from azure.mgmt.cosmosdb.aio import CosmosDBManagementClient
 
 from cosmos_etcd_operator.cloud import AzureCloud
 from cosmos_etcd_operator.metrics import ARM_REQUESTS
-from cosmos_etcd_operator.spec import (Backup, BackupType, ClusterSpec, ConsistencyLevel, ContinuousTier, InvalidSpec,
-                                       ThroughputMode)
+from cosmos_etcd_operator.spec import (Backup, BackupType, ClusterSpec, ConsistencyLevel, ContinuousTier,
+                                       DataPlaneAuth, InvalidSpec, ThroughputMode)
 from cosmos_etcd_shim.storage.cosmos.layout import INDEXING_POLICY, PARTITION_KEY
 
 logger = logging.getLogger(__name__)
@@ -160,7 +163,7 @@ class AccountKeys:
 
 
 @dataclasses.dataclass(frozen=True)
-class _Change:
+class Change:
     """What a step wants ARM to do: ``begin`` starts it (a ``begin_*`` call of the SDK); ``operation``
     names it in the metrics."""
 
@@ -171,7 +174,7 @@ class _Change:
 
 
 @dataclasses.dataclass(frozen=True)
-class _Wait:
+class Wait:
     """The resource is busy with an operation we hold no token for (someone else's, or a lost one)."""
 
     description: str
@@ -238,21 +241,21 @@ class CosmosResources:
 
     async def ensure_account(self, spec: ClusterSpec, resume: str | None = None) -> AccountReady | Pending:
         """The account exists with the spec's mutable properties; an existing one is adopted."""
-        return await self._step(ACCOUNT, spec, resume, self._reconcile_account)
+        return await self.step(ACCOUNT, spec, resume, self._reconcile_account)
 
     async def ensure_database(self, spec: ClusterSpec, resume: str | None = None) -> Ready | Pending:
-        return await self._step(DATABASE, spec, resume, self._reconcile_database)
+        return await self.step(DATABASE, spec, resume, self._reconcile_database)
 
     async def ensure_container(self, spec: ClusterSpec, resume: str | None = None) -> Ready | Pending:
         """The container exists with the shim's partition key and indexing policy."""
-        return await self._step(CONTAINER, spec, resume, self._reconcile_container)
+        return await self.step(CONTAINER, spec, resume, self._reconcile_container)
 
     async def ensure_throughput(self, spec: ClusterSpec, resume: str | None = None) -> ThroughputReady | Pending:
         """The container's dedicated throughput has the spec's mode and value; returns what is in force."""
-        return await self._step(THROUGHPUT, spec, resume, self._reconcile_throughput)
+        return await self.step(THROUGHPUT, spec, resume, self._reconcile_throughput)
 
     async def delete_account(self, spec: ClusterSpec, resume: str | None = None) -> Deleted | Pending:
-        return await self._step(DELETE, spec, resume, self._reconcile_deletion)
+        return await self.step(DELETE, spec, resume, self._reconcile_deletion)
 
     async def list_keys(self, spec: ClusterSpec) -> AccountKeys:
         self._check_subscription(spec)
@@ -263,38 +266,38 @@ class CosmosResources:
     # -- what each step compares -----------------------------------------------------------------
 
     async def _reconcile_account(self, spec: ClusterSpec, created: bool):
-        account = await self._get("get_account", self._client.database_accounts.get, spec.resource_group,
+        account = await self.read("get_account", self._client.database_accounts.get, spec.resource_group,
                                   spec.account_name)
         if account is None:
-            return _Change("create_account", f"create account {spec.account_name}", lambda **options: (
+            return Change("create_account", f"create account {spec.account_name}", lambda **options: (
                 self._client.database_accounts.begin_create_or_update(
                     spec.resource_group, spec.account_name, _account_parameters(spec), **options)), creates=True)
         properties = account.properties
         if properties.provisioning_state in _RUNNING_STATES:
-            return _Wait(f"account {spec.account_name} is {properties.provisioning_state.lower()}")
+            return Wait(f"account {spec.account_name} is {properties.provisioning_state.lower()}")
         _check_adoptable(spec, account)
         update = _account_update(spec, account)
         if update is not None:
             changed, parameters = update
-            return _Change("update_account", f"update account {spec.account_name} ({changed})", lambda **options: (
+            return Change("update_account", f"update account {spec.account_name} ({changed})", lambda **options: (
                 self._client.database_accounts.begin_update(
                     spec.resource_group, spec.account_name, parameters, **options)))
         return AccountReady(document_endpoint=properties.document_endpoint, adopted=not created,
                             provisioning_state=properties.provisioning_state, settings=_account_settings(account))
 
     async def _reconcile_database(self, spec: ClusterSpec, created: bool):
-        database = await self._get("get_database", self._client.sql_resources.get_sql_database,
+        database = await self.read("get_database", self._client.sql_resources.get_sql_database,
                                     spec.resource_group, spec.account_name, spec.database)
         if database is not None:
             return Ready(spec.database)
         parameters = models.SqlDatabaseCreateUpdateParameters(properties=models.SqlDatabaseCreateUpdateProperties(
             resource=models.SqlDatabaseResource(id=spec.database), options=models.CreateUpdateOptions()))
-        return _Change("create_database", f"create database {spec.database}", lambda **options: (
+        return Change("create_database", f"create database {spec.database}", lambda **options: (
             self._client.sql_resources.begin_create_update_sql_database(
                 spec.resource_group, spec.account_name, spec.database, parameters, **options)), creates=True)
 
     async def _reconcile_container(self, spec: ClusterSpec, created: bool):
-        container = await self._get("get_container", self._client.sql_resources.get_sql_container,
+        container = await self.read("get_container", self._client.sql_resources.get_sql_container,
                                     spec.resource_group, spec.account_name, spec.database, spec.container)
         if container is None:
             return self._container_change(spec, f"create container {spec.container}", _throughput_options(spec))
@@ -308,34 +311,34 @@ class CosmosResources:
         return Ready(spec.container)
 
     def _container_change(self, spec: ClusterSpec, description: str,
-                          options: models.CreateUpdateOptions | None) -> _Change:
+                          options: models.CreateUpdateOptions | None) -> Change:
         parameters = models.SqlContainerCreateUpdateParameters(properties=models.SqlContainerCreateUpdateProperties(
             resource=models.SqlContainerResource(
                 id=spec.container, partition_key=models.ContainerPartitionKey(copy.deepcopy(PARTITION_KEY)),
                 indexing_policy=models.IndexingPolicy(copy.deepcopy(INDEXING_POLICY))),
             options=options or models.CreateUpdateOptions()))
-        return _Change("create_or_update_container", description, lambda **kwargs: (
+        return Change("create_or_update_container", description, lambda **kwargs: (
             self._client.sql_resources.begin_create_update_sql_container(
                 spec.resource_group, spec.account_name, spec.database, spec.container, parameters, **kwargs)),
             creates=options is not None)
 
     async def _reconcile_throughput(self, spec: ClusterSpec, created: bool):
         names = (spec.resource_group, spec.account_name, spec.database, spec.container)
-        settings = await self._get("get_throughput", self._client.sql_resources.get_sql_container_throughput,
+        settings = await self.read("get_throughput", self._client.sql_resources.get_sql_container_throughput,
                                    *names)
         if settings is None:
             raise AzureError("NotFound", f"container {spec.container} has no dedicated throughput (a serverless "
                                          f"account, or throughput shared by the database)", 404, retryable=False)
         resource = settings.properties.resource
         if str(resource.offer_replace_pending).lower() == "true":
-            return _Wait(f"a throughput change of container {spec.container} is being applied")
+            return Wait(f"a throughput change of container {spec.container} is being applied")
         in_force = _throughput_in_force(resource)
         wanted = spec.throughput
         operations = self._client.sql_resources
         if in_force.mode is not wanted.mode:
             migrate = (operations.begin_migrate_sql_container_to_autoscale if wanted.mode is ThroughputMode.AUTOSCALE
                        else operations.begin_migrate_sql_container_to_manual_throughput)
-            return _Change("migrate_throughput",
+            return Change("migrate_throughput",
                            f"migrate the throughput of container {spec.container} to {wanted.mode.value}",
                            lambda **options: migrate(*names, **options))
         if in_force.request_units != wanted.request_units:
@@ -346,24 +349,32 @@ class CosmosResources:
                 resource = models.ThroughputSettingsResource(throughput=wanted.request_units)
             parameters = models.ThroughputSettingsUpdateParameters(
                 properties=models.ThroughputSettingsUpdateProperties(resource=resource))
-            return _Change("update_throughput", f"set the {wanted.mode.value.lower()} throughput of container "
+            return Change("update_throughput", f"set the {wanted.mode.value.lower()} throughput of container "
                            f"{spec.container} to {wanted.request_units} RU/s", lambda **options: (
                                operations.begin_update_sql_container_throughput(*names, parameters, **options)))
         return in_force
 
     async def _reconcile_deletion(self, spec: ClusterSpec, created: bool):
-        account = await self._get("get_account", self._client.database_accounts.get, spec.resource_group,
+        account = await self.read("get_account", self._client.database_accounts.get, spec.resource_group,
                                   spec.account_name)
         if account is None:
             return Deleted()
         if account.properties.provisioning_state in _RUNNING_STATES:
-            return _Wait(f"account {spec.account_name} is {account.properties.provisioning_state.lower()}")
-        return _Change("delete_account", f"delete account {spec.account_name}", lambda **options: (
+            return Wait(f"account {spec.account_name} is {account.properties.provisioning_state.lower()}")
+        return Change("delete_account", f"delete account {spec.account_name}", lambda **options: (
             self._client.database_accounts.begin_delete(spec.resource_group, spec.account_name, **options)))
 
     # -- the long-running protocol ---------------------------------------------------------------
 
-    async def _step(self, step: str, spec: ClusterSpec, resume: str | None, reconcile):
+    @property
+    def client(self) -> CosmosDBManagementClient:
+        """The management client, for the compare functions of steps kept in other modules
+        (:mod:`cosmos_etcd_operator.role_assignment`)."""
+        return self._client
+
+    async def step(self, step: str, spec: ClusterSpec, resume: str | None, reconcile):
+        """Run one step: resume its operation from ``resume``, then ``await reconcile(spec, created)``,
+        which reads, compares and returns the result, a :class:`Change` to start or a :class:`Wait`."""
         self._check_subscription(spec)
         created = False
         token = self._decode(resume, step) if resume else None
@@ -376,11 +387,11 @@ class CosmosResources:
         # An operation that completes at once is followed by one more read; a second one waits.
         for _ in range(2):
             outcome = await reconcile(spec, created)
-            if isinstance(outcome, _Wait):
+            if isinstance(outcome, Wait):
                 logger.info("%s: waiting", outcome.description)
                 wait = _Token(step, outcome.description, None, created=created)
                 return Pending(outcome.description, wait.encode(), self._polling_interval)
-            if not isinstance(outcome, _Change):
+            if not isinstance(outcome, Change):
                 return outcome
             created = created or outcome.creates
             token, retry_after = await self._begin(step, outcome, created)
@@ -388,7 +399,7 @@ class CosmosResources:
                 return Pending(token.operation, token.encode(), retry_after)
         return Pending(token.operation, token.encode(), self._polling_interval)
 
-    async def _begin(self, step: str, change: _Change, created: bool) -> tuple[_Token, float]:
+    async def _begin(self, step: str, change: Change, created: bool) -> tuple[_Token, float]:
         """Start the operation and keep where ARM says to poll it; the SDK's poller is not run."""
         responses: list[PipelineResponse] = []
         logger.info("%s: starting", change.description)
@@ -468,8 +479,9 @@ class CosmosResources:
                 pass
         return self._polling_interval
 
-    async def _get(self, operation: str, read: Callable[..., Awaitable[Any]], *names: str):
-        """The resource, or None if ARM says it does not exist (any other 404 is an error)."""
+    async def read(self, operation: str, read: Callable[..., Awaitable[Any]], *names: str):
+        """The resource, or None if ARM says it does not exist (any other 404 is an error); the call is
+        counted under ``operation``."""
         try:
             async with _azure_errors(operation):
                 return await read(*names)
@@ -599,7 +611,8 @@ def _account_parameters(spec: ClusterSpec) -> models.DatabaseAccountCreateUpdate
 
 def _hardening(spec: ClusterSpec) -> dict[str, Any]:
     """The hardening properties the spec sets, as keyword arguments of the SDK's account properties."""
-    properties: dict[str, Any] = {"minimal_tls_version": spec.minimal_tls_version.value}
+    properties: dict[str, Any] = {"minimal_tls_version": spec.minimal_tls_version.value,
+                                  "disable_local_auth": spec.data_plane_auth is DataPlaneAuth.ENTRA_ID}
     if spec.public_network_access is not None:
         properties["public_network_access"] = spec.public_network_access.value
     if spec.ip_rules is not None:
@@ -713,7 +726,7 @@ def _properties_update(spec: ClusterSpec, account: models.DatabaseAccountGetResu
 _HARDENING_NAMES = {"minimal_tls_version": "minimal TLS version", "public_network_access": "public network access",
                     "ip_rules": "IP rules", "virtual_network_rules": "virtual network rules",
                     "disable_key_based_metadata_write_access": "key-based metadata writes",
-                    "backup_policy": "backup policy"}
+                    "backup_policy": "backup policy", "disable_local_auth": "local (key) authentication"}
 
 
 def _hardening_differs(name: str, wanted: Any, properties: models.DatabaseAccountGetProperties) -> bool:
@@ -726,7 +739,7 @@ def _hardening_differs(name: str, wanted: Any, properties: models.DatabaseAccoun
         # ignoreMissingVNetServiceEndpoint only matters when a rule is added).
         return {rule.id.lower() for rule in wanted} != {(rule.id or "").lower() for rule in current or []} or \
             bool(properties.is_virtual_network_filter_enabled) != bool(wanted)
-    if name == "disable_key_based_metadata_write_access":
+    if name in ("disable_key_based_metadata_write_access", "disable_local_auth"):
         return bool(current) != wanted
     if name == "backup_policy":
         in_force = _backup_settings(properties)
@@ -764,6 +777,7 @@ def _account_settings(account: models.DatabaseAccountGetResults) -> dict[str, An
     return {
         "minimalTlsVersion": _text(properties.minimal_tls_version),
         "disableKeyBasedMetadataWriteAccess": bool(properties.disable_key_based_metadata_write_access),
+        "disableLocalAuth": bool(properties.disable_local_auth),
         "network": {
             "publicNetworkAccess": _text(properties.public_network_access),
             "ipRules": sorted(rule.ip_address_or_range for rule in properties.ip_rules or []),

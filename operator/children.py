@@ -2,8 +2,15 @@
 
 Pure functions of the cluster's name, namespace, parsed spec and what Azure told the operator
 (the account endpoint and key): the Deployment running ``cosmos-etcd serve --backend cosmos``,
-the Service in front of it, its PodDisruptionBudget and the Secret holding the account key. Every
-object is owned by the CosmosEtcdCluster (Kubernetes' garbage collector deletes them with it).
+the Service in front of it, its PodDisruptionBudget, its ServiceAccount and the Secret holding the
+account key. Every object is owned by the CosmosEtcdCluster (Kubernetes' garbage collector deletes
+them with it).
+
+With ``spec.azure.dataPlaneAuth: EntraID`` there is no key: the ServiceAccount carries
+``azure.workload.identity/client-id`` (``spec.shim.identity.clientId``), the pods carry the label
+``azure.workload.identity/use: "true"``, so that Azure Workload Identity's webhook projects a
+federated token into them, and the shim runs with ``--cosmos-auth entra-id`` (no key file, no key
+Secret mounted, no keys checksum).
 
 Children carry ``app.kubernetes.io/name``, ``component``, ``part-of`` and ``managed-by`` labels
 and ``cosmosetcd.io/cluster: <name>``, but neither the owner's labels nor
@@ -22,7 +29,7 @@ from typing import Any
 
 import kopf
 
-from cosmos_etcd_operator.spec import ClusterSpec
+from cosmos_etcd_operator.spec import ClusterSpec, DataPlaneAuth
 
 CLIENT_PORT = 2379
 METRICS_PORT = 2381
@@ -36,6 +43,9 @@ SECRET_KEYS = "keys"  # both keys, one a line: the file the shim reads (cosmos-e
 CLUSTER_LABEL = "cosmosetcd.io/cluster"
 MANAGED_BY = "cosmos-etcd-operator"
 KEYS_CHECKSUM_ANNOTATION = "cosmosetcd.io/keys-checksum"
+# Azure Workload Identity's contract with its mutating webhook.
+WORKLOAD_IDENTITY_USE_LABEL = "azure.workload.identity/use"
+WORKLOAD_IDENTITY_CLIENT_ID_ANNOTATION = "azure.workload.identity/client-id"
 
 DEFAULT_RESOURCES = {"requests": {"cpu": "250m", "memory": "512Mi"}, "limits": {"memory": "2Gi"}}
 
@@ -58,7 +68,7 @@ def labels(name: str) -> dict[str, str]:
             "app.kubernetes.io/managed-by": MANAGED_BY}
 
 
-def _child(owner: Mapping[str, Any], api_version: str, kind: str, name: str | None = None,
+def child(owner: Mapping[str, Any], api_version: str, kind: str, name: str | None = None,
            **fields: Any) -> dict[str, Any]:
     """An object in the owner's namespace, labelled for it and owned by it (named after it by default)."""
     cluster, namespace = owner["metadata"]["name"], owner["metadata"]["namespace"]
@@ -72,7 +82,7 @@ def keys_secret(owner: Mapping[str, Any], *, account_endpoint: str, keys: Sequen
     """The Secret the shim reads the account keys from, primary first (base64 in ``data``, as the
     API returns it). Both keys are there so that a shim whose key was just regenerated moves to
     the other one at its first 401, without waiting for the mounted Secret to be updated."""
-    return _child(owner, "v1", "Secret", keys_secret_name(owner["metadata"]["name"]), type="Opaque",
+    return child(owner, "v1", "Secret", keys_secret_name(owner["metadata"]["name"]), type="Opaque",
                   data={SECRET_ENDPOINT: _b64(account_endpoint), SECRET_KEY: _b64(keys[0]),
                         SECRET_KEYS: _b64("".join(f"{key}\n" for key in keys))})
 
@@ -85,7 +95,7 @@ def keys_checksum(keys: Sequence[str]) -> str:
 def service(owner: Mapping[str, Any]) -> dict[str, Any]:
     """The etcd endpoint, and the shims' /metrics for the chart's ServiceMonitor (which selects
     Services, not pods)."""
-    return _child(owner, "v1", "Service", spec={
+    return child(owner, "v1", "Service", spec={
         "type": "ClusterIP",
         "selector": selector(owner["metadata"]["name"]),
         "ports": [{"name": "client", "port": CLIENT_PORT, "targetPort": "client", "protocol": "TCP",
@@ -95,8 +105,17 @@ def service(owner: Mapping[str, Any]) -> dict[str, Any]:
     })
 
 
+def service_account(owner: Mapping[str, Any], spec: ClusterSpec) -> dict[str, Any]:
+    """The shim pods' own ServiceAccount (named after the cluster, no API token mounted); with
+    EntraID, annotated with the client id of the Entra ID identity it federates with."""
+    obj = child(owner, "v1", "ServiceAccount", automountServiceAccountToken=False)
+    if spec.data_plane_auth is DataPlaneAuth.ENTRA_ID:
+        obj["metadata"]["annotations"] = {WORKLOAD_IDENTITY_CLIENT_ID_ANNOTATION: spec.shim.identity.client_id}
+    return obj
+
+
 def pod_disruption_budget(owner: Mapping[str, Any]) -> dict[str, Any]:
-    return _child(owner, "policy/v1", "PodDisruptionBudget",
+    return child(owner, "policy/v1", "PodDisruptionBudget",
                   spec={"maxUnavailable": 1, "selector": {"matchLabels": selector(owner["metadata"]["name"])}})
 
 
@@ -118,16 +137,23 @@ def deployment(owner: Mapping[str, Any], spec: ClusterSpec, *, image: str, accou
         "--listen-client-urls", f"{scheme}://0.0.0.0:{CLIENT_PORT}",
         "--advertise-client-urls", endpoint(name, namespace, spec),
         "--listen-metrics-urls", f"http://0.0.0.0:{METRICS_PORT}",
-        "--cosmos-key-file", f"{KEYS_DIR}/{SECRET_KEYS}",
     ]
-    mounts = [{"name": "tmp", "mountPath": "/tmp"}, {"name": "data", "mountPath": DATA_DIR},
-              {"name": "cosmos-keys", "mountPath": KEYS_DIR, "readOnly": True}]
-    # A mounted Secret (not an environment variable) is updated in place when the keys rotate.
-    volumes: list[dict[str, Any]] = [
-        {"name": "tmp", "emptyDir": {}}, {"name": "data", "emptyDir": {}},
-        {"name": "cosmos-keys", "secret": {"secretName": keys_secret_name(name), "defaultMode": 0o440,
-                                           "items": [{"key": SECRET_KEYS, "path": SECRET_KEYS}]}},
-    ]
+    mounts = [{"name": "tmp", "mountPath": "/tmp"}, {"name": "data", "mountPath": DATA_DIR}]
+    volumes: list[dict[str, Any]] = [{"name": "tmp", "emptyDir": {}}, {"name": "data", "emptyDir": {}}]
+    pod_labels, pod_annotations = labels(name), {}
+    if spec.data_plane_auth is DataPlaneAuth.ENTRA_ID:
+        # No key anywhere: the webhook gives the pod AZURE_CLIENT_ID, AZURE_TENANT_ID,
+        # AZURE_FEDERATED_TOKEN_FILE and AZURE_AUTHORITY_HOST, which the shim's credential reads.
+        args += ["--cosmos-auth", "entra-id"]
+        pod_labels[WORKLOAD_IDENTITY_USE_LABEL] = "true"
+    else:
+        # A mounted Secret (not an environment variable) is updated in place when the keys rotate.
+        args += ["--cosmos-key-file", f"{KEYS_DIR}/{SECRET_KEYS}"]
+        mounts.append({"name": "cosmos-keys", "mountPath": KEYS_DIR, "readOnly": True})
+        volumes.append({"name": "cosmos-keys", "secret": {
+            "secretName": keys_secret_name(name), "defaultMode": 0o440,
+            "items": [{"key": SECRET_KEYS, "path": SECRET_KEYS}]}})
+        pod_annotations[KEYS_CHECKSUM_ANNOTATION] = keys_digest
     if tls:
         args += ["--cert-file", f"{TLS_DIR}/tls.crt", "--key-file", f"{TLS_DIR}/tls.key"]
         if tls.client_cert_auth:
@@ -156,6 +182,7 @@ def deployment(owner: Mapping[str, Any], spec: ClusterSpec, *, image: str, accou
         "volumeMounts": mounts,
     }
     pod = {
+        "serviceAccountName": name,
         "automountServiceAccountToken": False,  # the shim never calls the Kubernetes API
         "enableServiceLinks": False,
         "securityContext": {"runAsNonRoot": True, "runAsUser": SHIM_UID, "runAsGroup": SHIM_UID, "fsGroup": SHIM_UID,
@@ -167,11 +194,10 @@ def deployment(owner: Mapping[str, Any], spec: ClusterSpec, *, image: str, accou
         "containers": [container],
         "volumes": volumes,
     }
-    return _child(owner, "apps/v1", "Deployment", spec={
+    return child(owner, "apps/v1", "Deployment", spec={
         "replicas": spec.shim.replicas,
         "selector": {"matchLabels": selector(name)},
-        "template": {"metadata": {"labels": labels(name), "annotations": {KEYS_CHECKSUM_ANNOTATION: keys_digest}},
-                     "spec": pod},
+        "template": {"metadata": {"labels": pod_labels, "annotations": pod_annotations}, "spec": pod},
     })
 
 

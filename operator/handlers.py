@@ -32,9 +32,19 @@ What the operator writes on a CosmosEtcdCluster: ``status`` (including kopf's ow
 handled spec under ``status.kopf``) and its finalizer ``cosmosetcd.io/finalizer`` — never ``spec``,
 labels or annotations, which belong to whoever applies the object (kubectl, Helm, Argo CD, Flux).
 
-Deletion: with ``deletionPolicy: Retain`` the Azure account stays; with ``Delete`` it is deleted
-(a long-running operation, handled like the others). Children go with the object through their
-owner references.
+Data-plane access (``spec.azure.dataPlaneAuth``): with ``Key`` the keys part stores the account keys
+in a Secret the shim mounts; with ``EntraID`` the role assignment part gives the shim's identity the
+Data Contributor role on the database (:mod:`cosmos_etcd_operator.role_assignment`), the account has
+local auth disabled, and the keys part reads no key and writes no Secret: a keys Secret that the
+operator made while the cluster was in Key mode (owned by this CosmosEtcdCluster) is deleted, since
+its keys no longer open anything and must not linger in the cluster; a Secret of that name that
+someone else owns is left alone. Going back to Key removes the role assignment the operator made
+(``status.roleAssignment``). The NetworkPolicy part (:mod:`cosmos_etcd_operator.network_policy`)
+runs after the keys, before the shim.
+
+Deletion: with ``deletionPolicy: Retain`` the Azure account stays (and the role assignment with it);
+with ``Delete`` the role assignment the operator made and then the account are deleted (long-running
+operations, handled like the others). Children go with the object through their owner references.
 """
 from __future__ import annotations
 
@@ -51,7 +61,9 @@ from azure.core.exceptions import ClientAuthenticationError
 
 from cosmos_etcd_operator import children
 from cosmos_etcd_operator.arm import AccountReady, AzureError, CosmosResources, Deleted, Pending, ThroughputReady
+from cosmos_etcd_operator import network_policy, role_assignment
 from cosmos_etcd_operator.cloud import AzureCloud
+from cosmos_etcd_operator.conditions import NETWORK_POLICY, ROLE_ASSIGNMENT
 from cosmos_etcd_operator.conditions import (ACCEPTED, ACCOUNT, CONTAINER, CREDENTIALS, DATA_LOSS_ON_FAILOVER,
                                              DATABASE, FALSE, IN_PROGRESS, INVALID_SPEC, KEYS, READY, SHIM, STALLED,
                                              THROUGHPUT, TRUE, UNAVAILABLE, WAITING, Condition, Conditions, events,
@@ -61,12 +73,14 @@ from cosmos_etcd_operator.kubeapi import Kube, KubeError, cluster_path, connecti
     load_configuration, object_path
 from cosmos_etcd_operator.metrics import (AZURE_OPERATIONS, CLUSTERS, RECONCILE_ERRORS, RECONCILE_SECONDS,
                                           RECONCILIATIONS, ClusterState)
-from cosmos_etcd_operator.spec import GROUP, PLURAL, VERSION, ClusterSpec, DeletionPolicy, InvalidSpec, parse
+from cosmos_etcd_operator.spec import (GROUP, PLURAL, VERSION, ClusterSpec, DataPlaneAuth, DeletionPolicy,
+                                       InvalidSpec, parse)
 
 FINALIZER = f"{GROUP}/finalizer"
 # ARM's refusal of a token requested for another audience (a custom cloud without --arm-audience).
 WRONG_AUDIENCE = "InvalidAuthenticationTokenAudience"
 DELETION = "deletion"  # the key of the account deletion in status.pendingOperations
+ROLE_ASSIGNMENT_REMOVAL = "roleAssignmentRemoval"  # and of a role assignment's removal
 
 # Outcomes of a reconciliation (also the metric's "result" label).
 READY_RESULT, PROGRESSING, PENDING, ERROR, STALLED_RESULT, INVALID, SKIPPED, DELETED = (
@@ -266,6 +280,7 @@ class Reconciliation:
         try:
             credential = await self._credentials(spec)
             async with self._resources(credential, spec) as resources:
+                await self._remove_role_assignment(resources, spec)
                 await self._azure(ACCOUNT, lambda token: resources.delete_account(spec, token), key=DELETION)
         except _Stop as stop:
             self.conditions.summarize(stalled=False)
@@ -293,14 +308,16 @@ class Reconciliation:
             self.new_status["throughput"] = {"mode": throughput.mode.value, "requestUnits": throughput.request_units}
             self._ready(THROUGHPUT, throughput.mode.value, f"{throughput.mode.value} {throughput.request_units} RU/s"
                         + (" (maximum)" if throughput.mode.value == "Autoscale" else ""))
-            keys = await self._azure(KEYS, lambda _: resources.list_keys(spec), long_running=False)
-        both = (keys.primary_master_key, keys.secondary_master_key)
-        secret = children.keys_secret(self.body, account_endpoint=account.document_endpoint, keys=both)
-        await self._kube(KEYS, secret)
-        self._ready(KEYS, "Stored", f"account endpoint and keys in Secret {secret['metadata']['name']}")
+            await self._role_assignment(resources, spec)
+            keys = None
+            if spec.data_plane_auth is DataPlaneAuth.KEY:
+                keys = await self._azure(KEYS, lambda _: resources.list_keys(spec), long_running=False)
+        both = await self._keys(account.document_endpoint, keys)
+        await self._network_policy(spec)
         return await self._shim(spec, account.document_endpoint, children.keys_checksum(both))
 
     async def _shim(self, spec: ClusterSpec, account_endpoint: str, keys_digest: str) -> Outcome:
+        await self._kube(SHIM, children.service_account(self.body, spec))
         await self._kube(SHIM, children.service(self.body))
         await self._kube(SHIM, children.pod_disruption_budget(self.body))
         deployment = await self._kube(SHIM, children.deployment(
@@ -310,6 +327,61 @@ class Reconciliation:
         shim = _shim_condition(deployment)
         self.conditions.set(shim)
         return Outcome(READY_RESULT if shim.status == TRUE else PROGRESSING, shim.message)
+
+    async def _role_assignment(self, resources: CosmosResources, spec: ClusterSpec) -> None:
+        """EntraID: the shim's identity holds the data-plane role (one for an identity the spec no longer
+        names is removed); Key: no role assignment of the operator's is left."""
+        if spec.data_plane_auth is DataPlaneAuth.KEY:
+            await self._remove_role_assignment(resources, spec)
+            self._ready(ROLE_ASSIGNMENT, "NotUsed", "spec.azure.dataPlaneAuth Key: the shim signs in with the "
+                        "account keys")
+            return
+        ready = await self._azure(ROLE_ASSIGNMENT, lambda token: role_assignment.reconcile(resources, spec, token))
+        made = self.status.get("roleAssignment") or {}
+        if made and made.get("id", "").lower() != ready.id.lower():
+            await self._remove_role_assignment(resources, spec)
+        self.new_status["roleAssignment"] = ready.as_status()
+        self._ready(ROLE_ASSIGNMENT, "Assigned", f"{role_assignment.DATA_CONTRIBUTOR_NAME} for principal "
+                    f"{ready.principal_id} on {ready.scope} (assignment {ready.id})")
+
+    async def _remove_role_assignment(self, resources: CosmosResources, spec: ClusterSpec) -> None:
+        """The role assignment in ``status.roleAssignment`` (the operator's) is deleted."""
+        made = self.status.get("roleAssignment")
+        if not made:
+            return
+        await self._azure(ROLE_ASSIGNMENT, lambda token: role_assignment.remove(resources, spec, made["id"], token),
+                          key=ROLE_ASSIGNMENT_REMOVAL)
+        self.new_status["roleAssignment"] = None  # a merge patch's None removes the field
+
+    async def _keys(self, account_endpoint: str, keys) -> tuple[str, ...]:
+        """With ``keys`` (Key mode), the keys Secret; without (EntraID), none: the operator's own is deleted."""
+        if keys is not None:
+            both = (keys.primary_master_key, keys.secondary_master_key)
+            secret = children.keys_secret(self.body, account_endpoint=account_endpoint, keys=both)
+            await self._kube(KEYS, secret)
+            self._ready(KEYS, "Stored", f"account endpoint and keys in Secret {secret['metadata']['name']}")
+            return both
+        name = children.keys_secret_name(self.name)
+        path = object_path("v1", "Secret", self.namespace, name)
+        found = await self._read(KEYS, path)
+        if found is not None and any(owner.get("uid") == self.body["metadata"].get("uid")
+                                     for owner in found["metadata"].get("ownerReferences") or []):
+            try:
+                await self.kube.delete(path, uid=found["metadata"]["uid"])
+            except KubeError as e:
+                self._fail(KEYS, e.reason, str(e), retryable=True)
+            kopf.info(self.body, reason="KeysRemoved", message=f"Secret {name} deleted: with dataPlaneAuth EntraID "
+                      f"no account key is kept in the cluster")
+        self._ready(KEYS, "Keyless", "spec.azure.dataPlaneAuth EntraID: no account key is read or stored, and "
+                    "local (key) authentication is disabled on the account")
+        return ()
+
+    async def _network_policy(self, spec: ClusterSpec) -> None:
+        condition, change = await network_policy.reconcile(self.kube, self.body, spec)
+        if condition.status != TRUE:
+            self._fail(NETWORK_POLICY, condition.reason, condition.message, retryable=True)
+        self._restored(NETWORK_POLICY, "NetworkPolicy", self.name, change)
+        self.conditions.set(condition)
 
     async def _credentials(self, spec: ClusterSpec):
         secret_name = spec.credentials.service_principal_secret
@@ -385,12 +457,15 @@ class Reconciliation:
             stored, change = await self.kube.ensure(desired)
         except KubeError as e:
             self._fail(part, e.reason, str(e), retryable=True)
-        kind, name = desired["kind"], desired["metadata"]["name"]
+        self._restored(part, desired["kind"], desired["metadata"]["name"], change)
+        return stored
+
+    def _restored(self, part: str, kind: str, name: str, change: str | None) -> None:
+        """A child found missing or edited while its part was ready (and the spec unchanged) gets an event."""
         if change == "created" and self.before.status_of(part) == TRUE:
             kopf.info(self.body, reason="Restored", message=f"{kind} {name} was missing: created again")
         elif change == "updated" and self.before.status_of(part) == TRUE and self.generation == self.observed:
             kopf.info(self.body, reason="Restored", message=f"{kind} {name} differed from the spec: set back")
-        return stored
 
     def _show_failover_risk(self, spec: ClusterSpec) -> None:
         """The data loss that the spec accepts (parse refuses it unaccepted) stays in sight."""

@@ -31,6 +31,8 @@ FIELD_MANAGER = "cosmos-etcd-operator"
 _PLURALS = {
     ("v1", "Secret"): "secrets",
     ("v1", "Service"): "services",
+    ("v1", "ServiceAccount"): "serviceaccounts",
+    ("networking.k8s.io/v1", "NetworkPolicy"): "networkpolicies",
     ("apps/v1", "Deployment"): "deployments",
     ("policy/v1", "PodDisruptionBudget"): "poddisruptionbudgets",
     (f"{GROUP}/{VERSION}", "CosmosEtcdCluster"): PLURAL,
@@ -114,6 +116,13 @@ class Kube:
 
     async def merge_patch(self, path: str, patch: Mapping[str, Any]) -> dict[str, Any]:
         return await self._request("PATCH", path, body=patch, content_type="application/merge-patch+json")
+
+    async def delete(self, path: str, *, uid: str) -> bool:
+        """Delete the object if it is still the one with ``uid`` (a precondition: never a namesake made
+        meanwhile); False when it was already gone."""
+        return await self._request("DELETE", path, body={"kind": "DeleteOptions", "apiVersion": "v1",
+                                                         "preconditions": {"uid": uid}},
+                                   missing_ok=True) is not None
 
     async def ensure(self, desired: Mapping[str, Any]) -> tuple[dict[str, Any], str | None]:
         """Make the stored object contain ``desired``: (the object, "created", "updated" or None)."""

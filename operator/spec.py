@@ -22,6 +22,17 @@ enforced only when set: unset (None here), the operator leaves them as the accou
 that adopting a locked-down account never opens it to the internet, drops its firewall rules or
 tries to turn continuous backup back into periodic, which Azure refuses. A new account gets Azure's
 defaults for them (public access, no rules, periodic backup every 240 minutes kept 8 hours, Geo).
+
+Network (issue 13, item 2): ``spec.shim.allowedClients`` lists the NetworkPolicy peers (a podSelector
+and/or a namespaceSelector each) admitted to the client port; unset, the pods of the cluster's own
+namespace. ``spec.shim.metrics.allowedFrom`` does the same for the metrics port; unset, the pods of
+namespaces labelled ``cosmosetcd.io/scrape-metrics: "true"`` (see :mod:`.network_policy`). An empty
+list admits nobody.
+
+Keyless Cosmos (issue 13, item 3): ``spec.azure.dataPlaneAuth`` is ``EntraID`` (the shim signs in with
+workload identity ``spec.shim.identity``; the account's local auth is disabled) or ``Key`` (the
+account keys in a Secret). Unset, it is EntraID when ``spec.shim.identity`` is given and Key
+otherwise, so that objects made before it keep their keys.
 """
 from __future__ import annotations
 
@@ -61,6 +72,10 @@ SUBNET_ID = re.compile(r"^/subscriptions/[^/]+/resourceGroups/[^/]+/providers/Mi
                        r"[^/]+/subnets/[^/]+$", re.IGNORECASE)
 
 SERVICE_PRINCIPAL_KEYS = ("clientId", "clientSecret", "tenantId")
+GUID = re.compile(r"^[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$")
+# Kubernetes label selectors, as a NetworkPolicy peer takes them.
+SELECTOR_OPERATORS = ("In", "NotIn", "Exists", "DoesNotExist")
+PEER_SELECTORS = ("podSelector", "namespaceSelector")
 
 
 class InvalidSpec(ValueError):
@@ -109,6 +124,12 @@ class BackupStorageRedundancy(str, enum.Enum):
     GEO = "Geo"
     LOCAL = "Local"
     ZONE = "Zone"
+
+
+class DataPlaneAuth(str, enum.Enum):
+    """How the shim signs in to the account's data plane."""
+    KEY = "Key"
+    ENTRA_ID = "EntraID"
 
 
 class DeletionPolicy(str, enum.Enum):
@@ -167,11 +188,23 @@ class ShimTLS:
 
 
 @dataclasses.dataclass(frozen=True)
+class WorkloadIdentity:
+    """The Entra ID identity the shim's pods sign in as (a user-assigned managed identity or an app
+    registration with a federated credential for the shim's ServiceAccount)."""
+    client_id: str  # what the ServiceAccount's azure.workload.identity/client-id annotation names
+    principal_id: str  # its object id, which Cosmos DB's role assignment names
+
+
+@dataclasses.dataclass(frozen=True)
 class Shim:
     replicas: int = 2
     image: str | None = None  # None: the operator's --shim-image
     resources: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     tls: ShimTLS | None = None
+    identity: WorkloadIdentity | None = None
+    # NetworkPolicy peers ({podSelector, namespaceSelector}); None: network_policy.py's defaults.
+    allowed_clients: tuple[Mapping[str, Any], ...] | None = None
+    metrics_allowed_from: tuple[Mapping[str, Any], ...] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -198,6 +231,7 @@ class ClusterSpec:
     virtual_network_rules: tuple[VirtualNetworkRule, ...] | None = None
     disable_key_based_metadata_write_access: bool | None = None
     backup: Backup | None = None
+    data_plane_auth: DataPlaneAuth = DataPlaneAuth.KEY
 
     @property
     def failover_can_lose_writes(self) -> bool:
@@ -210,6 +244,7 @@ class ClusterSpec:
 def parse(spec: Mapping[str, Any], *, name: str) -> ClusterSpec:
     """Read a CosmosEtcdCluster's ``spec``; ``name`` is the object's name (the default account name)."""
     azure = _mapping(spec, "azure", required=True)
+    shim = _shim(_mapping(spec, "shim"))
     location = _string(azure, "location", "spec.azure.location", LOCATION_NAME, "a region name such as westeurope")
     account = _mapping(spec, "account")
     cosmos = _mapping(spec, "cosmos")
@@ -234,7 +269,7 @@ def parse(spec: Mapping[str, Any], *, name: str) -> ClusterSpec:
                           "a Cosmos DB id (no / \\ ? #)", default=DEFAULT_CONTAINER),
         throughput=_throughput(_mapping(spec, "throughput")),
         credentials=_credentials(_mapping(azure, "credentials")),
-        shim=_shim(_mapping(spec, "shim")),
+        shim=shim,
         deletion_policy=_enum(spec, "deletionPolicy", "spec.deletionPolicy", DeletionPolicy, DeletionPolicy.RETAIN),
         minimal_tls_version=_enum(account, "minimalTlsVersion", "spec.account.minimalTlsVersion", MinimalTlsVersion,
                                   MinimalTlsVersion.TLS12),
@@ -245,7 +280,12 @@ def parse(spec: Mapping[str, Any], *, name: str) -> ClusterSpec:
         disable_key_based_metadata_write_access=_optional_boolean(
             account, "disableKeyBasedMetadataWriteAccess", "spec.account.disableKeyBasedMetadataWriteAccess"),
         backup=_backup(account.get("backup")),
+        data_plane_auth=_enum(azure, "dataPlaneAuth", "spec.azure.dataPlaneAuth", DataPlaneAuth,
+                              DataPlaneAuth.ENTRA_ID if shim.identity else DataPlaneAuth.KEY),
     )
+    if parsed.data_plane_auth is DataPlaneAuth.ENTRA_ID and shim.identity is None:
+        raise InvalidSpec("spec.azure.dataPlaneAuth EntraID needs spec.shim.identity (clientId and principalId of "
+                          "the identity the shim signs in as)")
     if parsed.failover_can_lose_writes and not parsed.accept_data_loss_on_failover:
         raise InvalidSpec(_failover_refusal(parsed.consistency))
     return parsed
@@ -409,11 +449,76 @@ def _shim(section: Mapping[str, Any]) -> Shim:
         replicas=_integer(section, "replicas", "spec.shim.replicas", (1, 50), 2),
         image=image,
         resources=dict(resources),
+        identity=_identity(section.get("identity")),
+        allowed_clients=_peers(section.get("allowedClients"), "spec.shim.allowedClients"),
+        metrics_allowed_from=_peers(_mapping(section, "metrics").get("allowedFrom"),
+                                    "spec.shim.metrics.allowedFrom"),
         tls=ShimTLS(
             secret_name=_string(tls, "secretName", "spec.shim.tls.secretName", _DNS_SUBDOMAIN, "a Secret name"),
             client_cert_auth=_boolean(tls, "clientCertAuth", "spec.shim.tls.clientCertAuth", default=True),
         ) if tls else None,
     )
+
+
+def _identity(value: Any) -> WorkloadIdentity | None:
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
+        raise InvalidSpec("spec.shim.identity must be an object (clientId, principalId)")
+    return WorkloadIdentity(
+        client_id=_string(value, "clientId", "spec.shim.identity.clientId", GUID, "a GUID"),
+        principal_id=_string(value, "principalId", "spec.shim.identity.principalId", GUID,
+                             "a GUID (the identity's object id)"))
+
+
+def _peers(value: Any, field: str) -> tuple[Mapping[str, Any], ...] | None:
+    """NetworkPolicy peers: each a podSelector and/or a namespaceSelector (no ipBlock: pods move)."""
+    if value is None:
+        return None
+    if not isinstance(value, list):
+        raise InvalidSpec(f"{field} must be a list of {{podSelector, namespaceSelector}}")
+    peers = []
+    for index, item in enumerate(value):
+        where = f"{field}[{index}]"
+        if not isinstance(item, Mapping) or not item or set(item) - set(PEER_SELECTORS):
+            raise InvalidSpec(f"{where} must have a podSelector and/or a namespaceSelector, and nothing else")
+        peers.append({key: _label_selector(item[key], f"{where}.{key}") for key in PEER_SELECTORS if key in item})
+    return tuple(peers)
+
+
+def _label_selector(value: Any, field: str) -> dict[str, Any]:
+    if not isinstance(value, Mapping) or set(value) - {"matchLabels", "matchExpressions"}:
+        raise InvalidSpec(f"{field} must be a label selector (matchLabels, matchExpressions)")
+    selector: dict[str, Any] = {}
+    labels = value.get("matchLabels")
+    if labels is not None:
+        if not isinstance(labels, Mapping) or not all(isinstance(k, str) and isinstance(v, str)
+                                                       for k, v in labels.items()):
+            raise InvalidSpec(f"{field}.matchLabels must map label names to strings")
+        selector["matchLabels"] = dict(labels)
+    expressions = value.get("matchExpressions")
+    if expressions is not None:
+        if not isinstance(expressions, list):
+            raise InvalidSpec(f"{field}.matchExpressions must be a list")
+        selector["matchExpressions"] = [_expression(item, f"{field}.matchExpressions[{index}]")
+                                        for index, item in enumerate(expressions)]
+    return selector
+
+
+def _expression(value: Any, field: str) -> dict[str, Any]:
+    if not isinstance(value, Mapping) or not isinstance(value.get("key"), str) or not value["key"]:
+        raise InvalidSpec(f"{field} needs a key")
+    operator = value.get("operator")
+    if operator not in SELECTOR_OPERATORS:
+        raise InvalidSpec(f"{field}.operator must be one of {', '.join(SELECTOR_OPERATORS)}, not {operator!r}")
+    values = value.get("values")
+    if operator in ("In", "NotIn"):
+        if not isinstance(values, list) or not values or not all(isinstance(item, str) for item in values):
+            raise InvalidSpec(f"{field}.values must be a non-empty list of strings with operator {operator}")
+        return {"key": value["key"], "operator": operator, "values": list(values)}
+    if values:
+        raise InvalidSpec(f"{field}.values must be empty with operator {operator}")
+    return {"key": value["key"], "operator": operator}
 
 
 def _tags(value: Any) -> Mapping[str, str]:

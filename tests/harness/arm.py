@@ -32,9 +32,14 @@ what those clients and the operator depend on:
   regions by display name (``West Europe``) as ARM does.
 * State: accounts (kind, consistency, regions, automatic failover, tags, keys; the hardening:
   public network access, IP and virtual network rules, minimal TLS version, key-based metadata
-  writes, backup policy — continuous cannot become periodic again: 400 ``BadRequest``), SQL databases,
-  containers (partition key, indexing policy) and their throughput, manual or autoscale, with the
-  migrate operations.
+  writes, local (key) authentication, backup policy — continuous cannot become periodic again: 400
+  ``BadRequest``), SQL databases, containers (partition key, indexing policy) and their throughput,
+  manual or autoscale, with the migrate operations, and data-plane role assignments
+  (``sqlRoleAssignments``: PUT and DELETE asynchronous, GET, list). A role assignment is checked as
+  Cosmos DB checks it: a GUID id, a role definition of the same account that exists (the built-in
+  Data Reader ``...01`` and Data Contributor ``...02``), a scope that is the account or a database or
+  container path under it (``/dbs/{db}[/colls/{c}]``), a GUID principal, and no second assignment
+  of the same role, scope and principal (409 ``Conflict``).
 
 The control API for tests (plain methods, no HTTP):
 
@@ -55,7 +60,12 @@ The control API for tests (plain methods, no HTTP):
 Kinds: ``account.get``, ``account.create``, ``account.update``, ``account.delete``,
 ``account.listKeys``, ``database.get``, ``database.create``, ``container.get``, ``container.create``,
 ``throughput.get``, ``throughput.update``, ``throughput.migrateToAutoscale``,
-``throughput.migrateToManualThroughput``, ``token``.
+``throughput.migrateToManualThroughput``, ``roleAssignment.get``, ``roleAssignment.create``,
+``roleAssignment.delete``, ``token``.
+
+Workload identities carry an object id (``principalId``, the ``oid`` claim of their tokens), which
+role assignments name; the token endpoint also issues tokens for the audiences of
+``data_plane_audiences`` (a Cosmos DB account's, for :mod:`tests.harness.cosmos_auth`).
 
 Use in a test (the ``arm_stand_in`` fixture of tests/operator/conftest.py does this)::
 
@@ -106,6 +116,9 @@ DEFAULT_BACKUP_POLICY = {"type": "Periodic", "periodicModeProperties": {
     "backupIntervalInMinutes": 240, "backupRetentionIntervalInHours": 8, "backupStorageRedundancy": "Geo"}}
 PUBLIC_NETWORK_ACCESS = ("Enabled", "Disabled", "SecuredByPerimeter")
 MINIMAL_TLS_VERSIONS = ("Tls", "Tls11", "Tls12")
+# Cosmos DB's built-in data-plane role definitions: Data Reader and Data Contributor.
+BUILT_IN_ROLE_DEFINITIONS = ("00000000-0000-0000-0000-000000000001", "00000000-0000-0000-0000-000000000002")
+_GUID = re.compile(r"^[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$")
 CONTINUOUS_TIERS = ("Continuous7Days", "Continuous30Days")
 BACKUP_STORAGE_REDUNDANCIES = ("Geo", "Local", "Zone")
 CONSISTENCY_LEVELS = ("Eventual", "ConsistentPrefix", "Session", "BoundedStaleness", "Strong")
@@ -115,6 +128,7 @@ _ACCOUNT_NAME = re.compile(r"^[a-z0-9](?:[a-z0-9-]{1,42}[a-z0-9])$")
 _ACCOUNT_PATH = (r"/subscriptions/(?P<subscription>[^/]+)/resourceGroups/(?P<group>[^/]+)"
                  r"/providers/Microsoft\.DocumentDB/databaseAccounts/(?P<account>[^/]+)")
 _DATABASE_PATH = _ACCOUNT_PATH + r"/sqlDatabases/(?P<database>[^/]+)"
+_ROLE_ASSIGNMENTS_PATH = _ACCOUNT_PATH + r"/sqlRoleAssignments"
 _CONTAINER_PATH = _DATABASE_PATH + r"/containers/(?P<container>[^/]+)"
 METADATA_API_VERSION = "2022-09-01"
 _OPERATION_PATH = (r"/subscriptions/(?P<subscription>[^/]+)/providers/Microsoft\.DocumentDB/locations/[^/]+"
@@ -194,10 +208,13 @@ class Account:
     virtual_network_filter: bool = False
     minimal_tls_version: str = "Tls12"
     disable_key_based_metadata_write_access: bool = False
+    disable_local_auth: bool = False
     # ARM's body: {"type": "Periodic", "periodicModeProperties": {...}} or {"type": "Continuous", ...}
     backup_policy: dict[str, Any] = dataclasses.field(default_factory=lambda: dict(DEFAULT_BACKUP_POLICY))
     keys: dict[str, str] = dataclasses.field(default_factory=dict)
     databases: dict[str, Database] = dataclasses.field(default_factory=dict)
+    # assignment id -> {"roleDefinitionId", "scope", "principalId"}
+    role_assignments: dict[str, dict[str, str]] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
         if not self.keys:
@@ -243,6 +260,7 @@ class _Principal:
     client_id: str
     secret: str | None = None
     assertion: str | None = None
+    object_id: str = dataclasses.field(default_factory=lambda: str(uuid.uuid4()))  # the oid claim
 
 
 @dataclasses.dataclass
@@ -250,6 +268,7 @@ class _Token:
     client_id: str
     audience: str
     expires: float
+    object_id: str = ""
 
 
 class ArmStandIn:
@@ -268,6 +287,9 @@ class ArmStandIn:
         # The token audience ARM accepts (None: its URL, as public ARM's is its own); settable.
         self.token_audience = audience
         self.serves_metadata = serves_metadata
+        # Other resources the token endpoint issues tokens for (e.g. "https://127.0.0.1", a local
+        # Cosmos DB endpoint's audience as azure-cosmos asks: scheme and host, no port).
+        self.data_plane_audiences: set[str] = set()
         self.requests: list[ArmRequest] = []
         self.metadata_requests: list[ArmRequest] = []
         # Every access token handed out, for tests that check none leaks.
@@ -347,10 +369,24 @@ class ArmStandIn:
     def add_workload_identity(self, assertion: str, tenant: str | None = None,
                               client_id: str | None = None) -> dict[str, str]:
         """Register an app that signs in with a federated token (``assertion``, e.g. the projected
-        service-account token in ``AZURE_FEDERATED_TOKEN_FILE``); returns its tenantId and clientId."""
+        service-account token in ``AZURE_FEDERATED_TOKEN_FILE``); returns its tenantId, clientId and
+        principalId (its object id)."""
         principal = _Principal(tenant or str(uuid.uuid4()), client_id or str(uuid.uuid4()), assertion=assertion)
         self._principals[principal.client_id] = principal
-        return {"clientId": principal.client_id, "tenantId": principal.tenant}
+        return {"clientId": principal.client_id, "tenantId": principal.tenant, "principalId": principal.object_id}
+
+    def token_claims(self, access_token: str, audience: str) -> dict[str, Any] | None:
+        """The claims of an access token this authority issued for ``audience`` and that is still
+        valid (None for anything else): what a resource server checks before it looks at roles."""
+        token = self._tokens.get(access_token)
+        if token is None or token.expires < time.time() or _token_audience(access_token) != audience:
+            return None
+        return {"appid": token.client_id, "oid": token.object_id, "aud": audience}
+
+    def role_assignments(self, subscription: str, resource_group: str, account: str) -> dict[str, dict[str, str]]:
+        """The account's data-plane role assignments: id -> roleDefinitionId, scope, principalId."""
+        found = self.account(subscription, resource_group, account)
+        return {} if found is None else {key: dict(value) for key, value in found.role_assignments.items()}
 
     def revoke_tokens(self) -> None:
         """Every token issued so far stops being accepted (as after a secret rotation)."""
@@ -496,6 +532,10 @@ class ArmStandIn:
         return (
             (_OPERATION_PATH, {"GET": self._get_operation}),
             (_ACCOUNT_PATH + "/listKeys", {"POST": self._list_keys}),
+            (_ROLE_ASSIGNMENTS_PATH + "/(?P<assignment>[^/]+)", {
+                "GET": self._get_role_assignment, "PUT": self._put_role_assignment,
+                "DELETE": self._delete_role_assignment}),
+            (_ROLE_ASSIGNMENTS_PATH, {"GET": self._list_role_assignments}),
             (_CONTAINER_PATH + "/throughputSettings/default/(?P<target>migrateToAutoscale|migrateToManualThroughput)",
              {"POST": self._migrate_throughput}),
             (_CONTAINER_PATH + "/throughputSettings/default",
@@ -676,7 +716,7 @@ class ArmStandIn:
                 "readLocations": described,
                 "failoverPolicies": [{"id": item["id"], "locationName": item["locationName"],
                                       "failoverPriority": item["failoverPriority"]} for item in described],
-                "disableLocalAuth": False,
+                "disableLocalAuth": account.disable_local_auth,
                 "publicNetworkAccess": account.public_network_access,
                 "ipRules": [{"ipAddressOrRange": rule} for rule in account.ip_rules],
                 "isVirtualNetworkFilterEnabled": account.virtual_network_filter,
@@ -686,6 +726,53 @@ class ArmStandIn:
                 "backupPolicy": json.loads(json.dumps(account.backup_policy)),
             },
         }
+
+    # -- data-plane role assignments -------------------------------------------------------------
+
+    def _find_role_assignment(self, subscription, group, account, assignment) -> tuple[Account, dict[str, str]]:
+        found = self._find_account(subscription, group, account)
+        if assignment not in found.role_assignments:
+            raise _not_found(f"Role assignment {assignment}")
+        return found, found.role_assignments[assignment]
+
+    def _get_role_assignment(self, *, subscription, group, account, assignment, body) -> web.Response:
+        self._inject("roleAssignment.get")
+        found, properties = self._find_role_assignment(subscription, group, account, assignment)
+        return web.json_response(_role_assignment_body(found, assignment, properties))
+
+    def _list_role_assignments(self, *, subscription, group, account, body) -> web.Response:
+        found = self._find_account(subscription, group, account)
+        return web.json_response({"value": [_role_assignment_body(found, key, value)
+                                            for key, value in found.role_assignments.items()]})
+
+    def _put_role_assignment(self, *, subscription, group, account, assignment, body) -> web.Response:
+        found = self._find_account(subscription, group, account)
+        failure = self._inject("roleAssignment.create")
+        properties = _validated_role_assignment(found, assignment, body.get("properties") or {})
+        resource_id = f"{_account_id(found)}/sqlRoleAssignments/{assignment}"
+        self._check_not_busy(resource_id)
+
+        def apply():
+            found.role_assignments[assignment] = properties
+
+        operation = self._start("roleAssignment.create", resource_id, apply, lambda: None,
+                                lambda: _role_assignment_body(found, assignment, found.role_assignments[assignment]),
+                                failure)
+        return self._accepted(202, None, operation, subscription, found.location)
+
+    def _delete_role_assignment(self, *, subscription, group, account, assignment, body) -> web.Response:
+        found = self._find_account(subscription, group, account)
+        if assignment not in found.role_assignments:
+            return web.Response(status=204)
+        failure = self._inject("roleAssignment.delete")
+        resource_id = f"{_account_id(found)}/sqlRoleAssignments/{assignment}"
+        self._check_not_busy(resource_id)
+
+        def apply():
+            found.role_assignments.pop(assignment, None)
+
+        operation = self._start("roleAssignment.delete", resource_id, apply, lambda: None, lambda: None, failure)
+        return self._accepted(202, None, operation, subscription, found.location)
 
     # -- databases and containers ----------------------------------------------------------------
 
@@ -935,14 +1022,16 @@ class ArmStandIn:
             return _oauth_error(401, "invalid_client",
                                 "AADSTS700213: No matching federated identity record found for presented assertion.")
         scope = form.get("scope", "")
-        if scope not in (self.scope, f"{self.url}/.default"):
+        if scope not in (self.scope, f"{self.url}/.default",
+                         *(f"{audience}/.default" for audience in self.data_plane_audiences)):
             return _oauth_error(400, "invalid_scope",
                                 f"AADSTS500011: The resource principal named {scope.removesuffix('/.default')} "
                                 f"was not found in the tenant.")
         access_token = _jwt({"aud": scope.removesuffix("/.default"), "appid": principal.client_id,
-                             "tid": principal.tenant, "exp": int(time.time()) + TOKEN_LIFETIME,
-                             "jti": secrets.token_urlsafe(16)})
-        self._tokens[access_token] = _Token(principal.client_id, scope, time.time() + TOKEN_LIFETIME)
+                             "oid": principal.object_id, "tid": principal.tenant,
+                             "exp": int(time.time()) + TOKEN_LIFETIME, "jti": secrets.token_urlsafe(16)})
+        self._tokens[access_token] = _Token(principal.client_id, scope, time.time() + TOKEN_LIFETIME,
+                                            principal.object_id)
         self.issued_tokens.append(access_token)
         return web.json_response({"token_type": "Bearer", "expires_in": TOKEN_LIFETIME,
                                   "ext_expires_in": TOKEN_LIFETIME, "access_token": access_token})
@@ -1006,6 +1095,39 @@ def _throughput_body(account: Account, database: str, container: Container) -> d
                   f"/throughputSettings/default",
             "name": "default", "type": "Microsoft.DocumentDB/databaseAccounts/sqlDatabases/containers/throughputSettings",
             "properties": {"resource": container.throughput.body()}}
+
+
+def _role_assignment_body(account: Account, assignment: str, properties: dict[str, str]) -> dict[str, Any]:
+    return {"id": f"{_account_id(account)}/sqlRoleAssignments/{assignment}", "name": assignment,
+            "type": "Microsoft.DocumentDB/databaseAccounts/sqlRoleAssignments", "properties": dict(properties)}
+
+
+def _validated_role_assignment(account: Account, assignment: str, properties: dict[str, Any]) -> dict[str, str]:
+    """A role assignment's properties as Cosmos DB accepts them (see the module docstring)."""
+    if not _GUID.match(assignment):
+        raise _bad_request(f"The role assignment id '{assignment}' must be a GUID.")
+    role, scope, principal = (properties.get("roleDefinitionId"), properties.get("scope"),
+                              properties.get("principalId"))
+    if not all(isinstance(value, str) and value for value in (role, scope, principal)):
+        raise _bad_request("A role assignment needs roleDefinitionId, scope and principalId.")
+    account_id = _account_id(account).lower()
+    definitions = f"{account_id}/sqlroledefinitions/"
+    if not role.lower().startswith(definitions) or role.lower().removeprefix(definitions) not in \
+            BUILT_IN_ROLE_DEFINITIONS:
+        raise _bad_request(f"The Role Definition with Id [{role}] was not found in database account "
+                           f"{account.name}.")
+    if not re.fullmatch(re.escape(account_id) + r"(/dbs/[^/]+(/colls/[^/]+)?)?/?", scope.lower()):
+        raise _bad_request(f"The provided scope [{scope}] is not valid: it must be the database account, or a "
+                           f"database (/dbs/{{db}}) or container (/dbs/{{db}}/colls/{{coll}}) under it.")
+    if not _GUID.match(principal):
+        raise _bad_request(f"The principal id [{principal}] must be a GUID (an Entra ID object id).")
+    wanted = {"roleDefinitionId": role, "scope": scope, "principalId": principal}
+    for other, existing in account.role_assignments.items():
+        if other != assignment and {key: value.lower() for key, value in existing.items()} == \
+                {key: value.lower() for key, value in wanted.items()}:
+            raise ArmFailure(409, "Conflict", f"A Role Assignment with the same Principal Id, Role Definition Id and "
+                                              f"Scope already exists: {other}.")
+    return wanted
 
 
 def _validated_locations(value: Any) -> list[dict[str, Any]]:
@@ -1072,6 +1194,10 @@ def _validated_hardening(properties: dict[str, Any], *, current_backup: dict[str
         found["virtual_network_filter"] = bool(properties["isVirtualNetworkFilterEnabled"])
     if "disableKeyBasedMetadataWriteAccess" in properties:
         found["disable_key_based_metadata_write_access"] = bool(properties["disableKeyBasedMetadataWriteAccess"])
+    if "disableLocalAuth" in properties:
+        if not isinstance(properties["disableLocalAuth"], bool):
+            raise _bad_request(f"Invalid disableLocalAuth '{properties['disableLocalAuth']}': true or false.")
+        found["disable_local_auth"] = properties["disableLocalAuth"]
     if "backupPolicy" in properties:
         found["backup_policy"] = _validated_backup(properties["backupPolicy"] or {}, current_backup)
     return found

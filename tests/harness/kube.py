@@ -50,6 +50,8 @@ DEPLOYMENTS = "apps/v1/deployments"
 SERVICES = "v1/services"
 PDBS = "policy/v1/poddisruptionbudgets"
 SECRETS = "v1/secrets"
+SERVICE_ACCOUNTS = "v1/serviceaccounts"
+NETWORK_POLICIES = "networking.k8s.io/v1/networkpolicies"
 EVENTS = "v1/events"
 
 # What the operator and kopf discover, read and write.
@@ -67,6 +69,10 @@ RESOURCES = {
     PDBS: kmock.ResourceInfo(kind="PodDisruptionBudget", namespaced=True,
                              verbs={"list", "watch", "get", "patch", "create", "delete"}),
     SECRETS: kmock.ResourceInfo(kind="Secret", namespaced=True, verbs={"list", "watch", "get", "patch", "create", "delete"}),
+    SERVICE_ACCOUNTS: kmock.ResourceInfo(kind="ServiceAccount", namespaced=True,
+                                         verbs={"list", "watch", "get", "patch", "create", "delete"}),
+    NETWORK_POLICIES: kmock.ResourceInfo(kind="NetworkPolicy", namespaced=True,
+                                         verbs={"list", "watch", "get", "patch", "create", "delete"}),
 }
 
 

@@ -24,6 +24,7 @@ HARDENED = {
 HARDENED_SETTINGS = {
     "minimalTlsVersion": "Tls12",
     "disableKeyBasedMetadataWriteAccess": True,
+    "disableLocalAuth": False,  # dataPlaneAuth Key: the shim needs the keys
     "network": {"publicNetworkAccess": "Disabled", "ipRules": ["198.51.100.7", "203.0.113.0/24"],
                 "virtualNetworkRules": [SUBNET]},
     "backup": {"type": "Continuous", "tier": "Continuous7Days"},
@@ -94,7 +95,7 @@ async def test_unset_fields_are_left_as_an_adopted_account_has_them(arm_stand_in
     assert isinstance(ready, AccountReady) and ready.adopted
     assert _writes(arm_stand_in) == []
     assert ready.settings == {
-        "minimalTlsVersion": "Tls12", "disableKeyBasedMetadataWriteAccess": True,
+        "minimalTlsVersion": "Tls12", "disableKeyBasedMetadataWriteAccess": True, "disableLocalAuth": False,
         "network": {"publicNetworkAccess": "Disabled", "ipRules": ["203.0.113.0/24"], "virtualNetworkRules": []},
         "backup": {"type": "Continuous", "tier": "Continuous30Days"}}
 

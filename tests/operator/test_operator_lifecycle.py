@@ -57,7 +57,8 @@ async def test_create_until_ready(kube_api, arm_stand_in, arm_service_principal,
     assert status["consistency"] == "BoundedStaleness"  # one region: the default stays as it was
     assert status["pendingOperations"] == {}
     conditions = {item["type"]: item for item in status["conditions"]}
-    assert set(conditions) == {"Ready", "Credentials", "Account", "Database", "Container", "Throughput", "Keys",
+    assert set(conditions) == {"Ready", "Credentials", "Account", "Database", "Container", "Throughput",
+                               "RoleAssignment", "Keys", "NetworkPolicy",
                                "Shim"}
     assert all(item["status"] == "True" and item["observedGeneration"] == 1 for item in conditions.values())
     assert conditions["Account"]["reason"] == "Created"

@@ -15,7 +15,7 @@ import helm_python
 import pytest
 
 from tests.harness import arm
-from tests.harness.kube import DEPLOYMENTS, PDBS, SECRETS, SERVICES
+from tests.harness.kube import DEPLOYMENTS, NETWORK_POLICIES, PDBS, SECRETS, SERVICE_ACCOUNTS, SERVICES
 from tests.harness.manifests import load_documents
 from tests.harness.operator import NAMESPACE
 from tests.harness.project import CHART_DIR
@@ -83,13 +83,22 @@ async def test_the_charts_rbac_allows_every_call_and_grants_nothing_more(
     await kube_api.patch_object(DEPLOYMENTS, NAMESPACE, "tenant-a", {"spec": {"replicas": 9}})
     await kube_api.patch_object(SERVICES, NAMESPACE, "tenant-a", {"spec": {"ports": [{"name": "client", "port": 1}]}})
     await kube_api.patch_object(PDBS, NAMESPACE, "tenant-a", {"spec": {"maxUnavailable": 5}})
+    await kube_api.patch_object(NETWORK_POLICIES, NAMESPACE, "tenant-a", {"spec": {"ingress": []}})
     rotated = arm_stand_in.rotate_keys(arm.SUBSCRIPTION, arm.RESOURCE_GROUP, "tenant-a-etcd")
     await kube_api.wait_for(lambda: (
         kube_api.get(DEPLOYMENTS, NAMESPACE, "tenant-a")["spec"]["replicas"] == 2
         and kube_api.get(SERVICES, NAMESPACE, "tenant-a")["spec"]["ports"][0]["port"] == 2379
         and kube_api.get(PDBS, NAMESPACE, "tenant-a")["spec"]["maxUnavailable"] == 1
+        and len(kube_api.get(NETWORK_POLICIES, NAMESPACE, "tenant-a")["spec"]["ingress"]) == 2
         and base64.b64decode(kube_api.get(SECRETS, NAMESPACE, "tenant-a-cosmos-keys")["data"]["key"]).decode()
         == rotated["primaryMasterKey"]), what="every child set back by the drift timer")
+    # Keyless: the ServiceAccount is annotated and the operator's keys Secret deleted.
+    identity = arm_stand_in.add_workload_identity("federated-token")
+    await cluster.patch_spec({"azure": {"dataPlaneAuth": "EntraID"}, "shim": {"identity": {
+        "clientId": identity["clientId"], "principalId": identity["principalId"]}}})
+    await kube_api.wait_for(lambda: kube_api.get(SECRETS, NAMESPACE, "tenant-a-cosmos-keys") is None
+                            and kube_api.get(SERVICE_ACCOUNTS, NAMESPACE, "tenant-a")["metadata"].get("annotations"),
+                            what="no keys Secret and an annotated ServiceAccount")
     await cluster.delete()
     await cluster.wait_gone()
 
