@@ -99,6 +99,15 @@ def _parser() -> argparse.ArgumentParser:
     cosmos.add_argument("--cosmos-poll-interval", type=float, default=defaults.cosmos_poll_interval,
                         help="seconds between reads of the log for other replicas' writes right after activity, "
                              "doubling while idle up to 1 s (default: %(default)s)")
+    peers = serve.add_argument_group("replicas of one Cosmos container")
+    peers.add_argument("--listen-peer-urls", default="",
+                       help="comma-separated URLs on which this replica takes writes forwarded by the others; "
+                            "with it the replicas elect a leader that makes every write, and "
+                            "--initial-advertise-peer-urls must say how the others reach this one "
+                            "(https:// serves the client TLS settings) (default: none: every replica writes)")
+    peers.add_argument("--leader-lease-seconds", type=float, default=defaults.leader_lease_seconds,
+                       help="seconds a leader's lease lasts without renewal: a new leader takes over at most this "
+                            "plus a third of it after the old one stops (default: %(default)s)")
 
     repair = commands.add_parser(
         "repair", help="truncate a Cosmos log left with a gap by a region failover",
@@ -259,6 +268,8 @@ def _serve(args: argparse.Namespace) -> int:
             **_cosmos_connection(args),
             cosmos_no_create=args.cosmos_no_create,
             cosmos_poll_interval=args.cosmos_poll_interval,
+            listen_peer_urls=cfg.split_list(args.listen_peer_urls),
+            leader_lease_seconds=args.leader_lease_seconds,
         )
         tls.use_cipher_suites(config)  # before the server module imports gRPC, which reads them once
     except cfg.ConfigError as e:

@@ -72,6 +72,10 @@ class ServeConfig:
     cosmos_insecure_skip_tls_verify: bool = False
     cosmos_no_create: bool = False
     cosmos_poll_interval: float = 0.1
+    # Replication among the replicas of one Cosmos container (shim/replication/): the peer
+    # listener takes forwarded writes; without it every replica writes the log itself.
+    listen_peer_urls: tuple[str, ...] = ()
+    leader_lease_seconds: float = 6.0
 
     def __post_init__(self) -> None:
         if not self.data_dir:
@@ -106,6 +110,16 @@ class ServeConfig:
                 raise ConfigError("--backend cosmos needs --cosmos-endpoint https://<account>.documents.azure.com:443/")
             if self.cosmos_poll_interval <= 0:
                 raise ConfigError("--cosmos-poll-interval must be positive")
+        if self.listen_peer_urls:
+            if self.backend != "cosmos":
+                raise ConfigError("--listen-peer-urls: replicas share a log only on the Cosmos backend")
+            for url in (*self.listen_peer_urls, *self.initial_advertise_peer_urls):
+                host_port(url)
+            if any(url.startswith("https://") for url in self.listen_peer_urls) and not self.cert_file:
+                raise ConfigError("--listen-peer-urls https:// serves the client TLS settings: give --cert-file and "
+                                  "--key-file")
+            if self.leader_lease_seconds <= 2:
+                raise ConfigError("--leader-lease-seconds must be more than 2")
         if self.auth_token != "simple":
             raise ConfigError(f"--auth-token {self.auth_token!r}: only simple tokens are supported (JWT is not)")
         if self.auth_token_ttl <= 0:
@@ -159,6 +173,11 @@ class ServeConfig:
     def requires_client_certificates(self) -> bool:
         """As etcd: --client-cert-auth, or a --trusted-ca-file, makes client certificates mandatory."""
         return self.client_cert_auth or bool(self.trusted_ca_file)
+
+    @property
+    def peer_addresses(self) -> list[tuple[str, bool]]:
+        """(host:port, TLS) of each peer listener."""
+        return [(host_port(url), url.startswith("https://")) for url in self.listen_peer_urls]
 
     @property
     def metrics_addresses(self) -> list[str]:

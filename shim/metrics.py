@@ -34,6 +34,12 @@ ALARMS = Gauge("cosmos_etcd_alarms", "raised alarms (etcd's Alarm API), by type"
 TLS_CERTIFICATE_EXPIRY = Gauge("cosmos_etcd_tls_certificate_expiration_timestamp_seconds",
                                "notAfter of the certificate served on https:// client URLs (Unix time), "
                                "as last (re)loaded", ["cert_file"])
+# etcd's own names (etcd_server_is_leader, etcd_server_leader_changes_seen_total), so that
+# dashboards made for etcd show the replicas' leadership.
+IS_LEADER = Gauge("etcd_server_is_leader", "1 while this server leads the servers of its shared log")
+LEADER_CHANGES = Counter("etcd_server_leader_changes_seen", "times this server became the leader")
+FORWARDED_REQUESTS = Counter("cosmos_etcd_forwarded_requests", "write requests forwarded to the leader, by method "
+                             "and the leader's status code", ["method", "code"])
 TASK_FAILURES = Counter("cosmos_etcd_background_task_failures", "background tasks that failed and were restarted",
                         ["task"])
 

@@ -9,6 +9,7 @@ import os
 import pathlib
 import signal
 import socket
+import urllib.parse
 
 import grpc
 from aiohttp import web
@@ -26,6 +27,7 @@ from cosmos_etcd_shim.api.kv import KVServicer
 from cosmos_etcd_shim.api.lease import LeaseServicer
 from cosmos_etcd_shim.api.watch import WatchServicer
 from cosmos_etcd_shim.api.maintenance import MaintenanceServicer, ServerInfo
+from cosmos_etcd_shim.api.peer import PeerServicer
 from cosmos_etcd_shim.config import COSMOS_KEY_VARIABLE, ConfigError, ServeConfig
 from cosmos_etcd_shim.health import HealthChecks, http_routes
 from cosmos_etcd_shim.mvcc.auth import AuthStore
@@ -33,7 +35,10 @@ from cosmos_etcd_shim.mvcc.quota import SpaceQuota
 from cosmos_etcd_shim.mvcc.reads import RangeLimits
 from cosmos_etcd_shim.mvcc.store import MVCCStore
 from cosmos_etcd_shim.mvcc.watch import WatchHub
-from cosmos_etcd_shim.proto import rpc_pb2, rpc_pb2_grpc
+from cosmos_etcd_shim.proto import peer_pb2_grpc, rpc_pb2, rpc_pb2_grpc
+from cosmos_etcd_shim.replication.election import Election
+from cosmos_etcd_shim.replication.forwarding import Forwarder, TlsFiles
+from cosmos_etcd_shim.replication.writes import Writes
 from cosmos_etcd_shim.storage import RevisionLog, StorageError
 from cosmos_etcd_shim.storage.embedded import EmbeddedLog
 from cosmos_etcd_shim.supervision import Supervisor
@@ -144,10 +149,13 @@ class Server:
         self._members: list[rpc_pb2.Member] = []
         self._this_member_id = 0  # known once started
         self.watch_hub: WatchHub | None = None
+        self.election: Election | None = None  # with --listen-peer-urls
+        self.peer_server: grpc.aio.Server | None = None
+        self.forwarder: Forwarder | None = None
 
     async def start(self) -> None:
         config = self.config
-        for address in (*config.listen_addresses, *config.metrics_addresses):
+        for address in (*config.listen_addresses, *config.metrics_addresses, *(a for a, _ in config.peer_addresses)):
             _check_can_listen(address)  # before anything is opened or logged: one clear line
         credentials = _tls_credentials(config)
         self.store = store = MVCCStore(open_backend(config), RangeLimits(config.max_range_keys, MAX_SEND_BYTES),
@@ -180,6 +188,7 @@ class Server:
             self.supervisor.start("member-heartbeat", lambda: self._heartbeat_forever(this_member)),
             self.supervisor.start("auth-upkeep", auth.maintain_forever),
         ]
+        writes = self._replication(store, identity.member_id)
         callers = Callers(auth, config.requires_client_certificates)
         quota = SpaceQuota(store.log, store.alarms, identity.member_id, config.quota_backend_bytes)
 
@@ -191,17 +200,18 @@ class Server:
         self._background.append(self.supervisor.start(
             "watch-progress", lambda: hub.notify_progress_every(config.watch_progress_notify_interval)))
         servicers = [
-            (KVServicer(store, quota, headers, config.max_request_bytes, config.max_txn_ops, callers),
+            (KVServicer(store, writes, quota, headers, config.max_request_bytes, config.max_txn_ops, callers),
              rpc_pb2_grpc.KVServicer, rpc_pb2_grpc.add_KVServicer_to_server),
             (WatchServicer(hub, headers, config.max_request_bytes + GRPC_OVERHEAD_BYTES, callers),
              rpc_pb2_grpc.WatchServicer, rpc_pb2_grpc.add_WatchServicer_to_server),
-            (LeaseServicer(store, quota, headers, config.max_request_bytes, callers), rpc_pb2_grpc.LeaseServicer,
+            (LeaseServicer(store, writes, quota, headers, config.max_request_bytes, callers), rpc_pb2_grpc.LeaseServicer,
              rpc_pb2_grpc.add_LeaseServicer_to_server),
             (ClusterServicer(headers, lambda: self._members), rpc_pb2_grpc.ClusterServicer,
              rpc_pb2_grpc.add_ClusterServicer_to_server),
             (MaintenanceServicer(store, headers, ServerInfo(ETCD_VERSION, ETCD_CLUSTER_VERSION,
                                                             config.quota_backend_bytes,
-                                                            config.snapshot_format), callers),
+                                                            config.snapshot_format), callers,
+                                 self._leader_id),
              rpc_pb2_grpc.MaintenanceServicer, rpc_pb2_grpc.add_MaintenanceServicer_to_server),
             (AuthServicer(callers, headers), rpc_pb2_grpc.AuthServicer, rpc_pb2_grpc.add_AuthServicer_to_server),
         ]
@@ -212,6 +222,8 @@ class Server:
         for address in config.listen_addresses:
             _bind(server, address, credentials if address in config.tls_addresses else None)
         await server.start()
+        if self.election is not None:
+            await self._serve_peers(store, headers)
         if config.metrics_addresses:
             self.http_listener = await metrics.serve_metrics(config.metrics_addresses,
                                                              http_routes(HealthChecks(store, self.supervisor)))
@@ -222,6 +234,36 @@ class Server:
             "backend": config.backend, "revision": store.revision,
             "member_id": f"{identity.member_id:x}", "cluster_id": f"{identity.cluster_id:x}",
         })
+
+    def _replication(self, store: MVCCStore, member_id: int) -> Writes:
+        """With --listen-peer-urls: an election among the replicas, and writes that go to the leader."""
+        config = self.config
+        if not config.listen_peer_urls:
+            return Writes(store)
+        self.election = Election(store.log.leader_lease(), member_id, config.initial_advertise_peer_urls[0],
+                                 config.leader_lease_seconds)
+        client_tls = None
+        if config.cert_file:
+            server_name = urllib.parse.urlsplit(config.advertise_client_urls[0]).hostname or ""
+            client_tls = TlsFiles(config.trusted_ca_file, config.cert_file, config.key_file, server_name)
+        self.forwarder = Forwarder(client_tls)
+        self._background.append(self.supervisor.start("leader-election", self.election.run_forever, core=True))
+        return Writes(store, self.election, self.forwarder)
+
+    async def _serve_peers(self, store: MVCCStore, headers: ResponseHeaders) -> None:
+        """The peer listener: the leader's side of forwarded writes (``api.peer``)."""
+        server = grpc.aio.server(options=grpc_options(self.config), interceptors=[DecodeErrors()])
+        peer_pb2_grpc.add_PeerServicer_to_server(PeerServicer(store, self.election, headers), server)
+        for address, secure in self.config.peer_addresses:
+            _bind(server, address, tls.server_credentials(self.config) if secure else None)
+        await server.start()
+        self.peer_server = server
+
+    def _leader_id(self) -> int:
+        """Status' leader: the elected one with --listen-peer-urls (0 while there is none), else this server."""
+        if self.election is None:
+            return self._this_member_id
+        return self.election.leader.member_id
 
     async def _heartbeat_forever(self, this_member: rpc_pb2.Member) -> None:
         """Record this member and learn the others (MemberList) on a shared log."""
@@ -242,6 +284,8 @@ class Server:
             await asyncio.sleep(HEARTBEAT_SECONDS)
 
     async def stop(self) -> None:
+        if self.election is not None:
+            await self.election.release()
         for task in self._background:
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
@@ -261,6 +305,11 @@ class Server:
             await self.grpc_server.stop(SHUTDOWN_GRACE_SECONDS)
             self.grpc_server = None
             logger.info("stopped serving")
+        if self.peer_server is not None:
+            await self.peer_server.stop(SHUTDOWN_GRACE_SECONDS)
+            self.peer_server = None
+        if self.forwarder is not None:
+            await self.forwarder.close()
         if self.store is not None:
             await self.store.close()
             self.store = None

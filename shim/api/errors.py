@@ -10,6 +10,7 @@ import grpc
 
 from cosmos_etcd_shim import metrics
 from cosmos_etcd_shim.mvcc import errors as core
+from cosmos_etcd_shim.replication.forwarding import ForwardedError
 from cosmos_etcd_shim.storage import StorageError
 
 logger = logging.getLogger(__name__)
@@ -84,7 +85,7 @@ _FROM_CORE = {
 
 
 def status_of(error: Exception) -> EtcdStatus:
-    if isinstance(error, EtcdRpcError):
+    if isinstance(error, (EtcdRpcError, ForwardedError)):  # the leader's answer to a forwarded request, as it was
         return EtcdStatus(error.code, error.message)
     known = _FROM_CORE.get(type(error))
     if known is not None:

@@ -5,7 +5,8 @@ checks (and the size check of writes), so refusals come in etcd's order. Compact
 permission (etcd 3.5 lets any caller compact), only a valid token if one is given. A raised alarm
 (see ``mvcc.alarms``) refuses writes just before the permission check, where etcd's alarm
 appliers refuse them. The space quota (``mvcc.quota``) checks Put and every Txn before anything
-else, as etcd's quota wrapper of the KV service does.
+else, as etcd's quota wrapper of the KV service does. Writes then go to the leader
+(``replication.writes``); reads are answered here.
 """
 from __future__ import annotations
 
@@ -17,12 +18,14 @@ from cosmos_etcd_shim.mvcc.quota import SpaceQuota
 from cosmos_etcd_shim.mvcc.store import MVCCStore
 from cosmos_etcd_shim.mvcc.txn import is_write
 from cosmos_etcd_shim.proto import rpc_pb2_grpc
+from cosmos_etcd_shim.replication.writes import Writes
 
 
 class KVServicer(rpc_pb2_grpc.KVServicer):
-    def __init__(self, store: MVCCStore, quota: SpaceQuota, headers: ResponseHeaders, max_request_bytes: int,
-                 max_txn_ops: int, callers: Callers) -> None:
+    def __init__(self, store: MVCCStore, writes: Writes, quota: SpaceQuota, headers: ResponseHeaders,
+                 max_request_bytes: int, max_txn_ops: int, callers: Callers) -> None:
         self.store = store
+        self.writes = writes
         self.quota = quota
         self.callers = callers
         self.auth = callers.auth
@@ -49,7 +52,7 @@ class KVServicer(rpc_pb2_grpc.KVServicer):
         validation.check_size(request, self.max_request_bytes)
         self.store.alarms.check_put()
         self.auth.check_put(caller, request, self.store.leases.keys(request.lease) if request.lease else ())
-        response = await self.store.put(request)
+        response = await self.writes.put(request)
         self.headers.fill(response.header)
         return response
 
@@ -60,7 +63,7 @@ class KVServicer(rpc_pb2_grpc.KVServicer):
         validation.check_size(request, self.max_request_bytes)
         self.store.alarms.check_delete_range()
         self.auth.check_delete_range(caller, request)
-        response = await self.store.delete_range(request)
+        response = await self.writes.delete_range(request)
         self.headers.fill(response.header)
         return response
 
@@ -73,7 +76,7 @@ class KVServicer(rpc_pb2_grpc.KVServicer):
             validation.check_size(request, self.max_request_bytes)
             self.store.alarms.check_txn(request)
         self.auth.check_txn(caller, request)
-        response = await self.store.txn(request)
+        response = await self.writes.txn(request)
         self.headers.fill(response.header)
         return response
 
@@ -82,6 +85,6 @@ class KVServicer(rpc_pb2_grpc.KVServicer):
         self.callers.of(context)
         validation.check_size(request, self.max_request_bytes)
         self.store.alarms.check_compact()
-        response = await self.store.compact(request)
+        response = await self.writes.compact(request)
         self.headers.fill(response.header)
         return response

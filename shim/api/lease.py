@@ -16,12 +16,14 @@ from cosmos_etcd_shim.mvcc.errors import LeaseNotFoundError
 from cosmos_etcd_shim.mvcc.quota import SpaceQuota
 from cosmos_etcd_shim.mvcc.store import MVCCStore
 from cosmos_etcd_shim.proto import rpc_pb2, rpc_pb2_grpc
+from cosmos_etcd_shim.replication.writes import Writes
 
 
 class LeaseServicer(rpc_pb2_grpc.LeaseServicer):
-    def __init__(self, store: MVCCStore, quota: SpaceQuota, headers: ResponseHeaders, max_request_bytes: int,
-                 callers: Callers) -> None:
+    def __init__(self, store: MVCCStore, writes: Writes, quota: SpaceQuota, headers: ResponseHeaders,
+                 max_request_bytes: int, callers: Callers) -> None:
         self.store = store
+        self.writes = writes
         self.quota = quota
         self.callers = callers
         self.leases = store.leases
@@ -45,8 +47,7 @@ class LeaseServicer(rpc_pb2_grpc.LeaseServicer):
         validation.check_size(request, self.max_request_bytes)
         self.store.alarms.check_lease_revoke()
         self.callers.auth.check_lease_revoke(caller, self.leases.keys(request.ID))
-        await self.store.revoke_lease(request.ID)
-        response = rpc_pb2.LeaseRevokeResponse()
+        response = await self.writes.revoke_lease(request)
         self.headers.fill(response.header)
         return response
 

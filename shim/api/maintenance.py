@@ -19,6 +19,7 @@ import dataclasses
 import hashlib
 import pathlib
 import tempfile
+from collections.abc import Callable
 
 import grpc
 
@@ -46,8 +47,10 @@ class ServerInfo:
 
 
 class MaintenanceServicer(rpc_pb2_grpc.MaintenanceServicer):
-    def __init__(self, store: MVCCStore, headers: ResponseHeaders, info: ServerInfo, callers: Callers) -> None:
+    def __init__(self, store: MVCCStore, headers: ResponseHeaders, info: ServerInfo, callers: Callers,
+                 leader_id: Callable[[], int]) -> None:
         self.store = store
+        self.leader_id = leader_id  # 0 while the servers of a shared log elect one, as etcd's "no leader"
         self.callers = callers
         self.headers = headers
         self.info = info
@@ -59,7 +62,7 @@ class MaintenanceServicer(rpc_pb2_grpc.MaintenanceServicer):
             version=self.info.etcd_version,
             dbSize=db_size,
             dbSizeInUse=db_size_in_use,
-            leader=self.headers.member_id,
+            leader=self.leader_id(),
             # No raft log: the revision is this server's count of applied changes.
             raftIndex=self.store.revision,
             raftAppliedIndex=self.store.revision,

@@ -6,6 +6,9 @@ in a local data directory; ``cosmos``: Azure Cosmos DB) implements it in a modul
 from cosmos_etcd_shim.storage.base import (
     AuthConflictError,
     AuthRecord,
+    LeaderConflictError,
+    LeaderLease,
+    LeaderRecord,
     LogCompactedError,
     LogConflictError,
     RecoveredState,
@@ -17,5 +20,6 @@ from cosmos_etcd_shim.storage.base import (
     StoredAlarm,
 )
 
-__all__ = ["AuthConflictError", "AuthRecord", "LogCompactedError", "LogConflictError", "RecoveredState", "RevisionLog", "StorageError",
+__all__ = ["AuthConflictError", "AuthRecord", "LeaderConflictError", "LeaderLease", "LeaderRecord",
+           "LogCompactedError", "LogConflictError", "RecoveredState", "RevisionLog", "StorageError",
            "StorageRejectedError", "StorageThrottledError", "StoreImage", "StoredAlarm"]

@@ -54,6 +54,10 @@ class AuthConflictError(StorageError):
     """Another server saved the auth state since this one read it: read it again and retry."""
 
 
+class LeaderConflictError(StorageError):
+    """The leader record changed since it was read (another server renewed or took it)."""
+
+
 @dataclasses.dataclass(frozen=True)
 class AuthRecord:
     """The auth state as a backend keeps it: bytes the backend does not interpret, and a version."""
@@ -68,6 +72,33 @@ class StoredAlarm:
 
     member_id: int
     alarm: int
+
+
+@dataclasses.dataclass(frozen=True)
+class LeaderRecord:
+    """Who leads the servers of a shared log, as the leader record says (see :class:`LeaderLease`)."""
+
+    holder: int  # the leader's member id; 0: nobody (never claimed, or released)
+    address: str  # where the holder takes forwarded requests (its advertised peer URL)
+    term: int  # incremented by every change of holder
+    token: str  # the holder's peer token for this term: forwarded requests carry it
+    renewals: int  # incremented by every renewal, so that each one is a new version
+    version: str = ""  # opaque, set by the backend: what a conditional write compares
+
+
+class LeaderLease(abc.ABC):
+    """One record every server of a shared log can read and replace conditionally: the leader
+    election's only shared state. The backend keeps no time; lease expiry is the readers' business
+    (a record unchanged for a lease period has expired)."""
+
+    @abc.abstractmethod
+    async def read(self) -> LeaderRecord:
+        """The record as stored now."""
+
+    @abc.abstractmethod
+    async def replace(self, record: LeaderRecord, expected_version: str) -> LeaderRecord:
+        """Store ``record`` if the stored one is still ``expected_version``; the stored record (with
+        its new version), or :class:`LeaderConflictError`."""
 
 
 @dataclasses.dataclass
@@ -211,6 +242,10 @@ class RevisionLog(abc.ABC):
     async def remove_member(self, identity: int | str) -> None:
         """Forget a server that stops (a shared log also forgets those silent for long)."""
         self._member = None
+
+    def leader_lease(self) -> LeaderLease | None:
+        """The leader record of a shared log; None for a log only one server writes."""
+        return None
 
     @abc.abstractmethod
     async def close(self) -> None:

@@ -60,6 +60,16 @@ class Shim:
             f"the shim {self.name} exited with {self.server.process.returncode}:\n{self.server.log()[-5000:]}"
 
 
+def elected(lease_seconds: float | None = None) -> list[str]:
+    """The flags of a replica that takes part in the leader election: a peer listener on a free
+    port, advertised as it is (``--listen-peer-urls``, ``--initial-advertise-peer-urls``)."""
+    url = f"http://127.0.0.1:{processes.free_port()}"
+    flags = ["--listen-peer-urls", url, "--initial-advertise-peer-urls", url]
+    if lease_seconds is not None:
+        flags += ["--leader-lease-seconds", str(lease_seconds)]
+    return flags
+
+
 def start_shim(workdir: pathlib.Path, endpoint: str, container: str, name: str,
                extra_args: list[str] = (), env: dict[str, str] | None = None) -> Shim:
     """``--name name`` on ``container`` of the Cosmos server (or proxy) at ``endpoint``; its files
@@ -75,12 +85,14 @@ def start_shim(workdir: pathlib.Path, endpoint: str, container: str, name: str,
 
 @contextlib.contextmanager
 def replicas(workdir: pathlib.Path, endpoint: str, container: str, *names: str,
-             extra_args: list[str] = ()) -> Iterator[list[Shim]]:
-    """Shims named ``names`` on one container, all closed (stopped by pid) however the block ends."""
+             extra_args: list[str] = (), election: bool = False) -> Iterator[list[Shim]]:
+    """Shims named ``names`` on one container, all closed (stopped by pid) however the block ends;
+    with ``election``, each one with a peer listener of its own (see :func:`elected`)."""
     started: list[Shim] = []
     try:
         for name in names:
-            started.append(start_shim(workdir, endpoint, container, name, list(extra_args)))
+            flags = [*extra_args, *(elected() if election else ())]
+            started.append(start_shim(workdir, endpoint, container, name, flags))
         yield started
     finally:
         for shim in started:

@@ -3,7 +3,7 @@
 Modules: ``layout`` (the public container layout; no Azure import, for the operator),
 ``codec`` (payload encoding), ``stats`` (request and RU accounting), ``account`` (the account's
 consistency check and regions), ``client`` (connection, write-region routing, retries, writes of
-unknown outcome), ``checkpoint`` (the base as page sets) and ``log``
+unknown outcome), ``checkpoint`` (the base as page sets), ``leadership`` (the leader record) and ``log``
 (:class:`CosmosLog`, the :class:`~cosmos_etcd_shim.storage.base.RevisionLog`).
 
 Importing this package does not import the Azure SDK: ``CosmosLog`` and friends load on first use.

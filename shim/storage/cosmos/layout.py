@@ -29,6 +29,9 @@ partitioned by ``/pk`` into a few logical partitions:
     * ``ckpt-<set>-<page>.<w>.<i>`` (kind ``chunk``): parts of an oversized page.
 ``pk = "lease"`` ``lease-<id, 16 hex digits>`` (kind ``lease``): one granted lease each.
 ``pk = "member"`` ``member-<id, 16 hex digits>`` (kind ``member``): shim replicas' heartbeats.
+    ``leader`` (kind ``leader``): the leader election's lease (see the shim's ``replication``
+    package): the holder's member id ``h`` (decimal text), its peer URL ``a``, the term ``t``, the
+    term's peer token ``k`` and a renewal count ``n``; replaced only if unchanged since read (etag).
 ``pk = "auth"`` ``auth`` (kind ``auth``): etcd's auth state (users, roles, enabled), one document
     whose version ``v`` every save increments (replaced only if unchanged since read: its etag).
 
@@ -62,12 +65,14 @@ KIND_AUTH = "auth"
 KIND_STAMP = "stamp"
 KIND_ALARMS = "alarms"
 KIND_MIGRATION = "migration"
+KIND_LEADER = "leader"
 
 META_ID = "meta"
 AUTH_ID = "auth"
 AUTH_STAMP_ID = "auth-stamp"
 ALARMS_ID = "alarms"
 MIGRATION_ID = "migration"
+LEADER_ID = "leader"
 
 # Only the fields that queries filter or sort on are indexed; the payloads (large base64
 # strings) are not, which keeps the RU charge of a write close to its size alone.

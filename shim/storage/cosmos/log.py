@@ -105,7 +105,7 @@ from cosmos_etcd_shim.storage.base import (
     StoredAlarm,
     fold,
 )
-from cosmos_etcd_shim.storage.cosmos import checkpoint, codec, layout
+from cosmos_etcd_shim.storage.cosmos import checkpoint, codec, layout, leadership
 from cosmos_etcd_shim.storage.cosmos.checkpoint import PageSet, PageSetMissing
 from cosmos_etcd_shim.storage.cosmos.client import (
     DEFAULT_REQUEST_TIMEOUT,
@@ -241,6 +241,7 @@ class CosmosLog(RevisionLog):
         await self._create_if_absent({"id": layout.ALARMS_ID, "pk": layout.LOG_PARTITION,
                                       "kind": layout.KIND_ALARMS, "g": 0, "a": []})
         self._adopt_alarms(await self._read_alarms("open"))
+        await self._create_if_absent(dict(leadership.UNCLAIMED))
         state = await self.reload()
         self._fold_task = asyncio.create_task(self._fold_forever(), name="cosmos-compaction-fold")
         return state
@@ -786,6 +787,9 @@ class CosmosLog(RevisionLog):
 
     async def remove_member(self, identity: int | str) -> None:
         await self.conn.delete("member", layout.member_id(identity), layout.MEMBER_PARTITION)
+
+    def leader_lease(self) -> leadership.CosmosLeaderLease:
+        return leadership.CosmosLeaderLease(self.conn)
 
     # -- maintenance --------------------------------------------------------------------------
 
