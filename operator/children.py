@@ -17,12 +17,13 @@ and ``cosmosetcd.io/cluster: <name>``, but neither the owner's labels nor
 ``app.kubernetes.io/instance``: GitOps tools track their own objects by such labels, and children
 that carried them would be shown as out of sync or pruned.
 
-The etcd endpoint is the Service: ``https://<name>.<namespace>.svc:2379`` with
-``spec.shim.tls``, ``http://...`` without.
+The etcd endpoint is the Service: ``https://<name>.<namespace>.svc:2379`` when the shim serves
+TLS (:class:`ServingTLS`, which :mod:`cosmos_etcd_operator.pki` decides), ``http://...`` without.
 """
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -50,12 +51,19 @@ WORKLOAD_IDENTITY_CLIENT_ID_ANNOTATION = "azure.workload.identity/client-id"
 DEFAULT_RESOURCES = {"requests": {"cpu": "250m", "memory": "512Mi"}, "limits": {"memory": "2Gi"}}
 
 
+@dataclasses.dataclass(frozen=True)
+class ServingTLS:
+    """The TLS the shim serves: the kubernetes.io/tls Secret it mounts (tls.crt, tls.key, ca.crt)."""
+    secret_name: str
+    client_cert_auth: bool = True
+
+
 def keys_secret_name(name: str) -> str:
     return f"{name}-cosmos-keys"
 
 
-def endpoint(name: str, namespace: str, spec: ClusterSpec) -> str:
-    scheme = "https" if spec.shim.tls else "http"
+def endpoint(name: str, namespace: str, tls: ServingTLS | None) -> str:
+    scheme = "https" if tls else "http"
     return f"{scheme}://{name}.{namespace}.svc:{CLIENT_PORT}"
 
 
@@ -85,6 +93,15 @@ def keys_secret(owner: Mapping[str, Any], *, account_endpoint: str, keys: Sequen
     return child(owner, "v1", "Secret", keys_secret_name(owner["metadata"]["name"]), type="Opaque",
                   data={SECRET_ENDPOINT: _b64(account_endpoint), SECRET_KEY: _b64(keys[0]),
                         SECRET_KEYS: _b64("".join(f"{key}\n" for key in keys))})
+
+
+def secret(owner: Mapping[str, Any], name: str, *, type_: str, data: Mapping[str, str],
+           annotations: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """A Secret of the cluster's (``data`` in base64), such as the managed PKI's."""
+    obj = child(owner, "v1", "Secret", name, type=type_, data=dict(data))
+    if annotations:
+        obj["metadata"]["annotations"] = dict(annotations)
+    return obj
 
 
 def keys_checksum(keys: Sequence[str]) -> str:
@@ -120,11 +137,10 @@ def pod_disruption_budget(owner: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def deployment(owner: Mapping[str, Any], spec: ClusterSpec, *, image: str, account_endpoint: str,
-               keys_digest: str) -> dict[str, Any]:
+               keys_digest: str, tls: ServingTLS | None) -> dict[str, Any]:
     """The shim's Deployment. ``image`` is used when the spec names none; ``keys_digest`` is
-    :func:`keys_checksum` of the key in the Secret."""
+    :func:`keys_checksum` of the key in the Secret; ``tls``: what the shim serves (None: plain text)."""
     name, namespace = owner["metadata"]["name"], owner["metadata"]["namespace"]
-    tls = spec.shim.tls
     scheme = "https" if tls else "http"
     args = [
         "serve", "--backend", "cosmos",
@@ -135,7 +151,7 @@ def deployment(owner: Mapping[str, Any], spec: ClusterSpec, *, image: str, accou
         "--cosmos-container", spec.container,
         "--cosmos-no-create",
         "--listen-client-urls", f"{scheme}://0.0.0.0:{CLIENT_PORT}",
-        "--advertise-client-urls", endpoint(name, namespace, spec),
+        "--advertise-client-urls", endpoint(name, namespace, tls),
         "--listen-metrics-urls", f"http://0.0.0.0:{METRICS_PORT}",
     ]
     mounts = [{"name": "tmp", "mountPath": "/tmp"}, {"name": "data", "mountPath": DATA_DIR}]

@@ -15,6 +15,9 @@ observedGeneration, lastTransitionTime); ``lastTransitionTime`` moves only when 
   failover of a multi-region BoundedStaleness account can lose acknowledged writes
   (``spec.account.acceptDataLossOnFailover``); absent otherwise. Like Reconciling and Stalled it is
   abnormal-true, so it does not change how kstatus reads the object, only what a person sees.
+* ``PlainText``: ``True`` while the shim serves clients without TLS (reason ``Disabled``: the spec
+  says so; ``NotOptedIn``: a cluster created before managed TLS, see :mod:`.pki`); absent otherwise.
+  Abnormal-true as well, with a Warning event when it turns true.
 
 :func:`events` turns what changed between two lists into Kubernetes events, one per transition
 (not one per reconciliation), for ``kubectl describe``.
@@ -35,13 +38,15 @@ THROUGHPUT = "Throughput"
 ROLE_ASSIGNMENT = "RoleAssignment"
 KEYS = "Keys"
 NETWORK_POLICY = "NetworkPolicy"
+TLS = "TLS"
 SHIM = "Shim"
-PARTS = (CREDENTIALS, ACCOUNT, DATABASE, CONTAINER, THROUGHPUT, ROLE_ASSIGNMENT, KEYS, NETWORK_POLICY, SHIM)
+PARTS = (CREDENTIALS, ACCOUNT, DATABASE, CONTAINER, THROUGHPUT, ROLE_ASSIGNMENT, KEYS, NETWORK_POLICY, TLS, SHIM)
 
 READY = "Ready"
 RECONCILING = "Reconciling"
 STALLED = "Stalled"
 DATA_LOSS_ON_FAILOVER = "DataLossOnFailover"
+PLAIN_TEXT = "PlainText"
 
 TRUE, FALSE, UNKNOWN = "True", "False", "Unknown"
 
@@ -140,16 +145,16 @@ class Conditions:
             self.remove(STALLED)
 
     def as_list(self) -> list[dict[str, Any]]:
-        """Ready, Reconciling, Stalled, DataLossOnFailover, then the parts in order, then anything else."""
+        """Ready, Reconciling, Stalled, DataLossOnFailover, PlainText, then the parts in order, then anything else."""
         order = {type_: index for index, type_ in enumerate((READY, RECONCILING, STALLED, DATA_LOSS_ON_FAILOVER,
-                                                             *PARTS))}
+                                                             PLAIN_TEXT, *PARTS))}
         return sorted(self._by_type.values(), key=lambda item: (order.get(item["type"], len(order)), item["type"]))
 
 
 def events(before: Iterable[Mapping[str, Any]] | None, after: Iterable[Mapping[str, Any]]) -> list[tuple[str, str, str]]:
     """(type, reason, message) of the events that the change from ``before`` to ``after`` deserves:
     Ready becoming True, a part becoming not ready (Normal for work in progress, Warning for an
-    error), and a Warning when the spec starts accepting data loss on failover."""
+    error), and a Warning when the spec starts accepting data loss on failover or plain text."""
     old = {item["type"]: (item["status"], item["reason"]) for item in before or ()}
     found = []
     for item in after:
@@ -162,6 +167,6 @@ def events(before: Iterable[Mapping[str, Any]] | None, after: Iterable[Mapping[s
         elif item["type"] in PARTS and item["status"] != TRUE:
             kind = "Normal" if item["reason"] in (IN_PROGRESS, UNAVAILABLE) else "Warning"
             found.append((kind, item["reason"], f"{item['type']}: {item['message']}"))
-        elif item["type"] == DATA_LOSS_ON_FAILOVER and item["status"] == TRUE:
-            found.append(("Warning", DATA_LOSS_ON_FAILOVER, item["message"]))
+        elif item["type"] in (DATA_LOSS_ON_FAILOVER, PLAIN_TEXT) and item["status"] == TRUE:
+            found.append(("Warning", item["type"], item["message"]))
     return found

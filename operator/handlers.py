@@ -1,7 +1,7 @@
 """The kopf handlers of CosmosEtcdCluster: reconcile, delete, correct drift, follow the shim's pods.
 
 One reconciliation runs the parts in order — credentials, account, database, container, throughput,
-keys, shim — each idempotent (it reads, compares, and changes only what differs) and each reporting
+keys, TLS (:mod:`cosmos_etcd_operator.pki`), shim — each idempotent (it reads, compares, and changes only what differs) and each reporting
 its own condition (see :mod:`cosmos_etcd_operator.conditions`). It stops at the first part that is
 not ready and writes the status once:
 
@@ -52,22 +52,24 @@ import asyncio
 import base64
 import collections
 import dataclasses
+import datetime
 import time
+from collections.abc import Callable
 from typing import Any
 
 import kopf
 from azure.core.exceptions import AzureError as AzureCoreError
 from azure.core.exceptions import ClientAuthenticationError
 
-from cosmos_etcd_operator import children
+from cosmos_etcd_operator import children, pki
 from cosmos_etcd_operator.arm import AccountReady, AzureError, CosmosResources, Deleted, Pending, ThroughputReady
 from cosmos_etcd_operator import network_policy, role_assignment
 from cosmos_etcd_operator.cloud import AzureCloud
 from cosmos_etcd_operator.conditions import NETWORK_POLICY, ROLE_ASSIGNMENT
 from cosmos_etcd_operator.conditions import (ACCEPTED, ACCOUNT, CONTAINER, CREDENTIALS, DATA_LOSS_ON_FAILOVER,
-                                             DATABASE, FALSE, IN_PROGRESS, INVALID_SPEC, KEYS, READY, SHIM, STALLED,
-                                             THROUGHPUT, TRUE, UNAVAILABLE, WAITING, Condition, Conditions, events,
-                                             now)
+                                             DATABASE, FALSE, IN_PROGRESS, INVALID_SPEC, KEYS, PLAIN_TEXT, READY,
+                                             SHIM, STALLED, THROUGHPUT, TLS, TRUE, UNAVAILABLE, WAITING, Condition,
+                                             Conditions, events, now)
 from cosmos_etcd_operator.credentials import Credentials, InvalidCredentials
 from cosmos_etcd_operator.kubeapi import Kube, KubeError, cluster_path, connection_info, contains, \
     load_configuration, object_path
@@ -97,6 +99,8 @@ class OperatorContext:
     shim_image: str
     retry_delay: float  # before retrying after an error that carries no Retry-After
     polling_interval: float | None = None  # ARM polling when ARM gives no Retry-After (None: arm.py's)
+    tls_policy: pki.Policy = pki.Policy()  # lifetimes of the managed certificates
+    clock: Callable[[], datetime.datetime] = lambda: datetime.datetime.now(datetime.timezone.utc)
     locks: collections.defaultdict = dataclasses.field(default_factory=lambda: collections.defaultdict(asyncio.Lock))
 
     def lock(self, namespace: str, name: str) -> asyncio.Lock:
@@ -253,6 +257,7 @@ class Reconciliation:
         try:
             spec = parse(self.body.get("spec") or {}, name=self.name)
             self._show_failover_risk(spec)
+            self._record_tls_mode(spec)
             outcome = await self._parts(spec)
         except InvalidSpec as e:
             outcome = Outcome(INVALID, f"invalid spec: {e}")
@@ -314,16 +319,40 @@ class Reconciliation:
                 keys = await self._azure(KEYS, lambda _: resources.list_keys(spec), long_running=False)
         both = await self._keys(account.document_endpoint, keys)
         await self._network_policy(spec)
-        return await self._shim(spec, account.document_endpoint, children.keys_checksum(both))
+        serving = await self._tls(spec)
+        return await self._shim(spec, account.document_endpoint, children.keys_checksum(both), serving)
 
-    async def _shim(self, spec: ClusterSpec, account_endpoint: str, keys_digest: str) -> Outcome:
+    def _record_tls_mode(self, spec: ClusterSpec) -> None:
+        """The TLS mode in force goes to status at the first pass, before any part can stop it: a
+        later operator tells an object it created from one an earlier operator served in plain text."""
+        mode, _ = pki.mode_in_effect(spec.shim.tls, self.status)
+        self.new_status["tls"] = {**(self.status.get("tls") or {}), "mode": mode.value}
+
+    async def _tls(self, spec: ClusterSpec) -> children.ServingTLS | None:
+        try:
+            outcome = await pki.reconcile(self.kube, self.body, spec.shim.tls, self.status,
+                                          policy=self.context.tls_policy, now=self.context.clock())
+        except pki.TLSError as e:
+            self._fail(TLS, e.reason, e.message, retryable=True)
+        self.conditions.set(outcome.condition)
+        if outcome.plain_text is None:
+            self.conditions.remove(PLAIN_TEXT)
+        else:
+            self.conditions.set(outcome.plain_text)
+        self.new_status["tls"] = outcome.status
+        for type_, reason, message in outcome.events:
+            kopf.event(self.body, type=type_, reason=reason, message=message)
+        return outcome.serving
+
+    async def _shim(self, spec: ClusterSpec, account_endpoint: str, keys_digest: str,
+                    serving: children.ServingTLS | None) -> Outcome:
         await self._kube(SHIM, children.service_account(self.body, spec))
         await self._kube(SHIM, children.service(self.body))
         await self._kube(SHIM, children.pod_disruption_budget(self.body))
         deployment = await self._kube(SHIM, children.deployment(
             self.body, spec, image=self.context.shim_image, account_endpoint=account_endpoint,
-            keys_digest=keys_digest))
-        self.new_status["endpoint"] = children.endpoint(self.name, self.namespace, spec)
+            keys_digest=keys_digest, tls=serving))
+        self.new_status["endpoint"] = children.endpoint(self.name, self.namespace, serving)
         shim = _shim_condition(deployment)
         self.conditions.set(shim)
         return Outcome(READY_RESULT if shim.status == TRUE else PROGRESSING, shim.message)

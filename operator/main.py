@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import datetime
 import logging
 import sys
 import threading
@@ -24,7 +25,7 @@ import threading
 import kopf
 
 from cosmos_etcd_operator import cloud as clouds
-from cosmos_etcd_operator import handlers
+from cosmos_etcd_operator import handlers, pki
 from cosmos_etcd_operator.credentials import Credentials
 from cosmos_etcd_operator.kubeapi import Kube, load_configuration
 from cosmos_etcd_operator.metrics import CLUSTERS, serve_metrics
@@ -47,6 +48,7 @@ class OperatorConfig:
     log_level: str = "info"
     drift_interval: float = 60.0
     retry_delay: float = 30.0
+    tls_policy: pki.Policy = pki.Policy()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,7 +95,28 @@ def parser() -> argparse.ArgumentParser:
                    help="wait before retrying after an error that says nothing of when (default: %(default)s)")
     p.add_argument("--log-level", choices=sorted(LOG_LEVELS), default=defaults.log_level,
                    help="log level (default: %(default)s)")
+    tls = defaults.tls_policy
+    p.add_argument("--tls-ca-lifetime", type=_days, default=tls.ca_lifetime, metavar="DAYS",
+                   help=f"lifetime of the CA that managed TLS issues per cluster (default: {tls.ca_lifetime.days})")
+    p.add_argument("--tls-certificate-lifetime", type=_days, default=tls.leaf_lifetime, metavar="DAYS",
+                   help=f"lifetime of its server and client certificates (default: {tls.leaf_lifetime.days})")
+    p.add_argument("--tls-renew-fraction", type=_fraction, default=tls.renew_fraction, metavar="FRACTION",
+                   help="renew a certificate when this fraction of its lifetime has passed (default: 2/3)")
+    p.add_argument("--tls-rotation-overlap", type=_days, default=tls.overlap, metavar="DAYS",
+                   help="time between the steps of a CA rotation, for clients to take the new bundle and "
+                        f"certificates (default: {tls.overlap.days})")
     return p
+
+
+def _days(text: str) -> datetime.timedelta:
+    return datetime.timedelta(seconds=_seconds(text) * 86400)
+
+
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0.5 <= value <= 0.9:
+        raise argparse.ArgumentTypeError(f"must be between 0.5 and 0.9, not {text!r}")
+    return value
 
 
 def _seconds(text: str) -> float:
@@ -117,7 +140,11 @@ def parse_args(argv: list[str]) -> OperatorConfig:
             p.error(f"--{option.replace('_', '-')} must be HOST:PORT, not {getattr(args, option)!r}")
     return OperatorConfig(cloud=cloud, namespaces=tuple(args.namespaces), liveness_address=args.liveness_address,
                           metrics_address=args.metrics_address, peering=args.peering, shim_image=args.shim_image,
-                          log_level=args.log_level, drift_interval=args.drift_interval, retry_delay=args.retry_delay)
+                          log_level=args.log_level, drift_interval=args.drift_interval, retry_delay=args.retry_delay,
+                          tls_policy=pki.Policy(ca_lifetime=args.tls_ca_lifetime,
+                                                leaf_lifetime=args.tls_certificate_lifetime,
+                                                renew_fraction=args.tls_renew_fraction,
+                                                overlap=args.tls_rotation_overlap))
 
 
 def _is_address(text: str) -> bool:
@@ -141,7 +168,8 @@ async def run(config: OperatorConfig, *, stop_flag: asyncio.Event | threading.Ev
     try:
         async with Credentials(cloud) as credentials:
             context = handlers.OperatorContext(kube=kube, credentials=credentials, cloud=cloud,
-                                               shim_image=config.shim_image, retry_delay=config.retry_delay)
+                                               shim_image=config.shim_image, retry_delay=config.retry_delay,
+                                               tls_policy=config.tls_policy)
             await kopf.operator(
                 registry=registry, settings=settings, memo=kopf.Memo(context=context),
                 clusterwide=not config.namespaces, namespaces=config.namespaces,

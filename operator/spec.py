@@ -58,6 +58,8 @@ SUBSCRIPTION_ID = re.compile(r"^[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]
 # Cosmos database and container ids: up to 255 characters, none of / \ ? # and no trailing space.
 SQL_RESOURCE_NAME = re.compile(r"^[^/\\?#]{0,254}[^/\\?#\s]$")
 LOCATION_NAME = re.compile(r"^[a-z0-9]+$")
+# A DNS name of a certificate (lowercase labels; a wildcard only as the whole first label).
+DNS_NAME = re.compile(r"^(\*\.)?([a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?\.)*[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 
 MANUAL_MINIMUM_RUS = 400
 MANUAL_STEP_RUS = 100
@@ -181,10 +183,20 @@ class Credentials:
     service_principal_secret: str | None = None
 
 
+class TLSMode(str, enum.Enum):
+    """How the shim serves clients (operator/pki.py): the operator's CA, the user's Secret, plain text."""
+    MANAGED = "Managed"
+    SECRET = "Secret"
+    DISABLED = "Disabled"
+
+
 @dataclasses.dataclass(frozen=True)
 class ShimTLS:
-    secret_name: str
+    mode: TLSMode | None = None  # None: not in the spec; the operator decides (pki.mode_in_effect)
+    secret_name: str | None = None  # mode Secret: the user's kubernetes.io/tls Secret
     client_cert_auth: bool = True
+    extra_names: tuple[str, ...] = ()  # Managed: more DNS names or IP addresses of the server certificate
+    client_common_name: str = "kube-apiserver"  # Managed: the client certificate's CN
 
 
 @dataclasses.dataclass(frozen=True)
@@ -200,7 +212,7 @@ class Shim:
     replicas: int = 2
     image: str | None = None  # None: the operator's --shim-image
     resources: Mapping[str, Any] = dataclasses.field(default_factory=dict)
-    tls: ShimTLS | None = None
+    tls: ShimTLS = ShimTLS()
     identity: WorkloadIdentity | None = None
     # NetworkPolicy peers ({podSelector, namespaceSelector}); None: network_policy.py's defaults.
     allowed_clients: tuple[Mapping[str, Any], ...] | None = None
@@ -449,14 +461,11 @@ def _shim(section: Mapping[str, Any]) -> Shim:
         replicas=_integer(section, "replicas", "spec.shim.replicas", (1, 50), 2),
         image=image,
         resources=dict(resources),
+        tls=_tls(tls),
         identity=_identity(section.get("identity")),
         allowed_clients=_peers(section.get("allowedClients"), "spec.shim.allowedClients"),
         metrics_allowed_from=_peers(_mapping(section, "metrics").get("allowedFrom"),
                                     "spec.shim.metrics.allowedFrom"),
-        tls=ShimTLS(
-            secret_name=_string(tls, "secretName", "spec.shim.tls.secretName", _DNS_SUBDOMAIN, "a Secret name"),
-            client_cert_auth=_boolean(tls, "clientCertAuth", "spec.shim.tls.clientCertAuth", default=True),
-        ) if tls else None,
     )
 
 
@@ -519,6 +528,41 @@ def _expression(value: Any, field: str) -> dict[str, Any]:
     if values:
         raise InvalidSpec(f"{field}.values must be empty with operator {operator}")
     return {"key": value["key"], "operator": operator}
+
+
+def _tls(section: Mapping[str, Any]) -> ShimTLS:
+    mode = _enum(section, "mode", "spec.shim.tls.mode", TLSMode, None)
+    secret_name = None if section.get("secretName") is None else _string(
+        section, "secretName", "spec.shim.tls.secretName", _DNS_SUBDOMAIN, "a Secret name")
+    if mode is TLSMode.SECRET and secret_name is None:
+        raise InvalidSpec("spec.shim.tls.secretName is required with spec.shim.tls.mode Secret")
+    if mode not in (None, TLSMode.SECRET) and secret_name is not None:
+        raise InvalidSpec(f"spec.shim.tls.secretName is only for mode Secret, not {mode.value}")
+    managed_fields = {"extraNames", "clientCommonName"} & section.keys()
+    if managed_fields and (secret_name is not None or mode is TLSMode.DISABLED):
+        raise InvalidSpec(f"spec.shim.tls: {', '.join(sorted(managed_fields))} only apply to mode Managed")
+    client_cert_auth = _boolean(section, "clientCertAuth", "spec.shim.tls.clientCertAuth", default=True)
+    if not client_cert_auth and secret_name is None:
+        raise InvalidSpec("spec.shim.tls.clientCertAuth: false is only for mode Secret: with Managed TLS the "
+                          "shim always requires the client certificates the operator issues")
+    extra_names = section.get("extraNames") or []
+    if not isinstance(extra_names, list) or not all(isinstance(n, str) and (DNS_NAME.match(n) or _is_ip(n))
+                                                    for n in extra_names):
+        raise InvalidSpec(f"spec.shim.tls.extraNames must be a list of DNS names or IP addresses, not "
+                          f"{extra_names!r}")
+    common_name = section.get("clientCommonName", ShimTLS.client_common_name)
+    if not isinstance(common_name, str) or not 0 < len(common_name) <= 64 or not common_name.isprintable():
+        raise InvalidSpec(f"spec.shim.tls.clientCommonName must be 1-64 printable characters, not {common_name!r}")
+    return ShimTLS(mode=mode, secret_name=secret_name, client_cert_auth=client_cert_auth,
+                   extra_names=tuple(dict.fromkeys(extra_names)), client_common_name=common_name)
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _tags(value: Any) -> Mapping[str, str]:

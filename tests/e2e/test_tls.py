@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import pathlib
 import socket
 import ssl
@@ -23,6 +22,7 @@ from cryptography import x509
 
 from cosmos_etcd_shim.proto import rpc_pb2, rpc_pb2_grpc
 from tests.harness import processes
+from tests.harness.tls_files import SecretVolume, served_certificate
 
 from .conftest import shim_only
 from .test_cli import assert_one_line_error, run_shim, serve_args
@@ -113,17 +113,6 @@ def mtls_pair(pki, tmp_path_factory):
         yield servers
 
 
-def served_certificate(endpoint: str) -> x509.Certificate:
-    """The certificate a new connection is served (read without verifying it)."""
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
-    context.set_alpn_protocols(["h2"])
-    host, port = endpoint.rsplit(":", 1)
-    with socket.create_connection((host, int(port)), timeout=10) as raw, context.wrap_socket(raw) as conn:
-        return x509.load_der_x509_certificate(conn.getpeercert(binary_form=True))
-
-
 # ------------------------------------------------------------------------------------------------
 # server TLS and mutual TLS, compared with etcd
 # ------------------------------------------------------------------------------------------------
@@ -174,29 +163,6 @@ def test_plain_http_is_refused_by_a_tls_listener(mtls_pair):
 # ------------------------------------------------------------------------------------------------
 # rotation without a restart
 # ------------------------------------------------------------------------------------------------
-
-class SecretVolume:
-    """Files as Kubernetes mounts a Secret: names that point through the ``..data`` symlink into a
-    timestamped directory, swapped atomically when the Secret changes."""
-
-    def __init__(self, root: pathlib.Path):
-        self.root = root
-        self.version = 0
-
-    def publish(self, files: dict[str, bytes]) -> None:
-        self.version += 1
-        target = self.root / f"..{self.version}"
-        target.mkdir(parents=True)
-        for name, content in files.items():
-            (target / name).write_bytes(content)
-            if not (self.root / name).is_symlink():
-                (self.root / name).symlink_to(pathlib.Path("..data") / name)
-        (self.root / "..data_tmp").symlink_to(target.name)
-        os.replace(self.root / "..data_tmp", self.root / "..data")
-
-    def path(self, name: str) -> str:
-        return str(self.root / name)
-
 
 def pem_files(server: trustme.LeafCert, ca: trustme.CA) -> dict[str, bytes]:
     return {"tls.crt": server.cert_chain_pems[0].bytes(), "tls.key": server.private_key_pem.bytes(),

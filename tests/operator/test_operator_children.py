@@ -28,19 +28,29 @@ SHIM_VOLUMES = [{"name": "tmp", "emptyDir": {}}, {"name": "data", "emptyDir": {}
                                                    "items": [{"key": "keys", "path": "keys"}]}}]
 
 
-def serve_args(account_endpoint: str) -> list[str]:
-    """The shim's command line for cluster tenant-a in control-planes, without TLS."""
+# What mutual TLS adds: the flags (after the others) and the mounted kubernetes.io/tls Secret.
+MTLS_ARGS = ["--cert-file", "/etc/cosmos-etcd/tls/tls.crt", "--key-file", "/etc/cosmos-etcd/tls/tls.key",
+             "--trusted-ca-file", "/etc/cosmos-etcd/tls/ca.crt", "--client-cert-auth"]
+TLS_MOUNT = {"name": "tls", "mountPath": "/etc/cosmos-etcd/tls", "readOnly": True}
+
+
+def tls_volume(secret: str) -> dict:
+    return {"name": "tls", "secret": {"secretName": secret, "defaultMode": 0o440}}
+
+
+def serve_args(account_endpoint: str, scheme: str = "http") -> list[str]:
+    """The shim's command line for cluster tenant-a in control-planes, without the TLS flags."""
     return ["serve", "--backend", "cosmos", "--name", "$(POD_NAME)", "--data-dir", "/var/lib/cosmos-etcd",
             "--cosmos-endpoint", account_endpoint, "--cosmos-database", "EtcdDB", "--cosmos-container", "EtcdData",
-            "--cosmos-no-create", "--listen-client-urls", "http://0.0.0.0:2379",
-            "--advertise-client-urls", "http://tenant-a.control-planes.svc:2379",
+            "--cosmos-no-create", "--listen-client-urls", f"{scheme}://0.0.0.0:2379",
+            "--advertise-client-urls", f"{scheme}://tenant-a.control-planes.svc:2379",
             "--listen-metrics-urls", "http://0.0.0.0:2381", "--cosmos-key-file", "/etc/cosmos-etcd/cosmos/keys"]
 
 
-def _render(shim: dict | None = None, cosmos: dict | None = None) -> dict:
+def _render(shim: dict | None = None, cosmos: dict | None = None, tls: children.ServingTLS | None = None) -> dict:
     spec = parse({"azure": AZURE, "shim": shim or {}, "cosmos": cosmos or {}}, name="tenant-a")
     return children.deployment(OWNER, spec, image="registry.example/cosmos-etcd:1", account_endpoint=ACCOUNT_ENDPOINT,
-                               keys_digest="0123456789abcdef")
+                               keys_digest="0123456789abcdef", tls=tls)
 
 
 def _container(deployment: dict) -> dict:
@@ -62,13 +72,16 @@ def assert_probed_over_http(container: dict) -> None:
         assert container[probe]["timeoutSeconds"] > READ_TIMEOUT_SECONDS, probe
 
 
-@pytest.mark.parametrize("shim", [{}, {"tls": {"secretName": "tenant-a-tls"}},
-                                  {"tls": {"secretName": "tenant-a-tls", "clientCertAuth": False}, "replicas": 5,
-                                   "resources": {"requests": {"cpu": 1, "memory": "1Gi"}}}])
-def test_every_child_is_valid_for_kubernetes(shim):
+@pytest.mark.parametrize("shim, tls", [
+    ({}, None),  # Disabled
+    ({}, children.ServingTLS("tenant-a-etcd-server")),  # Managed
+    ({"tls": {"secretName": "tenant-a-tls"}}, children.ServingTLS("tenant-a-tls")),
+    ({"tls": {"secretName": "tenant-a-tls", "clientCertAuth": False}, "replicas": 5,
+      "resources": {"requests": {"cpu": 1, "memory": "1Gi"}}}, children.ServingTLS("tenant-a-tls", False))])
+def test_every_child_is_valid_for_kubernetes(shim, tls):
     spec = parse({"azure": AZURE, "shim": shim}, name="tenant-a")
     objects = [
-        children.deployment(OWNER, spec, image="img:1", account_endpoint=ACCOUNT_ENDPOINT, keys_digest="d"),
+        children.deployment(OWNER, spec, image="img:1", account_endpoint=ACCOUNT_ENDPOINT, keys_digest="d", tls=tls),
         children.service(OWNER), children.pod_disruption_budget(OWNER),
         children.keys_secret(OWNER, account_endpoint=ACCOUNT_ENDPOINT, keys=["c2VjcmV0", "b3RoZXI="]),
     ]
@@ -117,23 +130,23 @@ def test_replicas_prefer_different_nodes():
 
 
 def test_tls_serves_https_from_the_secret():
-    deployment = _render({"tls": {"secretName": "tenant-a-tls"}, "image": "mine:2"})
+    deployment = _render({"tls": {"secretName": "tenant-a-tls"}, "image": "mine:2"},
+                         tls=children.ServingTLS("tenant-a-tls"))
     container = _container(deployment)
     args = container["args"]
     assert container["image"] == "mine:2"
     assert args[args.index("--listen-client-urls") + 1] == "https://0.0.0.0:2379"
     assert args[args.index("--advertise-client-urls") + 1] == "https://tenant-a.control-planes.svc:2379"
-    assert args[-7:] == ["--cert-file", "/etc/cosmos-etcd/tls/tls.crt", "--key-file", "/etc/cosmos-etcd/tls/tls.key",
-                         "--trusted-ca-file", "/etc/cosmos-etcd/tls/ca.crt", "--client-cert-auth"]
-    assert {"name": "tls", "mountPath": "/etc/cosmos-etcd/tls", "readOnly": True} in container["volumeMounts"]
-    assert {"name": "tls", "secret": {"secretName": "tenant-a-tls", "defaultMode": 0o440}} in \
-        deployment["spec"]["template"]["spec"]["volumes"]
+    assert args == serve_args(ACCOUNT_ENDPOINT, "https") + MTLS_ARGS
+    assert container["volumeMounts"] == [*SHIM_MOUNTS, TLS_MOUNT]
+    assert deployment["spec"]["template"]["spec"]["volumes"] == [*SHIM_VOLUMES, tls_volume("tenant-a-tls")]
     # The health endpoints stay plain http: the same probes as without TLS.
     assert_probed_over_http(container)
 
 
 def test_tls_without_client_certificates():
-    args = _container(_render({"tls": {"secretName": "tenant-a-tls", "clientCertAuth": False}}))["args"]
+    args = _container(_render({"tls": {"secretName": "tenant-a-tls", "clientCertAuth": False}},
+                              tls=children.ServingTLS("tenant-a-tls", client_cert_auth=False)))["args"]
     assert "--cert-file" in args and "--client-cert-auth" not in args and "--trusted-ca-file" not in args
 
 
@@ -161,7 +174,8 @@ def test_service_pdb_and_secret():
 
 def test_children_are_owned_and_labelled_but_carry_no_gitops_tracking_label():
     spec = parse({"azure": AZURE}, name="tenant-a")
-    for obj in (children.deployment(OWNER, spec, image="i", account_endpoint=ACCOUNT_ENDPOINT, keys_digest="d"),
+    for obj in (children.deployment(OWNER, spec, image="i", account_endpoint=ACCOUNT_ENDPOINT, keys_digest="d",
+                                    tls=None),
                 children.service(OWNER), children.pod_disruption_budget(OWNER),
                 children.keys_secret(OWNER, account_endpoint=ACCOUNT_ENDPOINT, keys=["k", "l"])):
         metadata = obj["metadata"]
@@ -176,10 +190,8 @@ def test_children_are_owned_and_labelled_but_carry_no_gitops_tracking_label():
 
 
 def test_endpoint_follows_tls():
-    plain = parse({"azure": AZURE}, name="abc")
-    tls = parse({"azure": AZURE, "shim": {"tls": {"secretName": "t"}}}, name="abc")
-    assert children.endpoint("abc", "ns", plain) == "http://abc.ns.svc:2379"
-    assert children.endpoint("abc", "ns", tls) == "https://abc.ns.svc:2379"
+    assert children.endpoint("abc", "ns", None) == "http://abc.ns.svc:2379"
+    assert children.endpoint("abc", "ns", children.ServingTLS("t")) == "https://abc.ns.svc:2379"
 
 
 def test_keys_checksum_changes_with_either_key_and_hides_them():

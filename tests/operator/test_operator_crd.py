@@ -152,6 +152,10 @@ MUTABLE = [
     {"throughput": {"mode": "Autoscale", "requestUnits": 4000}},
     {"throughput": {"mode": "Manual", "requestUnits": 1200}},
     {"shim": {"replicas": 5, "image": "mine:1", "tls": {"secretName": "t"}}},
+    {"shim": {"tls": {"mode": "Secret", "secretName": "t", "clientCertAuth": False}}},
+    {"shim": {"tls": {"mode": "Managed", "extraNames": ["etcd.example.com", "10.0.0.7"],
+                      "clientCommonName": "apiserver"}}},
+    {"shim": {"tls": {"mode": "Disabled"}}},
     {"account": {"consistency": {"level": "BoundedStaleness"}, "tags": {"a": "b"}, "automaticFailover": False,
                  "locations": TWO_REGIONS}},
     {"deletionPolicy": "Delete"},
@@ -195,7 +199,11 @@ REJECTED_BY_BOTH = {
     "account name too short": {"account": {"name": "ab"}},
     "no replicas": {"shim": {"replicas": 0}},
     "empty image": {"shim": {"image": ""}},
-    "tls without secret": {"shim": {"tls": {"clientCertAuth": True}}},
+    "unknown tls mode": {"shim": {"tls": {"mode": "Auto"}}},
+    "tls mode Secret without a Secret": {"shim": {"tls": {"mode": "Secret"}}},
+    "tls Secret named with mode Managed": {"shim": {"tls": {"mode": "Managed", "secretName": "t"}}},
+    "tls Secret named with mode Disabled": {"shim": {"tls": {"mode": "Disabled", "secretName": "t"}}},
+    "empty client common name": {"shim": {"tls": {"clientCommonName": ""}}},
     "unknown deletion policy": {"deletionPolicy": "Orphan"},
     "bad subscription": {"azure": {**AZURE, "subscriptionId": "not-a-guid"}},
     "bad region": {"azure": {**AZURE, "location": "West Europe"}},
@@ -212,6 +220,15 @@ REJECTED_BY_BOTH = {
     "retention under two backups": {"account": {"backup": {"type": "Periodic", "intervalInMinutes": 600}}},
     "unknown continuous tier": {"account": {"backup": {"type": "Continuous", "tier": "Continuous90Days"}}},
 }
+
+
+def test_tls_mode_has_no_schema_default(admission):
+    """A default would be applied to every stored object when read: a cluster that served plain text
+    would then ask for TLS. The operator decides instead (operator/pki.py)."""
+    admitted = admission.admit(_cluster({"azure": AZURE}))
+    assert "tls" not in admitted["spec"]["shim"]
+    admitted = admission.admit(_cluster({"azure": AZURE, "shim": {"tls": {"extraNames": ["etcd.example.com"]}}}))
+    assert "mode" not in admitted["spec"]["shim"]["tls"]
 
 
 def test_continuous_backup_cannot_be_changed_back_to_periodic(admission):

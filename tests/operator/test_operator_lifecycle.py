@@ -9,7 +9,8 @@ from cosmos_etcd_shim.storage.cosmos.layout import INDEXING_POLICY, PARTITION_KE
 from tests.harness import arm
 from tests.harness.kube import DEPLOYMENTS, EVENTS, PDBS, SECRETS, SERVICES
 from tests.harness.operator import NAMESPACE, SHIM_IMAGE, ClusterDriver
-from tests.operator.test_operator_children import SHIM_ENV, SHIM_MOUNTS, SHIM_VOLUMES, serve_args
+from tests.operator.test_operator_children import (MTLS_ARGS, SHIM_ENV, SHIM_MOUNTS, SHIM_VOLUMES, TLS_MOUNT,
+                                                   serve_args, tls_volume)
 
 SPEC = {
     "azure": {"subscriptionId": arm.SUBSCRIPTION, "resourceGroup": arm.RESOURCE_GROUP, "location": "westeurope",
@@ -51,7 +52,8 @@ async def test_create_until_ready(kube_api, arm_stand_in, arm_service_principal,
     # Status, as kstatus reads it: Current.
     status = body["status"]
     assert status["observedGeneration"] == body["metadata"]["generation"] == 1
-    assert status["endpoint"] == "http://tenant-a.control-planes.svc:2379"
+    assert status["endpoint"] == "https://tenant-a.control-planes.svc:2379"  # managed mutual TLS by default
+    assert status["tls"]["mode"] == "Managed" and status["tls"]["clientSecret"] == "tenant-a-etcd-client"
     assert status["accountEndpoint"] == ACCOUNT_ENDPOINT
     assert status["throughput"] == {"mode": "Manual", "requestUnits": 400}
     assert status["consistency"] == "BoundedStaleness"  # one region: the default stays as it was
@@ -59,7 +61,7 @@ async def test_create_until_ready(kube_api, arm_stand_in, arm_service_principal,
     conditions = {item["type"]: item for item in status["conditions"]}
     assert set(conditions) == {"Ready", "Credentials", "Account", "Database", "Container", "Throughput",
                                "RoleAssignment", "Keys", "NetworkPolicy",
-                               "Shim"}
+                               "TLS", "Shim"}
     assert all(item["status"] == "True" and item["observedGeneration"] == 1 for item in conditions.values())
     assert conditions["Account"]["reason"] == "Created"
     assert conditions["Shim"]["message"] == "2 of 2 replicas available"
@@ -122,11 +124,11 @@ async def test_create_until_ready(kube_api, arm_stand_in, arm_service_principal,
     assert pod["affinity"] == {"podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [{
         "weight": 100, "podAffinityTerm": {"topologyKey": "kubernetes.io/hostname",
                                            "labelSelector": {"matchLabels": SELECTOR}}}]}}
-    assert pod["volumes"] == SHIM_VOLUMES
+    assert pod["volumes"] == [*SHIM_VOLUMES, tls_volume("tenant-a-etcd-server")]
     [shim] = pod["containers"]
     assert shim["name"] == "shim" and shim["image"] == SHIM_IMAGE and shim["imagePullPolicy"] == "IfNotPresent"
     assert shim["command"] == ["cosmos-etcd"]
-    assert shim["args"] == serve_args(ACCOUNT_ENDPOINT)
+    assert shim["args"] == serve_args(ACCOUNT_ENDPOINT, "https") + MTLS_ARGS
     assert shim["env"] == SHIM_ENV
     assert shim["ports"] == [{"name": "client", "containerPort": 2379, "protocol": "TCP"},
                              {"name": "metrics", "containerPort": 2381, "protocol": "TCP"}]
@@ -138,14 +140,16 @@ async def test_create_until_ready(kube_api, arm_stand_in, arm_service_principal,
     assert shim["resources"] == {"requests": {"cpu": "250m", "memory": "512Mi"}, "limits": {"memory": "2Gi"}}
     assert shim["securityContext"] == {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
                                        "runAsNonRoot": True, "capabilities": {"drop": ["ALL"]}}
-    assert shim["volumeMounts"] == SHIM_MOUNTS
+    assert shim["volumeMounts"] == [*SHIM_MOUNTS, TLS_MOUNT]
 
 
 async def test_tls_and_shim_settings_reach_the_deployment(kube_api, arm_stand_in, arm_service_principal,
                                                           start_operator):
     spec = {**SPEC, "shim": {"replicas": 3, "image": "mine/cosmos-etcd:2", "tls": {"secretName": "tenant-a-tls"},
                              "resources": {"requests": {"cpu": "1", "memory": "1Gi"}}}}
+    await ClusterDriver(kube_api).add_secret("tenant-a-tls", {"tls.crt": "-", "tls.key": "-", "ca.crt": "-"})
     cluster = await ready_cluster(kube_api, arm_service_principal, start_operator, spec)
+    assert cluster.body["status"]["tls"] == {"mode": "Secret"}
     assert cluster.body["status"]["endpoint"] == "https://tenant-a.control-planes.svc:2379"
     deployment = kube_api.get(DEPLOYMENTS, NAMESPACE, "tenant-a")
     [shim] = deployment["spec"]["template"]["spec"]["containers"]
