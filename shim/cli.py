@@ -182,6 +182,11 @@ def _cosmos_connection_flags(parser: argparse.ArgumentParser, title: str,
     cosmos.add_argument("--cosmos-key-file", default="",
                         help="file holding the account key, or both keys one a line: the first is used, the "
                              "file is read again on a 401 and the next key not refused is tried")
+    cosmos.add_argument("--cosmos-auth", choices=cfg.COSMOS_AUTH_MODES, default=None,
+                        help="key: an account key is required; entra-id: keyless, an Entra ID token from "
+                             "DefaultAzureCredential (workload identity: AZURE_CLIENT_ID, AZURE_TENANT_ID, "
+                             "AZURE_FEDERATED_TOKEN_FILE), and a key given anyway is refused (default: the key "
+                             "when one is given, else Entra ID)")
     cosmos.add_argument("--cosmos-insecure-skip-tls-verify", action="store_true",
                         help="accept a self-signed certificate (local test servers only)")
     return cosmos
@@ -209,6 +214,7 @@ def _cosmos_connection(args: argparse.Namespace) -> dict:
     """The ServeConfig fields of the flags of :func:`_cosmos_connection_flags`."""
     return dict(cosmos_endpoint=args.cosmos_endpoint, cosmos_database=args.cosmos_database,
                 cosmos_container=args.cosmos_container, cosmos_key_file=args.cosmos_key_file,
+                cosmos_auth=args.cosmos_auth or "",
                 cosmos_insecure_skip_tls_verify=args.cosmos_insecure_skip_tls_verify)
 
 

@@ -27,6 +27,9 @@ BACKENDS = ("embedded", "cosmos")
 SNAPSHOT_FORMATS = ("etcd", "sqlite")
 # The environment variable that carries a Cosmos DB account key (never a flag: flags show in ps).
 COSMOS_KEY_VARIABLE = "COSMOS_ETCD_COSMOS_KEY"
+# How the shim signs in to Cosmos DB: with the account key, or keyless with an Entra ID token
+# (DefaultAzureCredential: workload identity, managed identity, environment, Azure CLI).
+COSMOS_AUTH_MODES = ("key", "entra-id")
 
 
 class ConfigError(ValueError):
@@ -69,6 +72,7 @@ class ServeConfig:
     cosmos_database: str = layout.DEFAULT_DATABASE
     cosmos_container: str = layout.DEFAULT_CONTAINER
     cosmos_key_file: str = ""
+    cosmos_auth: str = ""  # one of COSMOS_AUTH_MODES; "": the key when one is given, else Entra ID
     cosmos_insecure_skip_tls_verify: bool = False
     cosmos_no_create: bool = False
     cosmos_poll_interval: float = 0.1
@@ -110,6 +114,10 @@ class ServeConfig:
                 raise ConfigError("--backend cosmos needs --cosmos-endpoint https://<account>.documents.azure.com:443/")
             if self.cosmos_poll_interval <= 0:
                 raise ConfigError("--cosmos-poll-interval must be positive")
+        if self.cosmos_auth not in ("", *COSMOS_AUTH_MODES):
+            raise ConfigError(f"--cosmos-auth must be one of {', '.join(COSMOS_AUTH_MODES)}, not {self.cosmos_auth!r}")
+        if self.cosmos_auth == "entra-id" and self.cosmos_key_file:
+            raise ConfigError("--cosmos-auth entra-id signs in without a key: it takes no --cosmos-key-file")
         if self.listen_peer_urls:
             if self.backend != "cosmos":
                 raise ConfigError("--listen-peer-urls: replicas share a log only on the Cosmos backend")

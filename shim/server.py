@@ -76,6 +76,9 @@ def open_backend(config: ServeConfig) -> RevisionLog:
     if key is None:
         from azure.identity.aio import DefaultAzureCredential
 
+        # Who signs in is not a secret; with workload identity, AZURE_CLIENT_ID names it.
+        logger.info("signing in to Cosmos DB with Entra ID (no account key)",
+                    extra={"client_id": os.environ.get("AZURE_CLIENT_ID", "")})
         credential = DefaultAzureCredential()
     if config.cosmos_endpoint.startswith("http://"):
         logger.warning("Cosmos DB endpoint without TLS: only for local test servers",
@@ -105,6 +108,10 @@ def _keys_in(path: pathlib.Path) -> list[str]:
 
 
 def _cosmos_key(config: ServeConfig) -> str | None:
+    if config.cosmos_auth == "entra-id":
+        if os.environ.get(COSMOS_KEY_VARIABLE):
+            raise StartupError(f"--cosmos-auth entra-id signs in without a key: unset ${COSMOS_KEY_VARIABLE}")
+        return None
     if config.cosmos_key_file:
         try:
             return _keys_in(pathlib.Path(config.cosmos_key_file))[0]
@@ -112,7 +119,10 @@ def _cosmos_key(config: ServeConfig) -> str | None:
             raise StartupError(f"--cosmos-key-file {config.cosmos_key_file} holds no key") from None
         except OSError as e:
             raise StartupError(f"cannot read --cosmos-key-file {config.cosmos_key_file}: {e.strerror}") from None
-    return os.environ.get(COSMOS_KEY_VARIABLE) or None
+    key = os.environ.get(COSMOS_KEY_VARIABLE) or None
+    if key is None and config.cosmos_auth == "key":
+        raise StartupError(f"--cosmos-auth key needs the account key: --cosmos-key-file or ${COSMOS_KEY_VARIABLE}")
+    return key
 
 
 def identity_of(config: ServeConfig) -> member.MemberIdentity:

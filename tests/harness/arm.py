@@ -86,6 +86,7 @@ import ipaddress
 import json
 import re
 import secrets
+import ssl
 import tempfile
 import time
 import uuid
@@ -328,11 +329,15 @@ class ArmStandIn:
         """The scope clients must ask tokens for (ARM's audience + /.default)."""
         return f"{self.audience}/.default"
 
-    async def start(self) -> "ArmStandIn":
-        import ssl
-
+    def server_ssl_context(self) -> ssl.SSLContext:
+        """A server certificate for 127.0.0.1 from the stand-in's CA: other local HTTPS servers (the
+        Cosmos DB gate of tests/harness/cosmos_auth.py) that clients trusting ``ca_file`` accept."""
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         self._ca.issue_cert("127.0.0.1", "localhost").configure_cert(context)
+        return context
+
+    async def start(self) -> "ArmStandIn":
+        context = self.server_ssl_context()
         app = web.Application()
         app.router.add_route("*", "/{tail:.*}", self._dispatch)
         self._runner = web.AppRunner(app, access_log=None)

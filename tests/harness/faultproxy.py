@@ -14,6 +14,11 @@ substring); the first matching rule with uses left decides what happens to that 
                        without relaying it (the request ran; its answer is lost)
 * ``hang_after``       forward, then never answer (the client times out; the request ran)
 
+``proxy.authorize`` (a function of the method, target and request message) can refuse a request
+before any rule: it returns the whole HTTP answer to send instead (see :func:`http_answer`), or None
+to let it pass; the refusal is logged with action ``refused:<status>``. With ``ssl_context`` the
+proxy serves HTTPS (``endpoint`` says so), as an authorization gate must for bearer tokens.
+
 ``proxy.refuse = True`` makes the proxy close every new and pending request (an outage);
 ``proxy.log`` records (operation, path, action) of every request seen (``account`` is the
 database account read, ``GET /``). ``proxy.rewrite_account`` (a function of the account's JSON
@@ -27,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import ssl
 import threading
 from collections.abc import Callable
 
@@ -144,23 +150,26 @@ async def _read_message(reader: asyncio.StreamReader, *, response: bool = False,
 
 
 class FaultProxy:
-    def __init__(self, upstream_host: str, upstream_port: int, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(self, upstream_host: str, upstream_port: int, host: str = "127.0.0.1", port: int = 0,
+                 ssl_context: ssl.SSLContext | None = None) -> None:
         self.upstream = (upstream_host, upstream_port)
         self.host, self.port = host, port
+        self.ssl_context = ssl_context
         self.rules: list[Rule] = []
         self.refuse = False
         self.log: list[tuple[str, str, str]] = []
         self.rewrite_account: Callable[[dict], dict] | None = None
+        self.authorize: Callable[[str, str, _Message], bytes | None] | None = None
         self._server: asyncio.AbstractServer | None = None
         self._connections: set[asyncio.Task] = set()
         self._writers: set[asyncio.StreamWriter] = set()
 
     @property
     def endpoint(self) -> str:
-        return f"http://{self.host}:{self.port}/"
+        return f"{'https' if self.ssl_context else 'http'}://{self.host}:{self.port}/"
 
     async def start(self) -> FaultProxy:
-        self._server = await asyncio.start_server(self._serve, self.host, self.port)
+        self._server = await asyncio.start_server(self._serve, self.host, self.port, ssl=self.ssl_context)
         self.port = self._server.sockets[0].getsockname()[1]
         return self
 
@@ -221,6 +230,12 @@ class FaultProxy:
                     self.log.append((method, target, "refused"))
                     return
                 operation = cosmos_operation(request, method, target)
+                refusal = self.authorize(method, target, request) if self.authorize is not None else None
+                if refusal is not None:
+                    self.log.append((operation, target, f"refused:{refusal.split(b' ', 2)[1].decode()}"))
+                    client_writer.write(refusal)
+                    await client_writer.drain()
+                    continue
                 rule = self._pick(operation, method, target, request.body)
                 action = rule.action if rule else "pass"
                 self.log.append((operation, target, action))
@@ -269,13 +284,18 @@ class FaultProxy:
 
 
 def _synthetic(status: int, headers: dict[str, str]) -> bytes:
-    reason = {408: "Request Timeout", 429: "Too Many Requests", 449: "Retry With", 500: "Internal Server Error",
-              503: "Service Unavailable"}.get(status, "Error")
     code = {408: "RequestTimeout", 429: "TooManyRequests", 503: "ServiceUnavailable"}.get(status, "Error")
-    body = json.dumps({"code": code, "message": f"injected by the fault proxy: {status}"}).encode()
+    return http_answer(status, code, f"injected by the fault proxy: {status}", headers)
+
+
+def http_answer(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> bytes:
+    """A whole HTTP/1.1 answer with Cosmos DB's error body ``{"code", "message"}``."""
+    reason = {401: "Unauthorized", 403: "Forbidden", 408: "Request Timeout", 429: "Too Many Requests",
+              449: "Retry With", 500: "Internal Server Error", 503: "Service Unavailable"}.get(status, "Error")
+    body = json.dumps({"code": code, "message": message}).encode()
     lines = [f"HTTP/1.1 {status} {reason}", "content-type: application/json", f"content-length: {len(body)}",
              "x-ms-request-charge: 0", "x-ms-activity-id: 00000000-0000-0000-0000-000000000000"]
-    lines += [f"{name}: {value}" for name, value in headers.items()]
+    lines += [f"{name}: {value}" for name, value in (headers or {}).items()]
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
 
 
