@@ -1,6 +1,13 @@
-"""The Kubernetes tests wait for the Kubernetes binaries before pytest-timeout's clock starts.
+"""The Kubernetes tests' control planes, shared by this package's modules, and their wait for the
+Kubernetes binaries before pytest-timeout's clock starts.
 
-Under ``.ci/run`` the binaries are built in the background while the suite runs; if the build is
+``etcd_stack`` (the oracle) and ``shim_stack`` (embedded, then Cosmos with two replicas) are
+package fixtures: one kube-apiserver per datastore kind for all the modules here (pytest runs the
+tests of one ``shim_stack`` kind together and stops that stack before it starts the next, and stops
+the last one after this package's last test, not at the end of the session). The controllers join a
+stack when a test first asks for them (``Stack.start_controllers``).
+
+The binaries: under ``.ci/run`` they are built in the background while the suite runs; if the build is
 still going when these tests come, waiting for it inside a test would count against the test's
 timeout (300 s) and end in a timeout rather than a build result. So the wait happens here, in a
 hook wrapped around pytest-timeout's; its outcome (the path, or the failure, remembered) is what
@@ -13,6 +20,7 @@ import contextlib
 import pytest
 
 from tests.harness import kube_apiserver
+from tests.harness.kube_stacks import start_stack
 
 
 @pytest.hookimpl(hookwrapper=True, tryfirst=True)
@@ -21,3 +29,17 @@ def pytest_runtest_protocol(item):
     with contextlib.suppress(kube_apiserver.KubernetesUnavailable, RuntimeError):
         kube_apiserver.kubernetes_bin()
     yield
+
+
+@pytest.fixture(scope="package")
+def etcd_stack(tmp_path_factory):
+    stack = start_stack("etcd", tmp_path_factory.mktemp("kube-etcd"))
+    yield stack
+    stack.stop()
+
+
+@pytest.fixture(scope="package", params=["embedded", "cosmos"])
+def shim_stack(request, tmp_path_factory):
+    stack = start_stack(request.param, tmp_path_factory.mktemp(f"kube-{request.param}"))
+    yield stack
+    stack.stop()

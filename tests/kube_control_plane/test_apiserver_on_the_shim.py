@@ -1,20 +1,19 @@
 """A real kube-apiserver (v1.36, ``tests/harness/kube_apiserver.py``) on the shim, compared with the
 same steps through a kube-apiserver on a real etcd 3.5.1 (issue 14, item 2).
 
-Datastores: a real etcd (the oracle, one per module); the shim on its embedded store; the shim on
-Cosmos with two replicas on one container of a local Cosmos server, both in one kube-apiserver's
-``--etcd-servers``. Every kube-apiserver runs with ``--etcd-compaction-interval=5s`` (its own
-compactor compacts the datastore every few seconds, to the revision it saw one interval before)
-and ``--watch-cache-sizes=secrets#0``: ConfigMaps go through the watch cache (fed by a watch on the
-datastore), Secrets straight to the datastore, so that both paths are checked.
+The control planes are ``tests/harness/kube_stacks.py``'s, shared by this package's modules
+(``conftest.py``): a real etcd (the oracle); the shim on its embedded store; the shim on Cosmos with
+two replicas on one container of a local Cosmos server, both in one kube-apiserver's
+``--etcd-servers``. Every kube-apiserver runs its own compactor every 5 s and keeps Secrets out of
+its watch cache, so that both the cached and the uncached paths are checked.
 
-Each step is a function of a client and a fresh namespace that returns what the API server
+Each step is a function of a stack and a fresh namespace that returns what the API server
 answered, normalised: names, data, HTTP statuses and reasons, and resourceVersion *ordering*
 (e.g. "the update's resourceVersion is greater than the create's", "a stale update is refused"),
 never resourceVersion values. The values are the datastore's revisions, and kube-apiserver writes
 on its own from its start (bootstrap RBAC roles, priority classes, its identity Lease every 10 s,
 the compactor's key): how many such writes precede a step depends on timing, so the values differ
-between datastores even when both start fresh. A step is run once on etcd (cached for the module)
+between datastores even when both start fresh. A step is run once on etcd (cached for the session)
 and once per shim datastore; the two answers must be equal, and the behaviour that matters is
 also asserted on the shim's answer directly, so a failure says what went wrong.
 
@@ -24,19 +23,14 @@ reports etcd 3.6.0) it serves them from the watch cache; that is asserted on the
 metric ``apiserver_watch_cache_consistent_read_total``). And a continue token's opaque content is
 not compared.
 
-Synchronisation is by polling with deadlines; every process is started here and stopped by pid.
+Synchronisation is by polling with deadlines; every process is started by the harness and stopped
+by pid.
 """
 from __future__ import annotations
 
 import copy
-import dataclasses
 import datetime
-import pathlib
 import re
-import threading
-import time
-import uuid
-from collections.abc import Callable
 from typing import Any
 
 import grpc
@@ -44,160 +38,14 @@ import pytest
 from cosmos_etcd_shim.proto import rpc_pb2 as pb
 from cosmos_etcd_shim.proto import rpc_pb2_grpc
 
-from tests.harness import cosmos as cosmos_harness
-from tests.harness import processes
-from tests.harness.cosmos_shims import Shim
-from tests.harness.cosmos_shims import start_shim as start_cosmos_shim
-from tests.harness.kube_apiserver import ApiServer, Kube, Reply, start_apiserver
+from tests.harness.kube_apiserver import Kube
+from tests.harness.kube_stacks import Stack, on_both, poll, rv, status_of
 
 pytestmark = pytest.mark.timeout(300)
 
-COMPACTION_INTERVAL = "5s"
-APISERVER_ARGS = [f"--etcd-compaction-interval={COMPACTION_INTERVAL}", "--watch-cache-sizes=secrets#0",
-                  "--event-ttl=5m"]
 COMPACTION_DEADLINE = 60.0  # the compactor needs two intervals; more on a loaded machine
 CRD_NAME = "widgets.test.cosmosetcd.io"
 WIDGETS = "/apis/test.cosmosetcd.io/v1/namespaces/{ns}/widgets"
-
-
-def poll(condition: Callable[[], Any], timeout: float, what: str, pace: float = 0.2) -> Any:
-    """The first truthy value of ``condition()``; fails after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not after {timeout}s")
-        time.sleep(pace)
-
-
-# --- datastores -----------------------------------------------------------------------------
-
-
-@dataclasses.dataclass
-class Datastore:
-    """What a kube-apiserver stores into: one or more etcd endpoints and how to stop them."""
-
-    name: str
-    endpoints: list[str]
-    stop: Callable[[], None]
-    replicas: list[Shim] = dataclasses.field(default_factory=list)  # Cosmos shim replicas
-
-    def kv(self) -> tuple[grpc.Channel, rpc_pb2_grpc.KVStub]:
-        """A gRPC channel to the first live endpoint and its KV stub (close the channel)."""
-        live = [r.endpoint for r in self.replicas if r.server.process.poll() is None] or self.endpoints
-        channel = grpc.insecure_channel(live[0])
-        return channel, rpc_pb2_grpc.KVStub(channel)
-
-
-def start_cosmos_pair(workdir: pathlib.Path) -> Datastore:
-    """A local Cosmos server and two shim replicas on one container of it."""
-    cosmos_harness.require()
-    cosmos = cosmos_harness.start_cosmos(workdir / "cosmos")
-    container = f"kube-{uuid.uuid4().hex[:8]}"
-    replicas: list[Shim] = []
-
-    def stop() -> None:
-        for replica in replicas:
-            replica.close()
-        cosmos.stop()
-
-    try:
-        for name in ("replica-a", "replica-b"):
-            replicas.append(start_cosmos_shim(workdir, cosmos.endpoint, container, name))
-    except BaseException:
-        stop()
-        raise
-    return Datastore("cosmos", [r.endpoint for r in replicas], stop, replicas)
-
-
-def start_datastore(kind: str, workdir: pathlib.Path) -> Datastore:
-    if kind == "etcd":
-        server = processes.start_etcd(workdir, extra_args=["--unsafe-no-fsync"])
-        return Datastore("etcd", [server.endpoint], server.stop)
-    if kind == "embedded":
-        server = processes.start_shim(workdir)
-        return Datastore("embedded", [server.endpoint], server.stop)
-    if kind == "cosmos":
-        return start_cosmos_pair(workdir)
-    raise ValueError(kind)
-
-
-@dataclasses.dataclass
-class Stack:
-    """A datastore with a kube-apiserver on it."""
-
-    datastore: Datastore
-    apiserver: ApiServer
-
-    @property
-    def kube(self) -> Kube:
-        return self.apiserver.client
-
-    def stop(self) -> None:
-        try:
-            self.apiserver.stop()
-        finally:
-            self.datastore.stop()
-
-    def assert_alive(self) -> None:
-        self.apiserver.assert_alive()
-        for replica in self.datastore.replicas:
-            replica.assert_alive()
-
-
-def start_stack(kind: str, workdir: pathlib.Path) -> Stack:
-    datastore = start_datastore(kind, workdir / kind)
-    try:
-        apiserver = start_apiserver(workdir / f"kube-apiserver-{kind}", datastore.endpoints, APISERVER_ARGS)
-    except BaseException:
-        datastore.stop()
-        raise
-    return Stack(datastore, apiserver)
-
-
-@pytest.fixture(scope="module")
-def etcd_stack(tmp_path_factory):
-    stack = start_stack("etcd", tmp_path_factory.mktemp("kube-etcd"))
-    yield stack
-    stack.stop()
-
-
-@pytest.fixture(scope="module", params=["embedded", "cosmos"])
-def shim_stack(request, tmp_path_factory):
-    stack = start_stack(request.param, tmp_path_factory.mktemp(f"kube-{request.param}"))
-    yield stack
-    stack.stop()
-
-
-_oracle_answers: dict[str, Any] = {}
-
-
-def new_namespace(kube: Kube) -> str:
-    name = f"t-{uuid.uuid4().hex[:10]}"
-    kube.post("/api/v1/namespaces", {"metadata": {"name": name}}).expect(201)
-    return name
-
-
-def on_both(step: Callable[[Stack, str], Any], etcd_stack: Stack, shim_stack: Stack) -> Any:
-    """Run ``step`` on etcd (once per module) and on the shim, each in a fresh namespace; assert
-    the answers are equal and return the shim's."""
-    if step.__name__ not in _oracle_answers:
-        _oracle_answers[step.__name__] = step(etcd_stack, new_namespace(etcd_stack.kube))
-    expected = _oracle_answers[step.__name__]
-    got = step(shim_stack, new_namespace(shim_stack.kube))
-    shim_stack.assert_alive()
-    assert got == expected, f"{step.__name__}: the shim ({shim_stack.datastore.name}) answered\n{got}\netcd:\n{expected}"
-    return got
-
-
-def rv(obj: dict) -> int:
-    return int(obj["metadata"]["resourceVersion"])
-
-
-def status_of(reply: Reply) -> tuple[int, str]:
-    return reply.status, reply.reason
 
 
 # --- steps ----------------------------------------------------------------------------------
@@ -529,94 +377,3 @@ def test_leases_renewed_and_events_with_a_ttl(etcd_stack, shim_stack):
     assert got["renewals raised resourceVersion"] == [True, True, True]
     assert got["stale renewal"] == (409, "Conflict") and got["holder"] == "candidate-1"
     assert got["event key has a lease"] and got["event lease alive"]
-
-
-class LeaseRenewer(threading.Thread):
-    """A leader renewing its Lease every 100 ms, as kube-controller-manager does, recording each
-    renewal's outcome (monotonic time, HTTP status or the error) until stopped."""
-
-    def __init__(self, kube: Kube, ns: str):
-        super().__init__(daemon=True)
-        self.kube, self.path = kube, f"/apis/coordination.k8s.io/v1/namespaces/{ns}/leases/leader"
-        self.outcomes: list[tuple[float, int | str]] = []
-        self.halt = threading.Event()
-
-    def run(self) -> None:
-        lease = None
-        while not self.halt.wait(0.1):
-            try:
-                if lease is None:
-                    lease = self.kube.get(self.path).expect(200)
-                lease["spec"]["renewTime"] = datetime.datetime.now(datetime.UTC).strftime(
-                    "%Y-%m-%dT%H:%M:%S.%fZ")
-                reply = self.kube.put(self.path, lease)
-                self.outcomes.append((time.monotonic(), reply.status))
-                lease = reply.body if reply.status == 200 else None
-            except (OSError, AssertionError) as e:
-                self.outcomes.append((time.monotonic(), repr(e)))
-                lease = None
-
-
-def test_the_apiserver_goes_on_through_the_other_cosmos_replica_after_kill_9(etcd_stack, tmp_path):
-    """Two shim replicas behind one kube-apiserver; one is killed with SIGKILL while a leader
-    renews its Lease: renewals resume through the other replica, every step still answers as on
-    etcd, and watches resumed from before the kill (the watch cache's feed, re-opened on the
-    other replica, and a watch straight to the datastore) see the writes made after it."""
-    stack = start_stack("cosmos", tmp_path)
-    try:
-        kube = stack.kube
-        ns = new_namespace(kube)
-        kube.post(f"/apis/coordination.k8s.io/v1/namespaces/{ns}/leases", {"metadata": {"name": "leader"}, "spec": {
-            "holderIdentity": "leader-1", "leaseDurationSeconds": 15}}).expect(201)
-        before = {resource: kube.post(f"/api/v1/namespaces/{ns}/{resource}",
-                                      {"metadata": {"name": "before"}, "data": {"v": "MQ=="}}).expect(201)
-                  for resource in ("configmaps", "secrets")}
-        renewer = LeaseRenewer(kube, ns)
-        renewer.start()
-        try:
-            poll(lambda: sum(1 for _, o in renewer.outcomes if o == 200) >= 5, 30, "five renewals before the kill")
-            # kill the replica holding more of kube-apiserver's watch streams (the watch cache's
-            # feed), after checking that it served kube-apiserver's writes too
-            victim, survivor = sorted(stack.datastore.replicas, key=watch_streams, reverse=True)
-            assert watch_streams(victim) > 0 and grpc_calls(victim, "Txn") > 0, victim.metrics()
-            killed_at = time.monotonic()
-            victim.server.kill()
-            # renewals go on: ten in a row succeed after the kill
-            poll(lambda: [o for t, o in renewer.outcomes if t > killed_at][-10:] == [200] * 10, 60,
-                 f"ten successive Lease renewals after the kill; outcomes: {renewer.outcomes[-20:]}")
-        finally:
-            renewer.halt.set()
-            renewer.join(10)
-        failed_renewals = [o for t, o in renewer.outcomes if t > killed_at and o != 200]
-        stack.apiserver.assert_alive()
-        survivor.assert_alive()
-        poll(lambda: kube.get("/readyz").status == 200, 30, "kube-apiserver ready through the other replica")
-
-        # the same steps as on etcd, now through the surviving replica
-        on_both(configmap_lifecycle, etcd_stack, stack_with_survivor(stack, survivor))
-        on_both(leases_and_events, etcd_stack, stack_with_survivor(stack, survivor))
-        for resource, payload in (("configmaps", {"v": "2"}), ("secrets", {"v": "Mg=="})):
-            kube.post(f"/api/v1/namespaces/{ns}/{resource}", {"metadata": {"name": "after"}, "data": payload}).expect(201)
-            events = kube.watch(f"/api/v1/namespaces/{ns}/{resource}", before[resource]["metadata"]["resourceVersion"],
-                                lambda e: any(x["object"]["metadata"].get("name") == "after" for x in e), timeout=30)
-            assert [(e["type"], e["object"]["metadata"]["name"]) for e in events] == [("ADDED", "after")], \
-                f"{resource}: {events}"
-            assert kube.get(f"/api/v1/namespaces/{ns}/{resource}/before").expect(200)["data"] == before[resource]["data"]
-        # a short blip at most: kube-apiserver's etcd client moves to the other endpoint
-        assert len(failed_renewals) <= 20, failed_renewals
-    finally:
-        stack.stop()
-
-
-def watch_streams(replica: Shim) -> float:
-    return replica.metrics().get("cosmos_etcd_watch_streams", 0)
-
-
-def grpc_calls(replica: Shim, method: str) -> float:
-    return sum(v for k, v in replica.metrics().items()
-               if k.startswith("cosmos_etcd_grpc_requests_total{") and f'method="{method}"' in k)
-
-
-def stack_with_survivor(stack: Stack, survivor: Shim) -> Stack:
-    """The stack as on_both sees it: the killed replica is not expected to be alive."""
-    return Stack(dataclasses.replace(stack.datastore, replicas=[survivor]), stack.apiserver)
