@@ -40,6 +40,8 @@ IS_LEADER = Gauge("etcd_server_is_leader", "1 while this server leads the server
 LEADER_CHANGES = Counter("etcd_server_leader_changes_seen", "times this server became the leader")
 FORWARDED_REQUESTS = Counter("cosmos_etcd_forwarded_requests", "write requests forwarded to the leader, by method "
                              "and the leader's status code", ["method", "code"])
+PUSHED_REVISIONS = Counter("cosmos_etcd_pushed_revisions", "revisions a follower received from the leader's push "
+                           "(rather than by reading the log)")
 TASK_FAILURES = Counter("cosmos_etcd_background_task_failures", "background tasks that failed and were restarted",
                         ["task"])
 

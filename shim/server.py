@@ -38,6 +38,7 @@ from cosmos_etcd_shim.mvcc.watch import WatchHub
 from cosmos_etcd_shim.proto import peer_pb2_grpc, rpc_pb2, rpc_pb2_grpc
 from cosmos_etcd_shim.replication.election import Election
 from cosmos_etcd_shim.replication.forwarding import Forwarder, TlsFiles
+from cosmos_etcd_shim.replication.push import CommitFeed, PushFollower
 from cosmos_etcd_shim.replication.writes import Writes
 from cosmos_etcd_shim.storage import RevisionLog, StorageError
 from cosmos_etcd_shim.storage.embedded import EmbeddedLog
@@ -162,6 +163,7 @@ class Server:
         self.election: Election | None = None  # with --listen-peer-urls
         self.peer_server: grpc.aio.Server | None = None
         self.forwarder: Forwarder | None = None
+        self.feed: CommitFeed | None = None
 
     async def start(self) -> None:
         config = self.config
@@ -257,13 +259,16 @@ class Server:
             server_name = urllib.parse.urlsplit(config.advertise_client_urls[0]).hostname or ""
             client_tls = TlsFiles(config.trusted_ca_file, config.cert_file, config.key_file, server_name)
         self.forwarder = Forwarder(client_tls)
-        self._background.append(self.supervisor.start("leader-election", self.election.run_forever, core=True))
+        self.feed = CommitFeed(store)
+        follower = PushFollower(store, self.election, self.forwarder)
+        self._background += [self.supervisor.start("leader-election", self.election.run_forever, core=True),
+                             self.supervisor.start("leader-push", follower.run_forever)]
         return Writes(store, self.election, self.forwarder)
 
     async def _serve_peers(self, store: MVCCStore, headers: ResponseHeaders) -> None:
         """The peer listener: the leader's side of forwarded writes (``api.peer``)."""
         server = grpc.aio.server(options=grpc_options(self.config), interceptors=[DecodeErrors()])
-        peer_pb2_grpc.add_PeerServicer_to_server(PeerServicer(store, self.election, headers), server)
+        peer_pb2_grpc.add_PeerServicer_to_server(PeerServicer(store, self.election, self.feed, headers), server)
         for address, secure in self.config.peer_addresses:
             _bind(server, address, tls.server_credentials(self.config) if secure else None)
         await server.start()

@@ -1,4 +1,4 @@
-"""The ``Peer`` service on the peer listener: the leader's side of forwarded writes.
+"""The ``Peer`` service on the peer listener: the leader's side of forwarded writes and pushes.
 
 Thin, as the client services: it checks that the caller knows this term's peer token (only
 servers that read the shared log do) and that this server still leads, then runs the request on
@@ -19,14 +19,19 @@ from cosmos_etcd_shim.mvcc.store import MVCCStore
 from cosmos_etcd_shim.proto import peer_pb2_grpc, rpc_pb2
 from cosmos_etcd_shim.replication.election import Election
 from cosmos_etcd_shim.replication.forwarding import NOT_LEADER, TOKEN_METADATA
+from cosmos_etcd_shim.replication.push import CommitFeed
+
+
+def _leads_for(election: Election, context: grpc.aio.ServicerContext) -> bool:
+    """Whether this server leads, in the term whose token the caller gives."""
+    token = dict(context.invocation_metadata() or ()).get(TOKEN_METADATA, "")
+    return election.is_leader and hmac.compare_digest(token.encode(), election.leader.token.encode())
 
 
 def _peer_rpc(method):
     @functools.wraps(method)
     async def wrapper(self: "PeerServicer", request, context: grpc.aio.ServicerContext):
-        token = dict(context.invocation_metadata() or ()).get(TOKEN_METADATA, "")
-        leader = self.election.leader
-        if not self.election.is_leader or not hmac.compare_digest(token.encode(), leader.token.encode()):
+        if not _leads_for(self.election, context):
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, NOT_LEADER)
         try:
             response = await method(self, request)
@@ -41,9 +46,10 @@ def _peer_rpc(method):
 
 
 class PeerServicer(peer_pb2_grpc.PeerServicer):
-    def __init__(self, store: MVCCStore, election: Election, headers: ResponseHeaders) -> None:
+    def __init__(self, store: MVCCStore, election: Election, feed: CommitFeed, headers: ResponseHeaders) -> None:
         self.store = store
         self.election = election
+        self.feed = feed
         self.headers = headers  # the revision as this server's own API fills it; the follower sets the rest
 
     @_peer_rpc
@@ -66,3 +72,11 @@ class PeerServicer(peer_pb2_grpc.PeerServicer):
     async def LeaseRevoke(self, request):
         await self.store.revoke_lease(request.ID)
         return rpc_pb2.LeaseRevokeResponse()
+
+    async def Follow(self, request, context):
+        if not _leads_for(self.election, context):
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, NOT_LEADER)
+        async for message in self.feed.stream():
+            if not self.election.is_leader:
+                return  # stepped down: the follower turns to the next leader
+            yield message

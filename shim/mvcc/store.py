@@ -13,6 +13,13 @@ log), the batch is rolled back, the store catches up from the log, and the batch
 again: its compares then see the other writer's changes. While idle, the committer tails a shared
 log, polling less often the longer nothing happens, and follows compactions made elsewhere.
 
+Revisions another server made durable may also be *delivered* (:meth:`MVCCStore.deliver`: the
+replication layer's push from a leader). The committer applies them between batches, so that the
+index has one writer; records that do not follow on from the current revision make it read the
+log instead. While deliveries come (:attr:`MVCCStore.delivered_by_push`), the log is tailed only
+every :data:`PUSHED_POLL_SECONDS`: for what is not pushed (compactions, auth, alarms) and as a
+check on the push.
+
 Every storage failure has one outcome for the requests it touched: throttling becomes etcd's
 "too many requests" (back-pressure; the store stays up), anything else UNAVAILABLE. Only an
 outage (no answer at all) opens the breaker that fails queued requests at once until the log
@@ -67,6 +74,8 @@ from cosmos_etcd_shim.supervision import Supervisor
 logger = logging.getLogger(__name__)
 
 WriteFn = Callable[[txns.WriteTxn], Any]
+# How often a shared log is tailed while its revisions are pushed to this store (see above).
+PUSHED_POLL_SECONDS = 5.0
 
 
 @dataclasses.dataclass
@@ -86,6 +95,9 @@ class MVCCStore:
         self.revision = INITIAL_REVISION
         self.compact_revision = -1
         self._queue: list[_Write] = []
+        self._delivered: list[Revision] = []
+        #: Set by the replication layer while a leader pushes its revisions here.
+        self.delivered_by_push = False
         self._compacting = asyncio.Lock()  # one Compact at a time on this server
         self._syncs: list[asyncio.Future] = []
         # A shared log that just failed is treated as down until a read of it succeeds again.
@@ -249,6 +261,11 @@ class MVCCStore:
         self._enqueue(_Write(apply, future))
         return await future
 
+    def deliver(self, records: list[Revision]) -> None:
+        """Revisions another server made durable, in order (see the module docstring)."""
+        self._delivered.extend(records)
+        self._queued.set()
+
     def _enqueue(self, item: _Write) -> None:
         self._queue.append(item)
         self._queued.set()
@@ -271,10 +288,12 @@ class MVCCStore:
                 except TimeoutError:
                     before = self.revision
                     await self._catch_up_quietly()
-                    busy = self.revision != before
-                    interval = self.log.poll_interval if busy else min(interval * 2, self.log.idle_poll_interval)
+                    busy = self.revision != before  # (while pushed to: the push missed something)
+                    idle = PUSHED_POLL_SECONDS if self.delivered_by_push else self.log.idle_poll_interval
+                    interval = self.log.poll_interval if busy else min(interval * 2, idle)
                     continue
-                interval = self.log.poll_interval
+                if not self.delivered_by_push:
+                    interval = self.log.poll_interval
             else:
                 await self._queued.wait()
             self._queued.clear()
@@ -287,6 +306,8 @@ class MVCCStore:
                 raise
 
     async def _serve_queued(self) -> None:
+        if self._delivered:
+            await self._apply_delivered()
         if self._storage_down:
             # Known outage of a shared log: answer UNAVAILABLE at once rather than make every
             # request wait out its own retries; then probe, and serve again once it answers.
@@ -396,12 +417,26 @@ class MVCCStore:
             outcomes.append((item.future, outcome))
         return outcomes, records
 
+    async def _apply_delivered(self) -> None:
+        records, self._delivered = self._delivered, []
+        fresh = [r for r in records if r.revision > self.revision]
+        if fresh and (fresh[0].revision != self.revision + 1
+                      or any(b.revision != a.revision + 1 for a, b in zip(fresh, fresh[1:]))):
+            # A gap (a message lost between a leader and this store): the log has every revision.
+            await self._catch_up_quietly()
+            fresh = [r for r in fresh if r.revision > self.revision]
+            if fresh and fresh[0].revision != self.revision + 1:
+                return  # not in the log yet either: the next tail brings them
+        self._apply_records(fresh)
+
     def _rollback(self, records: list[Revision]) -> None:
         """Remove a batch that did not become durable from the index."""
         self.index.rollback({e.kv.key for r in records for e in r.events}, self.revision)
 
     async def _catch_up(self) -> None:
-        self._apply_records(await self.log.tail(self.revision))
+        records = await self.log.tail(self.revision)
+        # (deliveries are applied by this same task, so none came while the tail was on its way)
+        self._apply_records(records)
         self._follow_compaction()
 
     async def _catch_up_quietly(self) -> StorageError | None:

@@ -3,6 +3,7 @@
 import grpc
 import warnings
 
+from cosmos_etcd_shim.proto import peer_pb2 as cosmos__etcd__shim_dot_proto_dot_peer__pb2
 from cosmos_etcd_shim.proto import rpc_pb2 as cosmos__etcd__shim_dot_proto_dot_rpc__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
@@ -59,6 +60,11 @@ class PeerStub:
                 request_serializer=cosmos__etcd__shim_dot_proto_dot_rpc__pb2.LeaseRevokeRequest.SerializeToString,
                 response_deserializer=cosmos__etcd__shim_dot_proto_dot_rpc__pb2.LeaseRevokeResponse.FromString,
                 _registered_method=True)
+        self.Follow = channel.unary_stream(
+                '/cosmosetcd.peer.Peer/Follow',
+                request_serializer=cosmos__etcd__shim_dot_proto_dot_peer__pb2.FollowRequest.SerializeToString,
+                response_deserializer=cosmos__etcd__shim_dot_proto_dot_peer__pb2.FollowResponse.FromString,
+                _registered_method=True)
 
 
 class PeerServicer:
@@ -94,6 +100,15 @@ class PeerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Follow(self, request, context):
+        """The leader's committed revisions as it makes them durable, so that a follower's watches see
+        them without reading the log. The first message, and one every second while nothing is
+        committed, carries no revisions: the leader's committed revision, which says the stream lives.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PeerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -121,6 +136,11 @@ def add_PeerServicer_to_server(servicer, server):
                     servicer.LeaseRevoke,
                     request_deserializer=cosmos__etcd__shim_dot_proto_dot_rpc__pb2.LeaseRevokeRequest.FromString,
                     response_serializer=cosmos__etcd__shim_dot_proto_dot_rpc__pb2.LeaseRevokeResponse.SerializeToString,
+            ),
+            'Follow': grpc.unary_stream_rpc_method_handler(
+                    servicer.Follow,
+                    request_deserializer=cosmos__etcd__shim_dot_proto_dot_peer__pb2.FollowRequest.FromString,
+                    response_serializer=cosmos__etcd__shim_dot_proto_dot_peer__pb2.FollowResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -258,6 +278,33 @@ class Peer:
             '/cosmosetcd.peer.Peer/LeaseRevoke',
             cosmos__etcd__shim_dot_proto_dot_rpc__pb2.LeaseRevokeRequest.SerializeToString,
             cosmos__etcd__shim_dot_proto_dot_rpc__pb2.LeaseRevokeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Follow(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/cosmosetcd.peer.Peer/Follow',
+            cosmos__etcd__shim_dot_proto_dot_peer__pb2.FollowRequest.SerializeToString,
+            cosmos__etcd__shim_dot_proto_dot_peer__pb2.FollowResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -5,7 +5,9 @@ the core knows one log and one committer; this layer decides which server's comm
 write. With ``--listen-peer-urls`` the replicas of one Cosmos container elect a leader through a
 lease record in the container (:mod:`election`); a follower sends every write to the leader's
 peer listener (:mod:`forwarding`, served by ``api.peer``) and answers it once its own store has
-applied it (:mod:`writes`). One server appending means no conflicts on the log head: the
+applied it (:mod:`writes`); the leader pushes every committed batch to the followers
+(:mod:`push`), so that their watches see writes without reading the log, which they then tail
+only every few seconds. One server appending means no conflicts on the log head: the
 throughput of several replicas is that of one, instead of each one's appends failing against the
 others'.
 

@@ -77,7 +77,7 @@ class Forwarder:
         self._address = ""
 
     async def call(self, leader: Leader, method: str, request):
-        stub = peer_pb2_grpc.PeerStub(await self._channel_to(leader.address))
+        stub = peer_pb2_grpc.PeerStub(await self.channel_to(leader.address))
         try:
             response = await getattr(stub, method)(request, timeout=CALL_SECONDS,
                                                    metadata=((TOKEN_METADATA, leader.token),))
@@ -94,7 +94,7 @@ class Forwarder:
         metrics.FORWARDED_REQUESTS.labels(method, grpc.StatusCode.OK.name).inc()
         return response
 
-    async def _channel_to(self, address: str) -> grpc.aio.Channel:
+    async def channel_to(self, address: str) -> grpc.aio.Channel:
         if address != self._address or self._channel is None:
             await self.close()
             self._channel, self._address = self._open(address), address

@@ -480,8 +480,10 @@ class CosmosLog(RevisionLog):
                 self._head = docs[-1].last
                 if complete:
                     self._head_known_at = asked_at
-        elif complete and self._head == revision:
-            self._head_known_at = asked_at
+        elif complete and self._head <= revision:
+            # Nothing after ``revision``, which the store has from a leader's push rather than
+            # from this log: it is the head, as of this query.
+            self._head, self._head_known_at = revision, asked_at
         return records
 
     def auth_may_have_changed(self, version: int) -> bool:

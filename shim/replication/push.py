@@ -1,0 +1,119 @@
+"""The leader pushes its committed revisions to the followers (``Peer.Follow``).
+
+Leader side, :class:`CommitFeed`: every follower's stream gets each batch the leader's store
+commits, in order, as soon as it is durable, and a message with only the committed revision every
+:data:`HEARTBEAT_SECONDS` while nothing is committed. A follower too slow to take them (its queue of
+:data:`QUEUE_BATCHES` batches full) is cut off rather than allowed to hold the leader's memory; it
+reads the log and follows again.
+
+Follower side, :class:`PushFollower`: one stream to the current leader; each message's revisions go
+to :meth:`MVCCStore.deliver`, which applies them between the committer's batches and reads the log
+instead when they do not follow on (a gap is never papered over: the log has every revision). While
+the stream lives the store tails the log only every few seconds (for compactions, auth and alarms,
+which are not pushed, and as a check). When the stream breaks, or brings nothing for
+:data:`SILENCE_SECONDS` (a leader paused or cut off), the store goes back to polling the log at
+once, and the follower connects again to whichever server leads then.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import grpc
+
+from cosmos_etcd_shim import metrics
+from cosmos_etcd_shim.mvcc.store import MVCCStore
+from cosmos_etcd_shim.proto import peer_pb2, peer_pb2_grpc
+from cosmos_etcd_shim.proto.storage_pb2 import Revision
+from cosmos_etcd_shim.replication.election import NOBODY, Election
+from cosmos_etcd_shim.replication.forwarding import TOKEN_METADATA, Forwarder, NotSent
+
+logger = logging.getLogger(__name__)
+
+HEARTBEAT_SECONDS = 1.0
+SILENCE_SECONDS = 3 * HEARTBEAT_SECONDS
+QUEUE_BATCHES = 1024
+RECONNECT_SECONDS = 1.0
+
+
+class CommitFeed:
+    """The leader's committed batches, for every follower that follows."""
+
+    def __init__(self, store: MVCCStore) -> None:
+        self.store = store
+        self._queues: set[asyncio.Queue] = set()
+        store.on_commit(self._publish)
+
+    def _publish(self, records: list[Revision]) -> None:
+        for queue in list(self._queues):
+            try:
+                queue.put_nowait(records)
+            except asyncio.QueueFull:
+                self._queues.discard(queue)
+                queue.put_nowait(None)  # room for it: the follower reads the log and follows again
+
+    async def stream(self):
+        """The messages of one follower's stream, until it goes away or falls behind."""
+        queue: asyncio.Queue = asyncio.Queue(QUEUE_BATCHES + 1)
+        self._queues.add(queue)
+        try:
+            yield peer_pb2.FollowResponse(committed=self.store.revision)
+            while True:
+                try:
+                    async with asyncio.timeout(HEARTBEAT_SECONDS):
+                        records = await queue.get()
+                except TimeoutError:
+                    yield peer_pb2.FollowResponse(committed=self.store.revision)
+                    continue
+                if records is None:
+                    logger.warning("a follower fell behind the leader's pushes; it reads the log instead")
+                    return
+                yield peer_pb2.FollowResponse(committed=records[-1].revision, revisions=records)
+        finally:
+            self._queues.discard(queue)
+
+
+class PushFollower:
+    """This server's stream from the leader, while it does not lead."""
+
+    def __init__(self, store: MVCCStore, election: Election, forwarder: Forwarder) -> None:
+        self.store = store
+        self.election = election
+        self.forwarder = forwarder
+
+    async def run_forever(self) -> None:
+        while True:
+            leader = self.election.leader
+            if leader == NOBODY or self.election.is_leader:
+                await self.election.changed(leader)
+                continue
+            try:
+                await self._follow(leader)
+            except (grpc.aio.AioRpcError, NotSent, TimeoutError) as e:
+                logger.info("not pushed to by the leader; reading the log", extra={
+                    "leader": leader.address, "reason": e.code().name if isinstance(e, grpc.RpcError) else str(e)})
+            finally:
+                self.store.delivered_by_push = False
+            try:  # the next leader at once; the same one again after a pause
+                async with asyncio.timeout(RECONNECT_SECONDS):
+                    await self.election.changed(leader)
+            except TimeoutError:
+                pass
+
+    async def _follow(self, leader) -> None:
+        stub = peer_pb2_grpc.PeerStub(await self.forwarder.channel_to(leader.address))
+        call = stub.Follow(peer_pb2.FollowRequest(), metadata=((TOKEN_METADATA, leader.token),))
+        try:
+            while self.election.leader == leader:
+                async with asyncio.timeout(SILENCE_SECONDS):
+                    message = await call.read()
+                if message is grpc.aio.EOF:
+                    return
+                self.store.delivered_by_push = True
+                if message.revisions:
+                    self.store.deliver(list(message.revisions))
+                    metrics.PUSHED_REVISIONS.inc(len(message.revisions))
+                elif message.committed > self.store.revision:
+                    await self.store.sync()  # behind (a new stream): what was missed is in the log
+        finally:
+            call.cancel()
