@@ -3,12 +3,14 @@ the Kubernetes API emulator and the ARM stand-in, stopped by SIGTERM."""
 from __future__ import annotations
 
 import asyncio
+import datetime
 import json
 import subprocess
 import sys
 
 import pytest
 
+from cosmos_etcd_operator import main, pki
 from tests.harness.operator import ClusterDriver, operator_flags
 from tests.harness.processes import stop_process
 from tests.operator.test_operator_lifecycle import SPEC
@@ -25,7 +27,8 @@ def test_help_lists_the_flags():
     result = _run(["--help"])
     assert result.returncode == 0
     for flag in ("--namespace", "--liveness-address", "--metrics-address", "--peering", "--cloud", "--arm-endpoint",
-                 "--authority-host", "--azure-ca-file", "--shim-image", "--drift-interval", "--log-level"):
+                 "--authority-host", "--azure-ca-file", "--shim-image", "--drift-interval", "--log-level",
+                 "--tls-ca-lifetime", "--tls-certificate-lifetime", "--tls-renew-fraction", "--tls-rotation-overlap"):
         assert flag in result.stdout
 
 
@@ -37,12 +40,24 @@ def test_help_lists_the_flags():
     (["--cloud", "moon"], "invalid choice: 'moon'"),
     (["--drift-interval", "0"], "must be a positive number of seconds"),
     (["--metrics-address", "9090"], "--metrics-address must be HOST:PORT"),
+    (["--tls-certificate-lifetime", "400", "--tls-ca-lifetime", "365"], "must be shorter than --tls-ca-lifetime"),
+    (["--tls-renew-fraction", "0.95"], "must be between 0.5 and 0.9"),
+    (["--tls-rotation-overlap", "-1"], "must be a positive number of seconds"),
 ])
 def test_bad_flags_are_one_line_and_exit_2(args, mentions):
     result = _run(args)
     assert result.returncode == 2
     [line] = result.stderr.strip().splitlines()[-1:]
     assert line.startswith("cosmos-etcd operator: error:") and mentions in line, result.stderr
+
+
+def test_tls_flags_become_the_policy():
+    config = main.parse_args(["--tls-ca-lifetime", "30", "--tls-certificate-lifetime", "0.5",
+                              "--tls-renew-fraction", "0.75", "--tls-rotation-overlap", "0.25"])
+    assert config.tls_policy == pki.Policy(ca_lifetime=datetime.timedelta(days=30),
+                                           leaf_lifetime=datetime.timedelta(hours=12), renew_fraction=0.75,
+                                           overlap=datetime.timedelta(hours=6))
+    assert main.parse_args([]).tls_policy == pki.Policy()
 
 
 def test_no_kubernetes_login_is_a_clear_error(tmp_path):
