@@ -131,7 +131,10 @@ class Kube:
         path = f"{collection}/{metadata['name']}"
         current = await self.get(path)
         if current is None:
-            return await self.create(collection, desired), "created"
+            # Created by server-side apply as well: a POST's fields belong to a manager of operation
+            # Update named after the client library, and a later apply that drops one of them (a
+            # volume, a port) would leave it in place and find the child different at every pass.
+            return await self.apply(path, desired), "created"
         if contains(current, desired):
             return current, None
         return await self.apply(path, desired), "updated"

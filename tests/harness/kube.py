@@ -40,11 +40,13 @@ import jsonschema
 import kmock
 import pytest_asyncio
 import yaml
+from aiohttp import web
 from kmock._internal import dicts as kmock_dicts
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 CRD_FILE = REPO / "crds" / "cosmosetcd.io_cosmosetcdclusters.yaml"
 
+APPLY_PATCH = "application/apply-patch+yaml"
 CLUSTERS = "cosmosetcd.io/v1alpha1/cosmosetcdclusters"
 DEPLOYMENTS = "apps/v1/deployments"
 SERVICES = "v1/services"
@@ -196,6 +198,8 @@ class KubeAPI(kmock.KubernetesEmulator):
             self.calls.append((request.method.value, path))
         if request.method.value != "GET":
             self.writes.append((request.method.value, path, copy.deepcopy(request.data)))
+        if self._applies_to_a_missing_object(request):
+            return await self._create_by_apply(request)
         try:
             self._prepare(request)
         except Invalid as e:
@@ -207,12 +211,27 @@ class KubeAPI(kmock.KubernetesEmulator):
             if request.action in (kmock.action.CREATE, kmock.action.UPDATE, kmock.action.DELETE):
                 await self._notify()
 
+    def _applies_to_a_missing_object(self, request: kmock.Request) -> bool:
+        if request.method.value != "PATCH" or request.resource is None or request.subresource is not None \
+                or not request.headers.get("Content-Type", "").startswith(APPLY_PATCH):
+            return False
+        key = (request.resource, request.namespace, request.name)
+        return key not in self.objects or self.objects[key].deleted
+
+    async def _create_by_apply(self, request: kmock.Request) -> web.StreamResponse:
+        """Server-side apply of a missing object creates it (201), as a POST of the same body would;
+        the API server then authorizes the verb create besides patch, and so does the call log."""
+        collection = collection_path(_resource_name(request.resource), request.namespace)
+        if not request.headers.get("User-Agent", "").startswith("kmock/"):
+            self.calls.append(("POST", collection))
+        async with self.post(collection, json=request.data) as response:
+            return web.json_response(await response.json(), status=response.status)
+
     def _prepare(self, request: kmock.Request) -> None:
         """Fill in what the API server sets, and admit custom resources, by editing the request."""
         if request.resource is None or not isinstance(request.data, dict):
             return
-        group = request.resource.group
-        resource = f"{group + '/' if group else ''}{request.resource.version}/{request.resource.plural}"
+        resource = _resource_name(request.resource)
         admission = self.admission.get(resource)
         data = request.data
         if request.action == kmock.action.CREATE:
@@ -291,7 +310,7 @@ class KubeAPI(kmock.KubernetesEmulator):
     async def put_object(self, resource: str, body: dict[str, Any]) -> dict[str, Any]:
         """Create an object through the HTTP API, as kubectl would (admission included)."""
         namespace = body["metadata"].get("namespace")
-        async with self.post(_collection_path(resource, namespace), json=body) as response:
+        async with self.post(collection_path(resource, namespace), json=body) as response:
             answer = await response.json()
             if response.status >= 400:
                 raise Invalid(answer.get("message", answer))
@@ -300,7 +319,7 @@ class KubeAPI(kmock.KubernetesEmulator):
     async def patch_object(self, resource: str, namespace: str | None, name: str, patch: dict[str, Any],
                            *, subresource: str | None = None) -> dict[str, Any]:
         """A merge patch through the HTTP API; raises :class:`Invalid` with the API's message."""
-        path = f"{_collection_path(resource, namespace)}/{name}" + (f"/{subresource}" if subresource else "")
+        path = f"{collection_path(resource, namespace)}/{name}" + (f"/{subresource}" if subresource else "")
         async with self.patch(path, json=patch, headers={"Content-Type": "application/merge-patch+json"}) as response:
             answer = await response.json()
             if response.status >= 400:
@@ -308,7 +327,7 @@ class KubeAPI(kmock.KubernetesEmulator):
             return answer
 
     async def delete_object(self, resource: str, namespace: str | None, name: str) -> None:
-        async with self.delete(f"{_collection_path(resource, namespace)}/{name}") as response:
+        async with self.delete(f"{collection_path(resource, namespace)}/{name}") as response:
             assert response.status < 400, await response.text()
 
 
@@ -326,7 +345,13 @@ def _merge_additions(patch: dict[str, Any], merged: Mapping[str, Any], admitted:
                 patch[key] = inner
 
 
-def _collection_path(resource: str, namespace: str | None) -> str:
+def _resource_name(resource: kmock.resource) -> str:
+    """``group/version/plural`` of a parsed resource (``version/plural`` in the core group)."""
+    return f"{resource.group + '/' if resource.group else ''}{resource.version}/{resource.plural}"
+
+
+def collection_path(resource: str, namespace: str | None) -> str:
+    """The URL path of ``resource``'s objects (``group/version/plural``; in ``namespace`` if given)."""
     *group, version, plural = resource.split("/")
     prefix = f"/apis/{group[0]}/{version}" if group else f"/api/{version}"
     return f"{prefix}/namespaces/{namespace}/{plural}" if namespace else f"{prefix}/{plural}"

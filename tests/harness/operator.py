@@ -1,9 +1,15 @@
-"""The real operator, in-process, against :class:`tests.harness.kube.KubeAPI` and the ARM stand-in.
+"""The real operator, in-process, against a Kubernetes API and the ARM stand-in.
+
+The Kubernetes API is kmock's emulator (:class:`tests.harness.kube.KubeAPI`, the fast inner loop)
+or a namespace of a real kube-apiserver (:class:`tests.harness.kube_live.LiveKubeAPI`): both give
+:class:`ClusterDriver` the same interface (``put_object``, ``patch_object``, ``delete_object``,
+``get``, ``history``, ``wait_for``).
 
 :class:`OperatorProcess` runs ``cosmos_etcd_operator.main.run`` with the configuration that
 ``cosmos-etcd operator`` builds from these flags (the custom cloud at the stand-in, its CA file)
 in a thread of the test process, and stops it through kopf's stop flag, as SIGTERM would. It logs
-in to the Kubernetes API through the ``KUBECONFIG`` that the ``kube_api`` fixture writes.
+in to the Kubernetes API through the ``KUBECONFIG`` that the test's fixture writes.
+:func:`operators` starts as many as a test asks for and stops them all when it ends.
 
 :class:`ClusterDriver` plays the rest of the cluster for one CosmosEtcdCluster: it applies and
 patches the object as kubectl would, plays the Deployment controller (pods become available), and
@@ -13,13 +19,16 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import copy
 import threading
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from cosmos_etcd_operator import main
 from tests.harness import arm as arm_harness
 from tests.harness.kube import CLUSTERS, DEPLOYMENTS, SECRETS, KubeAPI
+from tests.harness.kube_live import LiveKubeAPI
 from tests.harness.processes import free_port
 
 NAMESPACE = "control-planes"
@@ -82,10 +91,27 @@ class OperatorProcess:
         assert self.error is None, f"the operator failed: {self.error!r}"
 
 
+@contextlib.asynccontextmanager
+async def operators(arm: arm_harness.ArmStandIn, **defaults) -> AsyncIterator[Callable[..., Awaitable[OperatorProcess]]]:
+    """``start(**options)`` starts an operator with :func:`operator_flags` (``defaults`` overridden by
+    ``options``); every operator started is stopped when the block ends."""
+    started: list[OperatorProcess] = []
+
+    async def start(**options) -> OperatorProcess:
+        process = await OperatorProcess(operator_flags(arm, **{**defaults, **options})).start()
+        started.append(process)
+        return process
+    try:
+        yield start
+    finally:
+        for process in started:
+            await process.stop()
+
+
 class ClusterDriver:
     """One CosmosEtcdCluster as a user and the rest of the cluster act on it."""
 
-    def __init__(self, kube: KubeAPI, name: str = "tenant-a", namespace: str = NAMESPACE):
+    def __init__(self, kube: KubeAPI | LiveKubeAPI, name: str = "tenant-a", namespace: str = NAMESPACE):
         self.kube, self.name, self.namespace = kube, name, namespace
         self.operator: OperatorProcess | None = None  # the operator that a test started for it, if it says
 

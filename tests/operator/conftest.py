@@ -32,7 +32,7 @@ from cosmos_etcd_operator import cloud, credentials, spec
 from cosmos_etcd_operator.arm import CosmosResources
 from tests.harness import arm
 from tests.harness.kube import kube_api, kube_api_calls  # noqa: F401 (fixtures)
-from tests.harness.operator import OperatorProcess, operator_flags
+from tests.harness.operator import operators
 
 
 @pytest.fixture
@@ -78,12 +78,5 @@ async def arm_resources(arm_credentials, arm_service_principal, arm_cloud):
 
 @pytest.fixture
 async def start_operator(kube_api, arm_stand_in):
-    started: list[OperatorProcess] = []
-
-    async def start(**options) -> OperatorProcess:
-        process = await OperatorProcess(operator_flags(arm_stand_in, **options)).start()
-        started.append(process)
-        return process
-    yield start
-    for process in started:
-        await process.stop()
+    async with operators(arm_stand_in) as start:
+        yield start
