@@ -260,6 +260,7 @@ class Server:
             client_tls = TlsFiles(config.trusted_ca_file, config.cert_file, config.key_file, server_name)
         self.forwarder = Forwarder(client_tls)
         self.feed = CommitFeed(store)
+        store.expires_leases = False  # until the election says this server leads
         follower = PushFollower(store, self.election, self.forwarder)
         self._background += [self.supervisor.start("leader-election", self.election.run_forever, core=True),
                              self.supervisor.start("leader-push", follower.run_forever)]

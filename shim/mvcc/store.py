@@ -16,9 +16,12 @@ log, polling less often the longer nothing happens, and follows compactions made
 Revisions another server made durable may also be *delivered* (:meth:`MVCCStore.deliver`: the
 replication layer's push from a leader). The committer applies them between batches, so that the
 index has one writer; records that do not follow on from the current revision make it read the
-log instead. While deliveries come (:attr:`MVCCStore.delivered_by_push`), the log is tailed only
-every :data:`PUSHED_POLL_SECONDS`: for what is not pushed (compactions, auth, alarms) and as a
-check on the push.
+log instead. While the replication layer vouches that this store learns every revision without
+tailing (:attr:`MVCCStore.replicated`: a follower pushed to, or the leader, which makes them), the
+log is tailed only every :data:`PUSHED_POLL_SECONDS`: for what is not pushed (compactions, auth,
+alarms) and as a check. It also says whether this server revokes expired leases
+(:attr:`MVCCStore.expires_leases`): on a log with a leader only the leader does, so that only the
+leader writes.
 
 Every storage failure has one outcome for the requests it touched: throttling becomes etcd's
 "too many requests" (back-pressure; the store stays up), anything else UNAVAILABLE. Only an
@@ -96,8 +99,9 @@ class MVCCStore:
         self.compact_revision = -1
         self._queue: list[_Write] = []
         self._delivered: list[Revision] = []
-        #: Set by the replication layer while a leader pushes its revisions here.
-        self.delivered_by_push = False
+        #: Set by the replication layer (see the module docstring).
+        self.replicated = False
+        self.expires_leases = True
         self._compacting = asyncio.Lock()  # one Compact at a time on this server
         self._syncs: list[asyncio.Future] = []
         # A shared log that just failed is treated as down until a read of it succeeds again.
@@ -126,7 +130,7 @@ class MVCCStore:
         self.leases.recover(state.leases, self.index.range(b"\x00", b"", self.revision))
         self._tasks = [
             self.supervisor.start("mvcc-committer", self._commit_forever, core=True),
-            self.supervisor.start("lease-expiry", lambda: expire_forever(self.leases, self.revoke_lease), core=True),
+            self.supervisor.start("lease-expiry", lambda: expire_forever(self.leases, self._revoke_expired), core=True),
         ]
         logger.debug("store opened", extra={"revision": self.revision, "compact_revision": self.compact_revision,
                                            "keys": len(self.index)})
@@ -222,6 +226,10 @@ class MVCCStore:
             raise
         await self.leases.finish_revoke(lease_id)
 
+    async def _revoke_expired(self, lease_id: int) -> None:
+        if self.expires_leases:
+            await self.revoke_lease(lease_id)
+
     def _delete_lease_keys(self, w: txns.WriteTxn, lease_id: int) -> None:
         for key in self.leases.begin_revoke(lease_id):
             w.delete_range(key, None)
@@ -289,10 +297,10 @@ class MVCCStore:
                     before = self.revision
                     await self._catch_up_quietly()
                     busy = self.revision != before  # (while pushed to: the push missed something)
-                    idle = PUSHED_POLL_SECONDS if self.delivered_by_push else self.log.idle_poll_interval
+                    idle = PUSHED_POLL_SECONDS if self.replicated else self.log.idle_poll_interval
                     interval = self.log.poll_interval if busy else min(interval * 2, idle)
                     continue
-                if not self.delivered_by_push:
+                if not self.replicated:
                     interval = self.log.poll_interval
             else:
                 await self._queued.wait()

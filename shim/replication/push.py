@@ -74,7 +74,8 @@ class CommitFeed:
 
 
 class PushFollower:
-    """This server's stream from the leader, while it does not lead."""
+    """This server's stream from the leader while it does not lead; what its store is told of the
+    role (see ``MVCCStore.replicated`` and ``MVCCStore.expires_leases``)."""
 
     def __init__(self, store: MVCCStore, election: Election, forwarder: Forwarder) -> None:
         self.store = store
@@ -84,6 +85,8 @@ class PushFollower:
     async def run_forever(self) -> None:
         while True:
             leader = self.election.leader
+            # The leader makes every revision, and only it revokes expired leases (only it writes).
+            self.store.replicated = self.store.expires_leases = self.election.is_leader
             if leader == NOBODY or self.election.is_leader:
                 await self.election.changed(leader)
                 continue
@@ -93,7 +96,7 @@ class PushFollower:
                 logger.info("not pushed to by the leader; reading the log", extra={
                     "leader": leader.address, "reason": e.code().name if isinstance(e, grpc.RpcError) else str(e)})
             finally:
-                self.store.delivered_by_push = False
+                self.store.replicated = False
             try:  # the next leader at once; the same one again after a pause
                 async with asyncio.timeout(RECONNECT_SECONDS):
                     await self.election.changed(leader)
@@ -109,7 +112,7 @@ class PushFollower:
                     message = await call.read()
                 if message is grpc.aio.EOF:
                     return
-                self.store.delivered_by_push = True
+                self.store.replicated = True
                 if message.revisions:
                     self.store.deliver(list(message.revisions))
                     metrics.PUSHED_REVISIONS.inc(len(message.revisions))
