@@ -209,6 +209,14 @@ CEL_REFUSED_ON_CREATE = {
     "retention under two backups": (
         {"azure": AZURE, "account": {"backup": {"type": "Periodic", "intervalInMinutes": 600}}},
         "retentionInHours must keep at least two backups (at least twice intervalInMinutes)"),
+    "keyless without an identity": (
+        {"azure": {**AZURE, "dataPlaneAuth": "EntraID"}},
+        "spec.azure.dataPlaneAuth EntraID needs spec.shim.identity (clientId and principalId)"),
+    "TLS from a Secret without its name": (
+        {"azure": AZURE, "shim": {"tls": {"mode": "Secret"}}}, "secretName is required with mode Secret"),
+    "managed TLS with a Secret's name": (
+        {"azure": AZURE, "shim": {"tls": {"mode": "Managed", "secretName": "tenant-a-tls"}}},
+        "secretName is only for mode Secret"),
     "manual throughput not a multiple of 100": (
         {"azure": AZURE, "throughput": {"mode": "Manual", "requestUnits": 450}},
         "requestUnits must be a multiple of 100 (Manual) or a multiple of 1000 of at least 1000 (Autoscale)"),
