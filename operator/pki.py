@@ -147,7 +147,7 @@ async def reconcile(kube: Kube, owner: Mapping[str, Any], tls: ShimTLS, status: 
             "this cluster served plain text before the operator managed TLS, and spec.shim.tls.mode is not set")
         message = (f"{how}: clients reach etcd unencrypted and unauthenticated; to switch to mutual TLS set "
                    f"spec.shim.tls.mode: Managed, then point kube-apiserver at https:// with the files of Secret "
-                   f"{client_secret_name(owner['metadata']['name'])} (README, Security model)")
+                   f"{client_secret_name(owner['metadata']['name'])} (README: TLS modes)")
         return Outcome(Condition(TLS, TRUE, "Disabled", message), {"mode": mode.value}, None,
                        plain_text=Condition(PLAIN_TEXT, TRUE, "Disabled" if chosen else "NotOptedIn", message))
     if mode is TLSMode.SECRET:

@@ -266,6 +266,32 @@ async def test_client_secret_connects_and_other_clients_are_refused(managed, kub
         shim.stop()
 
 
+async def test_the_client_certificates_common_name_is_the_etcd_user(managed, kube_api, tmp_path):
+    """kube-apiserver has no etcd password: with auth on, its requests are the user its CN names."""
+    cluster = await managed(pki.Policy())
+    cluster.spec = parse({**SPEC, "shim": {"tls": {"extraNames": ["127.0.0.1"], "clientCommonName": "tenant-a"}}},
+                         name=NAME)
+    await cluster.reconcile(utc_now())
+    cluster.publish_server()
+    cluster.publish_client()
+    shim = cluster.start_shim(tmp_path / "shim")
+    try:
+        def ctl(*args: str) -> tuple[int, str]:
+            result = processes.etcdctl(shim.url, [*client_flags(cluster.client), *args])
+            return result.returncode, result.stdout + result.stderr
+        for command in (["user", "add", "root", "--new-user-password=rootpw"], ["user", "grant-role", "root", "root"],
+                        ["role", "add", "tenant-a"],
+                        ["role", "grant-permission", "tenant-a", "readwrite", "/tenant-a/", "--prefix"],
+                        ["user", "add", "tenant-a", "--no-password"], ["user", "grant-role", "tenant-a", "tenant-a"],
+                        ["auth", "enable"]):
+            assert ctl(*command)[0] == 0, command
+        assert ctl("put", "/tenant-a/registry/x", "1") == (0, "OK\n")
+        code, output = ctl("get", "/tenant-b/", "--prefix")
+        assert code != 0 and "permission denied" in output
+    finally:
+        shim.stop()
+
+
 async def test_renewal_replaces_the_server_certificate_under_an_open_client(managed, kube_api, tmp_path):
     policy = pki.Policy(leaf_lifetime=3 * DAY)
     cluster = await managed(policy)
