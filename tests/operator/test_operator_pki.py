@@ -21,6 +21,7 @@ import pathlib
 import urllib.request
 
 import grpc
+import kubernetes_validate
 import pytest
 import trustme
 from cryptography import x509
@@ -35,6 +36,7 @@ from tests.harness import arm, processes
 from tests.harness.kube import CLUSTERS, DEPLOYMENTS, EVENTS, SECRETS
 from tests.harness.operator import NAMESPACE, ClusterDriver
 from tests.harness.tls_files import SecretVolume, served_certificate
+from tests.operator.test_operator_children import KUBERNETES_VERSION
 
 NAME = "tenant-a"
 AZURE = {"subscriptionId": "00000000-0000-0000-0000-000000000000", "resourceGroup": "rg", "location": "westeurope"}
@@ -153,6 +155,8 @@ async def test_issued_secrets_are_what_kube_apiserver_and_a_careful_ca_need(mana
     assert outcome.status["mode"] == "Managed" and outcome.status["clientSecret"] == "tenant-a-etcd-client"
     assert outcome.events == ()  # a first issue is no news; the condition says it
 
+    for name in ("tenant-a-etcd-ca", "tenant-a-etcd-server", "tenant-a-etcd-client"):
+        kubernetes_validate.validate(cluster.secret(name), KUBERNETES_VERSION, strict=True)
     client = cluster.secret("tenant-a-etcd-client")
     assert client["type"] == "kubernetes.io/tls" and set(client["data"]) == {"ca.crt", "tls.crt", "tls.key"}
     assert client["metadata"]["ownerReferences"][0]["uid"] == cluster.owner["metadata"]["uid"]
