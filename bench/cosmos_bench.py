@@ -13,7 +13,8 @@ Prometheus metrics on a port of its own; the replicas of one measurement share o
      the "idle" row shows its rate on its own. The local server charges 1 RU a request, so RU equals
      requests here (on Azure a point read of 1 KiB is 1 RU, a write about 5-10 RU).
   2. Write throughput: puts/s from 32 concurrent asyncio grpc.aio clients spread over 1 and over 3
-     replicas on one container.
+     replicas on one container; the 3 replicas either each write the log, or elect a leader
+     (--listen-peer-urls) to which the others forward.
   3. Restart time against history length: N revisions written to a fresh container, the replica stopped
      and started again (timed until it serves a Range); then the same after a Compact at head, where the
      restart reads the checkpoint instead of the history.
@@ -43,6 +44,7 @@ from bench.report import new_results, publish  # noqa: E402
 from tests.harness import processes  # noqa: E402
 from tests.harness.backends import LOCAL_COSMOS_KEY  # noqa: E402
 from tests.harness.cosmos import start_cosmos  # noqa: E402
+from tests.harness.cosmos_shims import elected  # noqa: E402
 
 CLIENTS = 32
 
@@ -54,8 +56,10 @@ CLIENTS = 32
 class Replica:
     """One shim process on the Cosmos backend, with its metrics port."""
 
-    def __init__(self, workdir: pathlib.Path, cosmos, name: str, container: str | None = None):
+    def __init__(self, workdir: pathlib.Path, cosmos, name: str, container: str | None = None,
+                 election: bool = False):
         self.workdir, self.cosmos, self.name, self.container = workdir, cosmos, name, container
+        self.election = election  # a peer listener: the replicas elect a leader that makes every write
         self.metrics_port = processes.free_port()
         self.server: processes.Server | None = None
         self.port: int | None = None
@@ -66,6 +70,8 @@ class Replica:
                  "--listen-metrics-urls", f"http://127.0.0.1:{self.metrics_port}", "--log-level", "warn"]
         if self.container:
             extra += ["--cosmos-container", self.container]
+        if self.election:
+            extra += elected()
         data_dir = self.server.data_dir if self.server else None
         started = time.monotonic()
         self.server = processes.start_shim(self.workdir, backend="cosmos", env=LOCAL_COSMOS_KEY, extra_args=extra,
@@ -364,24 +370,35 @@ async def put_load(endpoints: list[str], duration: float, clients: int = CLIENTS
             "puts_per_s": round(len(latencies) / elapsed, 1), "p50_ms": pct(50), "p99_ms": pct(99)}
 
 
+# (replicas, whether they elect a leader): each replica writing the log itself, and with a leader
+THROUGHPUT_SET_UPS = ((1, False), (3, False), (3, True))
+
+
+def set_up_name(n: int, election: bool) -> str:
+    return f"replicas_{n}" + ("_elected" if election else "")
+
+
 async def part_throughput(workdir: pathlib.Path, args) -> dict:
     out = {}
-    for n in (1, 3):
-        with cosmos_server(workdir / f"tput-{n}") as cosmos:
-            replicas = [Replica(workdir / f"tput-{n}" / f"replica-{i + 1}", cosmos, f"replica-{i + 1}")
+    for n, election in THROUGHPUT_SET_UPS:
+        name = set_up_name(n, election)
+        with cosmos_server(workdir / name) as cosmos:
+            replicas = [Replica(workdir / name / f"replica-{i + 1}", cosmos, f"replica-{i + 1}", election=election)
                         for i in range(n)]
             try:
                 for r in replicas:
                     r.start()
+                if election:  # the first write waits for the first election: not part of the measurement
+                    await put_load([r.endpoint for r in replicas], 0.5, clients=len(replicas))
                 befores = [r.scrape() for r in replicas]
-                print(f"  [throughput] {n} replica(s), {CLIENTS} clients, {args.duration:g}s", file=sys.stderr)
+                print(f"  [throughput] {name}, {CLIENTS} clients, {args.duration:g}s", file=sys.stderr)
                 res = await put_load([r.endpoint for r in replicas], args.duration)
                 d = merge([diff(b, r.scrape()) for b, r in zip(befores, replicas)])
                 res["cosmos_requests"] = d["total_requests"]
                 res["requests_per_put"] = round(d["total_requests"] / res["puts"], 3) if res["puts"] else None
                 res["requests_by_op"] = d["requests"]
                 res["cosmos_errors"] = d["errors"]
-                out[f"replicas_{n}"] = res
+                out[name] = res
             finally:
                 for r in replicas:
                     r.stop()
@@ -390,12 +407,13 @@ async def part_throughput(workdir: pathlib.Path, args) -> dict:
 
 def throughput_table(res: dict) -> str:
     lines = [f"| replicas (one container) | puts/s ({CLIENTS} clients) | p50 ms | p99 ms | errors | Cosmos requests / put | non-2xx Cosmos responses |",
-             "|---:|---:|---:|---:|---:|---:|---|"]
-    for n in (1, 3):
-        r = res.get(f"replicas_{n}")
+             "|---|---:|---:|---:|---:|---:|---|"]
+    for n, election in THROUGHPUT_SET_UPS:
+        r = res.get(set_up_name(n, election))
         if r:
             errs = ", ".join(f"{op} {v:g}" for op, v in r["cosmos_errors"].items()) or "0"
-            lines.append(f"| {n} | {r['puts_per_s']} | {r['p50_ms']} | {r['p99_ms']} | {r['errors']} | "
+            label = f"{n}" if n == 1 else f"{n}, " + ("elected leader" if election else "every replica writes")
+            lines.append(f"| {label} | {r['puts_per_s']} | {r['p50_ms']} | {r['p99_ms']} | {r['errors']} | "
                          f"{_fmt(r['requests_per_put'])} | {errs} |")
     return "\n".join(lines)
 
