@@ -17,6 +17,7 @@ import helm_python
 import pytest
 import yaml
 
+from cosmos_etcd_operator import main as operator_main
 from cosmos_etcd_shim.health import READ_TIMEOUT_SECONDS
 from tests.harness.manifests import kubernetes_errors, load_documents, pod_spec_of, restricted_violations
 from tests.harness.project import CHART_DIR, PACKAGE_VERSION, REPO
@@ -49,7 +50,9 @@ VALUES = {
         "imagePullSecrets": [{"name": "registry-credentials"}],
         "operator": {"cloud": "custom", "armEndpoint": "https://management.azure.example/",
                      "armAudience": "https://management.core.azure.example/",
-                     "authorityHost": "https://login.azure.example/"},
+                     "authorityHost": "https://login.azure.example/",
+                     "managedTLS": {"caLifetimeDays": 1825, "certificateLifetimeDays": 90, "renewFraction": 0.75,
+                                    "rotationOverlapDays": 0.5}},
         "shim": {**STANDALONE_SHIM, "cosmos": {**STANDALONE_SHIM["cosmos"], "noCreate": True},
                  "extraArgs": ["--max-txn-ops=256"]},
     },
@@ -154,6 +157,7 @@ def test_default_install_is_the_operator(render):
     # The shims it creates run the chart's own image: one image for both roles.
     assert args["--shim-image"] == image
     assert args["--cloud"] == "public" and "--namespace" not in args
+    assert not [flag for flag in args if flag.startswith("--tls-")]  # the operator's own TLS lifetimes
     # Liveness: kopf's /healthz on the port of --liveness-address.
     probe = container(deployment)["livenessProbe"]["httpGet"]
     ports = {p["name"]: p["containerPort"] for p in container(deployment)["ports"]}
@@ -250,6 +254,12 @@ def test_custom_image_and_cloud(render):
     assert (args["--cloud"], args["--arm-endpoint"], args["--arm-audience"], args["--authority-host"]) == \
         ("custom", "https://management.azure.example/", "https://management.core.azure.example/",
          "https://login.azure.example/")
+    assert (args["--tls-ca-lifetime"], args["--tls-certificate-lifetime"], args["--tls-renew-fraction"],
+            args["--tls-rotation-overlap"]) == ("1825", "90", "0.75", "0.5")
+    # What the operator makes of them.
+    policy = operator_main.parse_args([f"{flag}={value}" for flag, value in args.items()
+                                       if flag.startswith("--tls-")]).tls_policy
+    assert (policy.ca_lifetime.days, policy.leaf_lifetime.days, policy.overlap.total_seconds()) == (1825, 90, 43200)
     shim_args = container(only(objects, "Deployment", "shim"))["args"]
     assert "--cosmos-no-create" in shim_args and shim_args[-1] == "--max-txn-ops=256"
 
@@ -354,6 +364,9 @@ BAD_VALUES = {
     "digest": ({"image": {"digest": "latest"}}, ["/image/digest"]),
     "port": ({"operator": {"livenessPort": 70000}}, ["/operator/livenessPort", "maximum"]),
     "extra arg that is not a flag": ({"shim": {"extraArgs": ["serve"]}}, ["/shim/extraArgs/0"]),
+    "zero CA lifetime": ({"operator": {"managedTLS": {"caLifetimeDays": 0}}}, ["/operator/managedTLS/caLifetimeDays"]),
+    "renewal too late": ({"operator": {"managedTLS": {"renewFraction": 0.99}}},
+                         ["/operator/managedTLS/renewFraction", "maximum"]),
 }
 
 
