@@ -21,6 +21,11 @@ container and shim processes with a peer listener each (``--listen-peer-urls``, 
    acknowledged write is lost or doubled (revisions stay gapless and unique).
 6. The leader stopped with SIGTERM releases the record: the other replica takes over at once,
    well before the lease would run out.
+7. The leader pushes its writes to the followers: a Put through the leader is in a follower's watch
+   without the follower reading Cosmos (its request count stays flat; the delay is printed).
+8. The peer listener: with https:// peer URLs it is mutual TLS with the client settings (a caller
+   without a certificate of the trusted CA cannot call it); in plain text a caller without the
+   current term's peer token is refused, and nothing is written.
 
 Waits poll a condition with a deadline, never sleep; the takeover times are printed (``-s``).
 """
@@ -35,11 +40,14 @@ import uuid
 
 import grpc
 import pytest
+import trustme
 
 from cosmos_etcd_shim.proto import rpc_pb2 as pb
-from cosmos_etcd_shim.proto import rpc_pb2_grpc
+from cosmos_etcd_shim.proto import peer_pb2_grpc, rpc_pb2_grpc
+from tests.harness.backends import LOCAL_COSMOS_KEY
 from tests.harness.cosmos_shims import Shim, elected, start_shim
-from tests.harness.processes import etcdctl
+from tests.harness.processes import etcdctl, free_port
+from tests.harness.processes import start_shim as start_process_shim
 from tests.harness.watch_streams import WatchStream
 
 pytestmark = pytest.mark.timeout(120)
@@ -273,3 +281,67 @@ def test_the_leader_pushes_its_writes_to_the_followers_watches(pair):
     # Without the push the follower tails the log 10 times a second while writes come (more than one
     # request per write here); with it, only its election round, heartbeats and a slow tail remain.
     assert requests < 10, requests
+
+
+def test_peer_traffic_is_mutual_tls_with_the_client_settings(tmp_path, cosmos, container):
+    """https:// peer URLs: the peer listener serves the client TLS settings, and a follower forwards
+    with the same certificate; a caller without a certificate of the trusted CA is refused there."""
+    ca = trustme.CA()
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    served = ca.issue_cert("127.0.0.1", "localhost")
+    served.cert_chain_pems[0].write_to_path(str(tmp_path / "server.pem"))
+    served.private_key_pem.write_to_path(str(tmp_path / "server-key.pem"))
+    mtls = ["--cert-file", str(tmp_path / "server.pem"), "--key-file", str(tmp_path / "server-key.pem"),
+            "--trusted-ca-file", str(tmp_path / "ca.pem"), "--client-cert-auth"]
+
+    def credentials() -> grpc.ChannelCredentials:
+        return grpc.ssl_channel_credentials((tmp_path / "ca.pem").read_bytes(),
+                                            (tmp_path / "server-key.pem").read_bytes(),
+                                            (tmp_path / "server.pem").read_bytes())
+
+    shims, peers = [], []
+    try:
+        for name in ("first", "second"):
+            peer = f"https://127.0.0.1:{free_port()}"
+            metrics_port = free_port()
+            server = start_process_shim(
+                tmp_path / name, backend="cosmos", data_dir=tmp_path / name / "data", env=LOCAL_COSMOS_KEY,
+                scheme="https", credentials=credentials,
+                extra_args=["--name", name, "--cosmos-endpoint", f"http://127.0.0.1:{cosmos.port}",
+                            "--cosmos-container", container, "--listen-metrics-urls",
+                            f"http://127.0.0.1:{metrics_port}", *mtls, "--listen-peer-urls", peer,
+                            "--initial-advertise-peer-urls", peer, "--leader-lease-seconds", str(LEASE_SECONDS)])
+            shims.append(Shim(server, metrics_port, grpc.secure_channel(server.endpoint, credentials()), name))
+            peers.append(peer.removeprefix("https://"))
+        leader, follower = leader_and_follower(*shims)
+        assert put(follower, b"/tls/forwarded").header.revision
+        assert follower.metrics().get('cosmos_etcd_forwarded_requests_total{code="OK",method="Put"}') == 1
+        leader_peer = peers[shims.index(leader)]
+        for untrusted in (grpc.insecure_channel(leader_peer),
+                          grpc.secure_channel(leader_peer, grpc.ssl_channel_credentials(
+                              (tmp_path / "ca.pem").read_bytes()))):  # TLS, but no client certificate
+            with untrusted:
+                with pytest.raises(grpc.RpcError) as refused:
+                    peer_pb2_grpc.PeerStub(untrusted).Put(pb.PutRequest(key=b"/tls/sneaked"), timeout=RPC_TIMEOUT)
+                assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert not leader.kv.Range(pb.RangeRequest(key=b"/tls/sneaked"), timeout=RPC_TIMEOUT).kvs
+    finally:
+        for shim in shims:
+            shim.close()
+
+
+def test_a_caller_without_the_terms_token_is_refused_by_the_leader(pair):
+    """A plain-text peer listener is reachable by anyone on the network: without the token of the
+    current term (only readers of the container know it) a forwarded write is refused, unrun."""
+    first, second = pair
+    leader, _ = leader_and_follower(first, second)
+    peer_url = next(arg for arg in zip(leader.server.argv, leader.server.argv[1:]) if arg[0] == "--listen-peer-urls")[1]
+    with grpc.insecure_channel(peer_url.removeprefix("http://")) as channel:
+        for token in (None, "guessed"):
+            metadata = () if token is None else (("cosmos-etcd-peer-token", token),)
+            with pytest.raises(grpc.RpcError) as refused:
+                peer_pb2_grpc.PeerStub(channel).Put(pb.PutRequest(key=b"/token/sneaked"), metadata=metadata,
+                                                    timeout=RPC_TIMEOUT)
+            assert (refused.value.code(), refused.value.details()) == \
+                (grpc.StatusCode.FAILED_PRECONDITION, "cosmos-etcd: not the leader of this term")
+    assert not leader.kv.Range(pb.RangeRequest(key=b"/token/sneaked"), timeout=RPC_TIMEOUT).kvs
