@@ -131,15 +131,13 @@ def client_flags(volume: SecretVolume) -> list[str]:
 @pytest.fixture
 async def managed(kube_api, tmp_path):
     """A fresh cluster (no status: Managed) with lifetimes short enough to step through."""
-    async def make(policy: pki.Policy) -> ManagedCluster:
-        owner = await kube_api.put_object(CLUSTERS, ClusterDriver.manifest(NAME, NAMESPACE, SPEC))
-        return ManagedCluster(kube_api, owner, policy, tmp_path)
     clusters: list[ManagedCluster] = []
 
-    async def tracked(policy: pki.Policy) -> ManagedCluster:
-        clusters.append(await make(policy))
+    async def make(policy: pki.Policy) -> ManagedCluster:
+        owner = await kube_api.put_object(CLUSTERS, ClusterDriver.manifest(NAME, NAMESPACE, SPEC))
+        clusters.append(ManagedCluster(kube_api, owner, policy, tmp_path))
         return clusters[-1]
-    yield tracked
+    yield make
     for cluster in clusters:
         cluster.kube.close()
 
@@ -442,7 +440,7 @@ def private_key_bodies(kube_api) -> list[str]:
     bodies = []
     for secret in kube_api.list(SECRETS):
         for version in kube_api.history(SECRETS, secret["metadata"]["namespace"], secret["metadata"]["name"]):
-            for key, value in (version.get("data") or {}).items():
+            for value in (version.get("data") or {}).values():
                 pem = base64.b64decode(value).decode(errors="replace")
                 if "PRIVATE KEY" in pem:
                     bodies += [line for line in pem.splitlines() if "PRIVATE KEY" not in line and len(line) > 16]
