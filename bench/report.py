@@ -44,6 +44,16 @@ def ratio_table(rows: Iterable[tuple[str, float | None, float | None]]) -> list[
     return lines
 
 
+def ratio_columns(columns: list[str], rows: Iterable[tuple[str, list]]) -> list[str]:
+    """Markdown lines with a column a server, the first the base: | metric | base | other (other/base) | ...|."""
+    lines = ["| metric | " + " | ".join(columns) + " |", "|---|" + "---:|" * len(columns)]
+    for label, values in rows:
+        base = values[0]
+        cells = [fmt(base)] + [fmt(v) + (f" ({v / base:.2f}×)" if base and v is not None else "") for v in values[1:]]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def ratios(rows: Iterable[tuple]) -> dict[str, float | None]:
     """shim/etcd of each (label, etcd, shim, ...) row, for the JSON results."""
     return {label: (round(shim / etcd, 3) if etcd and shim is not None else None) for label, etcd, shim, *_ in rows}
