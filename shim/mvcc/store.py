@@ -99,6 +99,7 @@ class MVCCStore:
         self.compact_revision = -1
         self._queue: list[_Write] = []
         self._delivered: list[Revision] = []
+        self._revision_waiters: list[tuple[int, asyncio.Future]] = []
         #: Set by the replication layer (see the module docstring).
         self.replicated = False
         self.expires_leases = True
@@ -268,6 +269,23 @@ class MVCCStore:
         future = asyncio.get_running_loop().create_future()
         self._enqueue(_Write(apply, future))
         return await future
+
+    async def wait_for_revision(self, revision: int, timeout: float) -> bool:
+        """Wait at most ``timeout`` seconds until this store has applied ``revision``; whether it has."""
+        if self.revision >= revision:
+            return True
+        future = asyncio.get_running_loop().create_future()
+        waiter = (revision, future)
+        self._revision_waiters.append(waiter)
+        try:
+            async with asyncio.timeout(timeout):
+                await future
+        except TimeoutError:
+            return False
+        finally:
+            if waiter in self._revision_waiters:
+                self._revision_waiters.remove(waiter)
+        return True
 
     def deliver(self, records: list[Revision]) -> None:
         """Revisions another server made durable, in order (see the module docstring)."""
@@ -479,6 +497,12 @@ class MVCCStore:
 
     def _publish(self, records: list[Revision]) -> None:
         metrics.REVISION.set(self.revision)
+        if self._revision_waiters:
+            reached = [w for w in self._revision_waiters if w[0] <= self.revision]
+            for waiter in reached:
+                self._revision_waiters.remove(waiter)
+                if not waiter[1].done():
+                    waiter[1].set_result(None)
         for listener in self._listeners:
             listener(records)
 

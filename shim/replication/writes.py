@@ -29,6 +29,9 @@ from cosmos_etcd_shim.storage import StorageError
 logger = logging.getLogger(__name__)
 
 SENDS = 2  # the first leader, and the next one if the first did not run the request
+# The leader pushes a batch as it answers the requests in it: the push usually arrives with the
+# answer, and reading the log instead costs a Cosmos query.
+PUSH_WAIT_SECONDS = 0.5
 
 
 class Writes:
@@ -104,8 +107,10 @@ class Writes:
         """Wait until this server's store has what the leader answered (see the module docstring)."""
         store = self.store
         try:
-            if method == "Compact" or store.revision < response.header.revision:
-                await store.sync()  # a Compact: from now on this server refuses reads below it too
+            if method == "Compact":
+                await store.sync()  # from now on this server refuses reads below it too
+            elif not await store.wait_for_revision(response.header.revision, PUSH_WAIT_SECONDS):
+                await store.sync()  # not pushed in time (no stream yet, or it broke): read the log
             if method == "LeaseRevoke":
                 await store.leases.refresh()
         except (MVCCError, StorageError) as e:  # the write is done: answer it; the next read catches up

@@ -275,12 +275,19 @@ def test_the_leader_pushes_its_writes_to_the_followers_watches(pair):
             watch.wait_events_through(watch_id, revision, timeout=RPC_TIMEOUT)
             delays.append(time.monotonic() - sent)
         requests = cosmos_requests(follower) - requests_before
+        forwarding_before = cosmos_requests(follower)
+        for i in range(50):  # through the follower: forwarded, and back by the push before it answers
+            put(follower, f"/push/forwarded/{i}".encode())
+        forwarding = cosmos_requests(follower) - forwarding_before
     delays.sort()
     print(f"\nPut through the leader -> event in the follower's watch: p50 {delays[len(delays) // 2] * 1000:.1f} ms, "
-          f"p99 {delays[-1] * 1000:.1f} ms; the follower made {requests:.0f} Cosmos requests for 50 writes")
-    # Without the push the follower tails the log 10 times a second while writes come (more than one
-    # request per write here); with it, only its election round, heartbeats and a slow tail remain.
+          f"p99 {delays[-1] * 1000:.1f} ms; the follower made {requests:.0f} Cosmos requests for 50 writes through "
+          f"the leader, {forwarding:.0f} for 50 writes through itself")
+    # Without the push the follower tails the log 10 times a second while writes come, and reads the
+    # log before answering each forwarded write (more than one request per write here); with it,
+    # only its election round, heartbeats and a slow tail remain.
     assert requests < 10, requests
+    assert forwarding < 10, forwarding
 
 
 def test_peer_traffic_is_mutual_tls_with_the_client_settings(tmp_path, cosmos, container):
