@@ -89,6 +89,10 @@ READY_RESULT, PROGRESSING, PENDING, ERROR, STALLED_RESULT, INVALID, SKIPPED, DEL
     "ready", "progressing", "pending", "error", "stalled", "invalid", "skipped", "deleted")
 
 
+def utc_now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.timezone.utc)
+
+
 @dataclasses.dataclass
 class OperatorContext:
     """What every handler shares, handed to kopf as the operator's memo (``memo.context``)."""
@@ -100,7 +104,7 @@ class OperatorContext:
     retry_delay: float  # before retrying after an error that carries no Retry-After
     polling_interval: float | None = None  # ARM polling when ARM gives no Retry-After (None: arm.py's)
     tls_policy: pki.Policy = pki.Policy()  # lifetimes of the managed certificates
-    clock: Callable[[], datetime.datetime] = lambda: datetime.datetime.now(datetime.timezone.utc)
+    clock: Callable[[], datetime.datetime] = utc_now  # the managed PKI's (tests move it)
     locks: collections.defaultdict = dataclasses.field(default_factory=lambda: collections.defaultdict(asyncio.Lock))
 
     def lock(self, namespace: str, name: str) -> asyncio.Lock:

@@ -21,6 +21,7 @@ import datetime
 import logging
 import sys
 import threading
+from collections.abc import Callable
 
 import kopf
 
@@ -155,9 +156,10 @@ def _is_address(text: str) -> bool:
 
 
 async def run(config: OperatorConfig, *, stop_flag: asyncio.Event | threading.Event | None = None,
-              ready_flag: asyncio.Event | threading.Event | None = None) -> None:
-    """Run the operator until ``stop_flag`` is set (or SIGTERM/SIGINT). Raises InvalidCloud when a custom
-    cloud's authority is neither given nor discovered."""
+              ready_flag: asyncio.Event | threading.Event | None = None,
+              clock: Callable[[], datetime.datetime] = handlers.utc_now) -> None:
+    """Run the operator until ``stop_flag`` is set (or SIGTERM/SIGINT); ``clock`` is the time the managed
+    PKI renews by. Raises InvalidCloud when a custom cloud's authority is neither given nor discovered."""
     cloud = await clouds.discover(config.cloud)
     registry = kopf.OperatorRegistry()
     handlers.register(registry, drift_interval=config.drift_interval)
@@ -171,7 +173,7 @@ async def run(config: OperatorConfig, *, stop_flag: asyncio.Event | threading.Ev
         async with Credentials(cloud) as credentials:
             context = handlers.OperatorContext(kube=kube, credentials=credentials, cloud=cloud,
                                                shim_image=config.shim_image, retry_delay=config.retry_delay,
-                                               tls_policy=config.tls_policy)
+                                               tls_policy=config.tls_policy, clock=clock)
             await kopf.operator(
                 registry=registry, settings=settings, memo=kopf.Memo(context=context),
                 clusterwide=not config.namespaces, namespaces=config.namespaces,

@@ -21,11 +21,12 @@ import asyncio
 import base64
 import contextlib
 import copy
+import datetime
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-from cosmos_etcd_operator import main
+from cosmos_etcd_operator import handlers, main
 from tests.harness import arm as arm_harness
 from tests.harness.kube import CLUSTERS, DEPLOYMENTS, SECRETS, KubeAPI
 from tests.harness.kube_live import LiveKubeAPI
@@ -59,8 +60,9 @@ class OperatorProcess:
     emulator's. The test's loop keeps serving the Kubernetes API and ARM meanwhile.
     """
 
-    def __init__(self, flags: list[str]):
+    def __init__(self, flags: list[str], clock: Callable[[], datetime.datetime] | None = None):
         self.config = main.parse_args(flags)
+        self.clock = clock or handlers.utc_now  # the managed PKI's time (a test may move it)
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self.error: BaseException | None = None
@@ -76,7 +78,7 @@ class OperatorProcess:
 
     def _run(self, ready: threading.Event) -> None:
         try:
-            asyncio.run(main.run(self.config, stop_flag=self._stop, ready_flag=ready))
+            asyncio.run(main.run(self.config, stop_flag=self._stop, ready_flag=ready, clock=self.clock))
         except BaseException as e:  # reported by start() and stop()
             self.error = e
 
@@ -93,12 +95,13 @@ class OperatorProcess:
 
 @contextlib.asynccontextmanager
 async def operators(arm: arm_harness.ArmStandIn, **defaults) -> AsyncIterator[Callable[..., Awaitable[OperatorProcess]]]:
-    """``start(**options)`` starts an operator with :func:`operator_flags` (``defaults`` overridden by
-    ``options``); every operator started is stopped when the block ends."""
+    """``start(clock=None, **options)`` starts an operator with :func:`operator_flags` (``defaults``
+    overridden by ``options``) and, if given, that clock for its PKI; every operator started is stopped
+    when the block ends."""
     started: list[OperatorProcess] = []
 
-    async def start(**options) -> OperatorProcess:
-        process = await OperatorProcess(operator_flags(arm, **{**defaults, **options})).start()
+    async def start(clock: Callable[[], datetime.datetime] | None = None, **options) -> OperatorProcess:
+        process = await OperatorProcess(operator_flags(arm, **{**defaults, **options}), clock).start()
         started.append(process)
         return process
     try:

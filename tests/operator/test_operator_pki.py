@@ -43,6 +43,12 @@ AZURE = {"subscriptionId": "00000000-0000-0000-0000-000000000000", "resourceGrou
 # 127.0.0.1 as an extra name: etcdctl (Go) checks the address it dials against the certificate.
 SPEC = {"azure": AZURE, "account": {"name": "tenant-a-etcd"}, "shim": {"tls": {"extraNames": ["127.0.0.1"]}}}
 SERVICE_NAME = f"{NAME}.{NAMESPACE}.svc"
+# For the tests that run the whole operator (against the ARM stand-in).
+OPERATOR_SPEC = {
+    "azure": {"subscriptionId": arm.SUBSCRIPTION, "resourceGroup": arm.RESOURCE_GROUP, "location": "westeurope",
+              "credentials": {"servicePrincipalSecretRef": {"name": "azure-sp"}}},
+    "account": {"name": "tenant-a-etcd"},
+}
 DAY, HOUR = datetime.timedelta(days=1), datetime.timedelta(hours=1)
 
 
@@ -474,14 +480,47 @@ async def test_no_private_key_in_logs_events_status_or_metrics(kube_api, arm_sta
     assert_no_private_key(everything, kube_api)
 
 
+# -- renewal by the running operator -------------------------------------------------------------------
+
+class MovableClock:
+    """The operator's PKI clock: the real time plus what the test adds."""
+
+    def __init__(self):
+        self.ahead = datetime.timedelta(0)
+
+    def __call__(self) -> datetime.datetime:
+        return utc_now() + self.ahead
+
+
+async def test_the_drift_pass_renews_a_due_certificate_without_rolling_the_shim(kube_api, arm_stand_in,
+                                                                                arm_service_principal, start_operator):
+    clock = MovableClock()
+    cluster = ClusterDriver(kube_api)
+    await cluster.add_secret("azure-sp", arm_service_principal)
+    cluster.operator = await start_operator(drift_interval=0.2, clock=clock)
+    await cluster.apply(OPERATOR_SPEC)
+    await cluster.wait_ready()
+
+    def server_serial() -> int:
+        secret = kube_api.get(SECRETS, NAMESPACE, "tenant-a-etcd-server")
+        return x509.load_pem_x509_certificate(base64.b64decode(secret["data"]["tls.crt"])).serial_number
+    first, before = server_serial(), kube_api.get(DEPLOYMENTS, NAMESPACE, "tenant-a")
+    not_after = cluster.body["status"]["tls"]["serverNotAfter"]
+
+    clock.ahead = 250 * DAY  # past two thirds of a year
+    await kube_api.wait_for(lambda: server_serial() != first, what="the server certificate renewed")
+    await kube_api.wait_for(lambda: cluster.body["status"]["tls"]["serverNotAfter"] > not_after,
+                            what="status.tls with the new expiry")
+    renewed = [event["message"] for event in kube_api.list(EVENTS, NAMESPACE) if event["reason"] == "CertificateIssued"]
+    assert len(renewed) == 2 and all("due for renewal" in message for message in renewed), renewed
+    # The shim reloads its files: the Deployment (and so its pods) stays as it was.
+    after = kube_api.get(DEPLOYMENTS, NAMESPACE, "tenant-a")
+    assert after["metadata"]["generation"] == before["metadata"]["generation"]
+    assert after["spec"]["template"] == before["spec"]["template"]
+    assert cluster.condition("Ready")["status"] == "True"
+
+
 # -- upgrades ------------------------------------------------------------------------------------------
-
-OPERATOR_SPEC = {
-    "azure": {"subscriptionId": arm.SUBSCRIPTION, "resourceGroup": arm.RESOURCE_GROUP, "location": "westeurope",
-              "credentials": {"servicePrincipalSecretRef": {"name": "azure-sp"}}},
-    "account": {"name": "tenant-a-etcd"},
-}
-
 
 def shim_args(kube_api, name: str) -> list[str]:
     [container] = kube_api.get(DEPLOYMENTS, NAMESPACE, name)["spec"]["template"]["spec"]["containers"]
