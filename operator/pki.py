@@ -82,6 +82,7 @@ TRUST_CHANGED_AT = "cosmosetcd.io/trust-changed-at"
 LEAVES_MOVED_AT = "cosmosetcd.io/leaves-moved-at"
 BACKDATE = datetime.timedelta(minutes=5)
 DAY = datetime.timedelta(days=1)
+ROTATION = "CA rotation"  # why a leaf is issued again in step 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -188,7 +189,6 @@ class _Managed:
 
     async def run(self) -> Outcome:
         stored_ca = await _get(self.kube, self._path(ca_secret_name(self.name)))
-        authority = self._authority(stored_ca)
         leaves = {
             "server": (server_secret_name(self.name), self._server_names(), ExtendedKeyUsageOID.SERVER_AUTH,
                        self.name),
@@ -196,9 +196,12 @@ class _Managed:
                        self.tls.client_common_name),
         }
         stored = {kind: await _get(self.kube, self._path(secret)) for kind, (secret, *_rest) in leaves.items()}
+        authority = self._authority(stored_ca, issued_before=stored_ca is not None or any(stored.values()))
         current = {kind: _read_leaf(secret) for kind, secret in stored.items()}
+        moved = False  # a leaf moved to the new CA in this pass
         for kind, (secret, names, usage, common_name) in leaves.items():
             why = self._reissue_reason(current[kind], authority, names, common_name)
+            moved = moved or why == ROTATION
             if why:
                 leaf = self._issue(authority, common_name, names, usage)
                 if current[kind] is not None:
@@ -206,7 +209,7 @@ class _Managed:
                                         f"{kind} certificate in Secret {secret} issued again ({why}), "
                                         f"serial {leaf[0].serial_number:x}"))
                 current[kind] = leaf
-        self._finish_rotation(authority, [leaf[0] for leaf in current.values()])
+        self._finish_rotation(authority, moved)
         await self._write(self._ca_secret(authority), stored_ca)
         for kind, (secret, *_rest) in leaves.items():
             certificate, key = current[kind]
@@ -218,14 +221,16 @@ class _Managed:
                    f"{self.name}.{self.namespace}.svc.cluster.local"]
         return service + [name for name in self.tls.extra_names if name not in service]
 
-    def _authority(self, stored: Mapping[str, Any] | None) -> _Authority:
-        """The stored CA, moved on by the rotation's steps 1 and 2 when they are due, or a first one."""
+    def _authority(self, stored: Mapping[str, Any] | None, *, issued_before: bool) -> _Authority:
+        """The stored CA, moved on by the rotation's steps 1 and 2 when they are due, or a new one
+        (``issued_before``: the cluster had a CA, which clients may trust)."""
         authority = _read_authority(stored)
         if authority is None:
             authority = self._new_authority()
-            if stored is not None:  # clients that trust the lost CA cannot verify the shim any more
-                self.events.append(("Warning", "CAReplaced", f"Secret {ca_secret_name(self.name)} held no usable "
-                                    f"CA: {_ca_label(authority.certificate)} issued; clients need the new ca.crt"))
+            if issued_before:  # clients that trust the lost CA cannot verify the shim any more
+                self.events.append(("Warning", "CAReplaced", f"Secret {ca_secret_name(self.name)} was missing or "
+                                    f"held no usable CA: {_ca_label(authority.certificate)} issued; clients "
+                                    f"need the new ca.crt of Secret {client_secret_name(self.name)}"))
         elif not authority.rotating and self.now >= _renewal_time(authority.certificate, self.policy):
             successor = self._new_authority()  # step 1: trusted now, signing after the overlap
             authority.successor = successor.certificate, successor.key
@@ -239,11 +244,12 @@ class _Managed:
             authority.successor = None
         return authority
 
-    def _finish_rotation(self, authority: _Authority, leaves: list[x509.Certificate]) -> None:
-        """Step 3: the old CA leaves the bundle ``overlap`` after the last leaf moved to the new one."""
+    def _finish_rotation(self, authority: _Authority, moved: bool) -> None:
+        """Step 3: the old CA leaves the bundle ``overlap`` after the last leaf moved to the new one
+        (counted again if a leaf had to move later, e.g. after a failed write)."""
         if authority.successor is not None or len(authority.bundle) == 1:
             return
-        if authority.leaves_moved_at is None:
+        if moved or authority.leaves_moved_at is None:
             authority.leaves_moved_at = self.now
         elif self.now >= authority.leaves_moved_at + self.policy.overlap:
             old = [ca for ca in authority.bundle if ca != authority.certificate]
@@ -275,7 +281,7 @@ class _Managed:
             return "missing or unreadable"
         certificate, _ = leaf
         if not _issued_by(certificate, authority.certificate):
-            return "CA rotation" if any(_issued_by(certificate, ca) for ca in authority.bundle) else \
+            return ROTATION if any(_issued_by(certificate, ca) for ca in authority.bundle) else \
                 "not issued by the cluster's CA"
         if self.now >= _renewal_time(certificate, self.policy):
             return "due for renewal"

@@ -215,6 +215,27 @@ async def test_a_changed_name_or_common_name_issues_again_from_the_same_ca(manag
         NameOID.COMMON_NAME)[0].value == "apiserver-b"
 
 
+@pytest.mark.parametrize("damage", ["deleted", "garbled"])
+async def test_a_lost_ca_is_replaced_loudly_and_every_certificate_follows(managed, kube_api, damage):
+    cluster = await managed(pki.Policy())
+    now = utc_now()
+    await cluster.reconcile(now)
+    old_ca = cluster.certificate("tenant-a-etcd-ca")
+    if damage == "deleted":
+        await kube_api.delete_object(SECRETS, NAMESPACE, "tenant-a-etcd-ca")
+    else:
+        await kube_api.patch_object(SECRETS, NAMESPACE, "tenant-a-etcd-ca",
+                                    {"data": {"tls.key": base64.b64encode(b"not a key").decode()}})
+    outcome = await cluster.reconcile(now + HOUR)
+    [(kind, reason, message)] = [event for event in outcome.events if event[1] == "CAReplaced"]
+    assert kind == "Warning" and "tenant-a-etcd-client" in message
+    [new_ca] = cluster.bundle("tenant-a-etcd-client")
+    assert new_ca != old_ca and cluster.certificate("tenant-a-etcd-ca") == new_ca
+    for name in ("tenant-a-etcd-server", "tenant-a-etcd-client"):
+        cluster.certificate(name).verify_directly_issued_by(new_ca)
+        assert cluster.bundle(name) == [new_ca]
+
+
 @pytest.mark.parametrize("tls, message", [
     ({"mode": "Managed", "clientCertAuth": False}, "clientCertAuth: false is only for mode Secret"),
     ({"extraNames": ["Not A Name"]}, "extraNames must be a list of DNS names or IP addresses"),
