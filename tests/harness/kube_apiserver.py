@@ -282,15 +282,19 @@ def _write_credentials(workdir: pathlib.Path) -> ssl.SSLContext:
 
 
 def start_apiserver(workdir: pathlib.Path, etcd_endpoints: Iterable[str], extra_args: list[str] = (),
-                    timeout: float = 90) -> ApiServer:
-    """kube-apiserver on ``etcd_endpoints`` (host:port, plain HTTP), ready (``/readyz`` answers ok)."""
+                    timeout: float = 90, etcd_tls: tuple[str, str, str] | None = None) -> ApiServer:
+    """kube-apiserver on ``etcd_endpoints`` (host:port; plain HTTP, or mutual TLS with ``etcd_tls``,
+    the files of ``--etcd-cafile``, ``--etcd-certfile`` and ``--etcd-keyfile``), ready (``/readyz``
+    answers ok)."""
     bin_dir = require()
     workdir.mkdir(parents=True, exist_ok=True)
     context = _write_credentials(workdir)
     port = free_port()
+    scheme = "https" if etcd_tls else "http"
+    tls_flags = [f"--etcd-{flag}={path}" for flag, path in zip(("cafile", "certfile", "keyfile"), etcd_tls or ())]
     argv = [
         str(bin_dir / "kube-apiserver"),
-        "--etcd-servers=" + ",".join(f"http://{e}" for e in etcd_endpoints),
+        "--etcd-servers=" + ",".join(f"{scheme}://{e}" for e in etcd_endpoints), *tls_flags,
         "--bind-address=127.0.0.1", f"--secure-port={port}",
         f"--cert-dir={workdir / 'certs'}",
         f"--tls-cert-file={workdir / 'serving.crt'}", f"--tls-private-key-file={workdir / 'serving.key'}",
