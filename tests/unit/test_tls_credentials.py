@@ -110,6 +110,27 @@ def test_rotated_pair_is_served_once_complete(tmp_path, ca):
     assert files.fetch() is None
 
 
+def test_a_trust_bundle_that_changes_alone_is_reloaded(tmp_path, ca):
+    """A CA rotation changes only ca.crt at its first and last steps: a successor CA joins the
+    bundle, later the old one leaves it. Each is served from the next handshake, the pair unchanged."""
+    cert, key = write_pair(tmp_path, ca, "127.0.0.1")
+    bundle = tmp_path / "ca.pem"
+    bundle.write_bytes(ca.cert_pem.bytes())
+    files = tls.CertificateFiles(cert, key, str(bundle))
+    pair = serial(files.material.chain)
+    successor = trustme.CA()
+
+    replace(str(bundle), ca.cert_pem.bytes() + successor.cert_pem.bytes())
+    assert files.fetch() is not None
+    assert files.material.client_cas == ca.cert_pem.bytes() + successor.cert_pem.bytes()
+    replace(str(bundle), successor.cert_pem.bytes())
+    assert files.fetch() is not None
+    assert files.material.client_cas == successor.cert_pem.bytes()
+    assert serial(files.material.chain) == pair
+    replace(str(bundle), b"not a certificate")  # a broken bundle keeps the last good one
+    assert files.fetch() is None and files.material.client_cas == successor.cert_pem.bytes()
+
+
 def test_vanished_or_broken_files_keep_the_last_good_pair(tmp_path, ca, caplog):
     cert, key = write_pair(tmp_path, ca, "127.0.0.1")
     files = tls.CertificateFiles(cert, key, None)
