@@ -3,10 +3,10 @@ store, or two shim replicas on one container of a local Cosmos server) with a ku
 and on demand kube-controller-manager and kube-scheduler; and :func:`on_both`, which runs one step
 on etcd and on the shim and compares what the API server answered.
 
-Every kube-apiserver runs with :data:`APISERVER_ARGS`: ``--etcd-compaction-interval=5s`` (its own
-compactor compacts the datastore every few seconds, to the revision it saw one interval before) and
-``--watch-cache-sizes=secrets#0`` (ConfigMaps go through the watch cache, fed by a watch on the
-datastore; Secrets straight to the datastore, so that both paths are checked).
+Every kube-apiserver runs with :func:`apiserver_args`: ``--etcd-compaction-interval=5s`` by default
+(its own compactor compacts the datastore every few seconds, to the revision it saw one interval
+before) and ``--watch-cache-sizes=secrets#0`` (ConfigMaps go through the watch cache, fed by a watch
+on the datastore; Secrets straight to the datastore, so that both paths are checked).
 
 A step is a function of a :class:`Stack` and a fresh namespace returning what the API server
 answered, normalised (names, data, statuses and reasons, resourceVersion *ordering*, never
@@ -40,8 +40,11 @@ from tests.harness.kube_controllers import (
 )
 
 COMPACTION_INTERVAL = "5s"
-APISERVER_ARGS = [f"--etcd-compaction-interval={COMPACTION_INTERVAL}", "--watch-cache-sizes=secrets#0",
-                  "--event-ttl=5m"]
+
+
+def apiserver_args(compaction_interval: str = COMPACTION_INTERVAL) -> list[str]:
+    return [f"--etcd-compaction-interval={compaction_interval}", "--watch-cache-sizes=secrets#0", "--event-ttl=5m"]
+
 
 
 def poll(condition: Callable[[], Any], timeout: float, what: str, pace: float = 0.2) -> Any:
@@ -144,10 +147,11 @@ class Stack:
             replica.assert_alive()
 
 
-def start_stack(kind: str, workdir: pathlib.Path) -> Stack:
+def start_stack(kind: str, workdir: pathlib.Path, compaction_interval: str = COMPACTION_INTERVAL) -> Stack:
     datastore = start_datastore(kind, workdir / kind)
     try:
-        apiserver = start_apiserver(workdir / f"kube-apiserver-{kind}", datastore.endpoints, APISERVER_ARGS)
+        apiserver = start_apiserver(workdir / f"kube-apiserver-{kind}", datastore.endpoints,
+                                    apiserver_args(compaction_interval))
     except BaseException:
         datastore.stop()
         raise
