@@ -18,11 +18,16 @@ There is no kubelet here, so the test plays the two parts of one that the contro
 
 Pod deletion: a bound Pod is deleted gracefully (a deletion timestamp, then the kubelet's final
 delete once its containers stopped). The pod templates here set ``terminationGracePeriodSeconds:
-0``, so the API server deletes a Pod at once, as it does a Pod that has no kubelet to wait for. The
-alternative, confirming each terminating Pod as a kubelet would, makes the namespace controller
-wait out its estimate of the grace period (30 s) between passes; the garbage collector's and the
+0``, so the API server deletes a Pod at once, as it deletes a Pod that was never scheduled. The
+alternative, confirming each terminating Pod as a kubelet would, would make the namespace
+controller come back only after its estimate of the Pods' remaining grace period (30 s by
+default), a slower test for no more coverage: the garbage collector's and the
 namespace controller's own work (dependents found through owner references, foreground deletion
 finalizers, every resource of the namespace listed and deleted) is the same either way.
+
+The kill -9 test has a Cosmos stack of its own (two replicas behind one kube-apiserver, the
+controllers on it) and kills one replica in the middle: the API server, the controllers' leader
+Leases and their work go on through the other replica.
 
 The answers compared are shapes: ReplicaSets by revision with their replicas, Pod counts, the Node
 they are bound to, owner kinds, conditions and deletion outcomes, never names chosen by a
