@@ -78,7 +78,7 @@ VALUE = "v" * 1024
 FIELD_MANAGER = "kube-bench"
 APPLY = "application/apply-patch+yaml"
 MERGE = "application/merge-patch+json"
-STEP_DEADLINE_S = 900.0  # a step not done by then fails the backend's run
+STEP_DEADLINE_S = 900.0  # by default, a step not done by then fails
 
 
 # ------------------------------------------------------------------------------------------------
@@ -145,9 +145,10 @@ def start_delay_proxy(upstream_port: int, seconds: float, stack: contextlib.Exit
     return f"http://127.0.0.1:{receiver.recv()}/"
 
 
-def start_datastore(kind: str, workdir: pathlib.Path, stack: contextlib.ExitStack) -> tuple[list[str], list[int]]:
-    """Start ``kind``'s datastore (stopped when ``stack`` closes); its endpoints and the pids whose
-    memory is the datastore's."""
+def start_datastore(kind: str, workdir: pathlib.Path,
+                    stack: contextlib.ExitStack) -> tuple[list[str], list[int], list[int]]:
+    """Start ``kind``'s datastore (stopped when ``stack`` closes); its endpoints, the pids of its
+    processes, and the pid of the local Cosmos server (the service's stand-in) if it has one."""
     if kind == "etcd":
         server = processes.start_etcd(workdir)
     elif kind == "kine":
@@ -161,9 +162,9 @@ def start_datastore(kind: str, workdir: pathlib.Path, stack: contextlib.ExitStac
         names = [f"replica-{i + 1}" for i in range(int(kind.split("-")[1]))]
         replicas = stack.enter_context(cosmos_shims.replicas(workdir, proxy, "kube-bench", *names,
                                                              extra_args=["--log-level", "warn"]))
-        return [r.endpoint for r in replicas], [r.server.process.pid for r in replicas]
+        return [r.endpoint for r in replicas], [r.server.process.pid for r in replicas], [cosmos.process.pid]
     stack.callback(server.stop)
-    return [server.endpoint], [server.process.pid]
+    return [server.endpoint], [server.process.pid], []
 
 
 # ------------------------------------------------------------------------------------------------
@@ -196,7 +197,7 @@ class Api:
             return answer
 
     async def until(self, path: str, done: Callable[[dict[str, dict]], bool], params: dict[str, str] | None = None,
-                    timeout: float = STEP_DEADLINE_S) -> None:
+                    timeout: float = 300) -> None:
         """List ``path``, then watch it from the list's resourceVersion, keeping the objects by
         name, until ``done(objects)`` holds (a watch the server ends is resumed where it stopped)."""
         deadline = time.monotonic() + timeout
@@ -287,67 +288,91 @@ async def consistent_reads(api: Api) -> dict[str, float]:
     return out
 
 
+async def configmaps(api: Api, args, result: dict) -> None:
+    """Steps 1-3: apply, list, update, in the namespace ``bench``."""
+    ns = "bench"
+    await api.call("POST", "/api/v1/namespaces", {"metadata": {"name": ns}})
+
+    async def apply(i: int) -> None:
+        await api.call("PATCH", f"/api/v1/namespaces/{ns}/configmaps/cm-{i:05d}", configmap(i), APPLY,
+                       params={"fieldManager": FIELD_MANAGER})
+    result["apply_s"] = round(await concurrently(args.configmaps, args.clients, apply), 3)
+    log(f"  apply of {args.configmaps} ConfigMaps: {result['apply_s']} s")
+
+    reads_before = await consistent_reads(api)
+    list_times = []
+    for _ in range(LISTS):
+        started = time.perf_counter()
+        items, pages, token = 0, 0, None
+        while True:
+            page = await api.call("GET", "/api/v1/configmaps",
+                                  params={"limit": str(PAGE), **({"continue": token} if token else {})})
+            items, pages = items + len(page["items"]), pages + 1
+            token = page["metadata"].get("continue")
+            if not token:
+                break
+        list_times.append(time.perf_counter() - started)
+        if items < args.configmaps:
+            raise RuntimeError(f"the list found {items} ConfigMaps, fewer than the {args.configmaps} applied")
+    reads_after = await consistent_reads(api)
+    result["list_s"] = round(statistics.median(list_times), 3)
+    result["list"] = {"items": items, "pages": pages, "seconds": [round(t, 3) for t in list_times],
+                      "consistent_reads": {k: v - reads_before.get(k, 0) for k, v in reads_after.items()
+                                           if v != reads_before.get(k, 0)}}
+    log(f"  list of {items} ConfigMaps in {pages} pages: median {result['list_s']} s; "
+        f"consistent reads {result['list']['consistent_reads']}")
+
+    updates = min(UPDATES, args.configmaps)
+
+    async def update(i: int) -> None:
+        await api.call("PATCH", f"/api/v1/namespaces/{ns}/configmaps/cm-{i:05d}",
+                       {"data": {"value": f"update {i} " + VALUE}}, MERGE)
+    result["update_s"] = round(await concurrently(updates, args.clients, update), 3)
+    log(f"  {updates} updates: {result['update_s']} s")
+
+
+async def namespace_deletion(api: Api, args, result: dict) -> None:
+    """Step 4: the namespace ``bench`` deleted, until it is gone."""
+    started = time.perf_counter()
+    await api.call("DELETE", "/api/v1/namespaces/bench")
+    await api.until("/api/v1/namespaces", lambda found: "bench" not in found,
+                    params={"fieldSelector": "metadata.name=bench"}, timeout=args.step_deadline)
+    result["namespace_delete_s"] = round(time.perf_counter() - started, 3)
+    log(f"  namespace deletion: {result['namespace_delete_s']} s")
+
+
+async def deployment_rollout(api: Api, args, result: dict) -> None:
+    """Step 5: a Deployment in its own namespace, until its pods are bound."""
+    ns = "bench-deployment"
+    await api.call("POST", "/api/v1/namespaces", {"metadata": {"name": ns}})
+    await make_node(api)
+    # the ServiceAccount admission plugin refuses pods until the namespace has its "default" one
+    await api.until(f"/api/v1/namespaces/{ns}/serviceaccounts", lambda found: "default" in found)
+    started = time.perf_counter()
+    await api.call("POST", f"/apis/apps/v1/namespaces/{ns}/deployments", deployment(REPLICAS))
+    await api.until(f"/api/v1/namespaces/{ns}/pods", bound(REPLICAS), timeout=args.step_deadline)
+    result["deployment_s"] = round(time.perf_counter() - started, 3)
+    log(f"  {REPLICAS}-replica Deployment bound: {result['deployment_s']} s")
+
+
+# Each step, and the step whose failure makes it pointless (the deletion needs the ConfigMaps).
+STEPS = ((configmaps, None), (namespace_deletion, configmaps), (deployment_rollout, None))
+
+
 async def workload(apiserver: ApiServer, args, result: dict) -> None:
-    """The steps in order, each figure into ``result`` as soon as it is measured."""
+    """The steps in order, each figure into ``result`` as soon as it is measured; a failed step is
+    recorded in ``result["errors"]`` and the steps that do not need it still run."""
     api = Api(apiserver, args.clients)
+    errors = result.setdefault("errors", {})
     try:
-        ns = "bench"
-        await api.call("POST", "/api/v1/namespaces", {"metadata": {"name": ns}})
-
-        async def apply(i: int) -> None:
-            await api.call("PATCH", f"/api/v1/namespaces/{ns}/configmaps/cm-{i:05d}", configmap(i), APPLY,
-                           params={"fieldManager": FIELD_MANAGER})
-        result["apply_s"] = round(await concurrently(args.configmaps, args.clients, apply), 3)
-        log(f"  apply of {args.configmaps} ConfigMaps: {result['apply_s']} s")
-
-        reads_before = await consistent_reads(api)
-        list_times = []
-        for _ in range(LISTS):
-            started = time.perf_counter()
-            items, pages, token = 0, 0, None
-            while True:
-                page = await api.call("GET", "/api/v1/configmaps",
-                                      params={"limit": str(PAGE), **({"continue": token} if token else {})})
-                items, pages = items + len(page["items"]), pages + 1
-                token = page["metadata"].get("continue")
-                if not token:
-                    break
-            list_times.append(time.perf_counter() - started)
-            if items < args.configmaps:
-                raise RuntimeError(f"the list found {items} ConfigMaps, fewer than the {args.configmaps} applied")
-        reads_after = await consistent_reads(api)
-        result["list_s"] = round(statistics.median(list_times), 3)
-        result["list"] = {"items": items, "pages": pages, "seconds": [round(t, 3) for t in list_times],
-                          "consistent_reads": {k: v - reads_before.get(k, 0) for k, v in reads_after.items()
-                                               if v != reads_before.get(k, 0)}}
-        log(f"  list of {items} ConfigMaps in {pages} pages: median {result['list_s']} s; "
-            f"consistent reads {result['list']['consistent_reads']}")
-
-        updates = min(UPDATES, args.configmaps)
-
-        async def update(i: int) -> None:
-            await api.call("PATCH", f"/api/v1/namespaces/{ns}/configmaps/cm-{i:05d}",
-                           {"data": {"value": f"update {i} " + VALUE}}, MERGE)
-        result["update_s"] = round(await concurrently(updates, args.clients, update), 3)
-        log(f"  {updates} updates: {result['update_s']} s")
-
-        started = time.perf_counter()
-        await api.call("DELETE", f"/api/v1/namespaces/{ns}")
-        await api.until("/api/v1/namespaces", lambda found: ns not in found,
-                        params={"fieldSelector": f"metadata.name={ns}"})
-        result["namespace_delete_s"] = round(time.perf_counter() - started, 3)
-        log(f"  namespace deletion: {result['namespace_delete_s']} s")
-
-        ns = "bench-deployment"
-        await api.call("POST", "/api/v1/namespaces", {"metadata": {"name": ns}})
-        await make_node(api)
-        # the ServiceAccount admission plugin refuses pods until the namespace has its "default" one
-        await api.until(f"/api/v1/namespaces/{ns}/serviceaccounts", lambda found: "default" in found)
-        started = time.perf_counter()
-        await api.call("POST", f"/apis/apps/v1/namespaces/{ns}/deployments", deployment(REPLICAS))
-        await api.until(f"/api/v1/namespaces/{ns}/pods", bound(REPLICAS))
-        result["deployment_s"] = round(time.perf_counter() - started, 3)
-        log(f"  {REPLICAS}-replica Deployment bound: {result['deployment_s']} s")
+        for step, needs in STEPS:
+            if needs is not None and needs.__name__ in errors:
+                continue
+            try:
+                await step(api, args, result)
+            except (RuntimeError, OSError, aiohttp.ClientError) as e:
+                errors[step.__name__] = f"{type(e).__name__}: {e}"
+                log(f"  {step.__name__} failed: {errors[step.__name__]}")
     finally:
         await api.close()
 
@@ -357,23 +382,29 @@ def bench_backend(kind: str, workdir: pathlib.Path, args) -> dict:
     result: dict = {"backend": BACKENDS[kind]}
     log(f"{kind}: starting")
     with contextlib.ExitStack() as stack:
-        endpoints, pids = start_datastore(kind, workdir / "datastore", stack)
+        endpoints, pids, service_pids = start_datastore(kind, workdir / "datastore", stack)
         started = time.monotonic()
         apiserver = start_apiserver(workdir / "kube-apiserver", endpoints, timeout=300)
         stack.callback(apiserver.stop)
         result["apiserver_ready_s"] = round(time.monotonic() - started, 2)
         stack.callback(start_controller_manager(workdir / "kube-controller-manager", apiserver, timeout=300).stop)
         stack.callback(start_scheduler(workdir / "kube-scheduler", apiserver, timeout=300).stop)
-        try:
-            asyncio.run(workload(apiserver, args, result))
-        except (RuntimeError, OSError, aiohttp.ClientError) as e:  # this backend's run ends; the others still run
-            result["error"] = f"{type(e).__name__}: {e}"
-            log(f"{kind}: failed: {result['error']}")
+        asyncio.run(workload(apiserver, args, result))
         result["datastore_rss_kib"] = sum(memory(pid)["VmRSS"] for pid in pids)
         result["datastore_processes"] = len(pids)
         result["apiserver_rss_kib"] = memory(apiserver.process.pid)["VmRSS"]
+        # CPU time over the whole run, start-up included: where the machine's two cores went
+        result["cpu_s"] = {"datastore": round(sum(cpu_seconds(pid) for pid in pids), 1),
+                           "kube-apiserver": round(cpu_seconds(apiserver.process.pid), 1),
+                           **({"local Cosmos server": round(cpu_seconds(service_pids[0]), 1)} if service_pids else {})}
     os.sync()  # this backend's writes on disk now, not during the next one's run
     return result
+
+
+def cpu_seconds(pid: int) -> float:
+    """The user and system CPU time a process has used (/proc/PID/stat, fields 14 and 15)."""
+    fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -403,6 +434,8 @@ def main(argv=None) -> int:
                         help=f"comma-separated, the first is the ratios' base (default: {','.join(BACKENDS)})")
     parser.add_argument("--configmaps", type=int, default=1000, help="ConfigMaps applied (default 1000)")
     parser.add_argument("--clients", type=int, default=16, help="concurrent clients of the apply and updates")
+    parser.add_argument("--step-deadline", type=float, default=STEP_DEADLINE_S,
+                        help=f"seconds a deletion or rollout may take before it counts as failed (default {STEP_DEADLINE_S:g})")
     parser.add_argument("--out", type=pathlib.Path, help="write the results as JSON to this path")
     parser.add_argument("--workdir", type=pathlib.Path,
                         help="keep every process's data and logs here (default: a temporary folder, removed)")
@@ -425,7 +458,7 @@ def main(argv=None) -> int:
         for kind in kinds:
             results[kind] = bench_backend(kind, workdir / kind, args)
     table = ratio_columns([BACKENDS[k] for k in kinds], rows(results, kinds, args))
-    failed = [f"{k}: {results[k]['error']}" for k in kinds if results[k].get("error")]
+    failed = [f"{k} {step}: {error}" for k in kinds for step, error in results[k]["errors"].items()]
     text = "\n".join(["### Kubernetes on top (kube-apiserver v1.36.5)", "", *table,
                       *(["", "Failed: " + "; ".join(failed)] if failed else [])])
     publish(results, text, started, "kube_bench: the client, the servers and the control plane share the machine",
