@@ -38,7 +38,10 @@ Data Contributor role on the database (:mod:`cosmos_etcd_operator.role_assignmen
 local auth disabled, and the keys part reads no key and writes no Secret: a keys Secret that the
 operator made while the cluster was in Key mode (owned by this CosmosEtcdCluster) is deleted, since
 its keys no longer open anything and must not linger in the cluster; a Secret of that name that
-someone else owns is left alone. Going back to Key removes the role assignment the operator made
+someone else owns is left alone. A switch from Key to EntraID loses no request: until the shim's
+Deployment has rolled out its keyless template (no pod of the old one left), the account keeps
+accepting keys and the keys Secret stays; the first pass after the rollout disables local auth and
+deletes the Secret. Going back to Key removes the role assignment the operator made
 (``status.roleAssignment``). The NetworkPolicy part (:mod:`cosmos_etcd_operator.network_policy`)
 runs after the keys, before the shim.
 
@@ -187,8 +190,7 @@ async def on_delete(namespace: str, name: str, logger, memo: kopf.Memo, **_: Any
         raise kopf.TemporaryError(outcome.message, delay=outcome.delay or context.retry_delay)
 
 
-async def on_deployment_event(type: str | None, body: kopf.Body, namespace: str, memo: kopf.Memo,
-                              **_: Any) -> None:
+async def on_deployment_event(body: kopf.Body, namespace: str, memo: kopf.Memo, **_: Any) -> None:
     """The shim's Deployment changed: move ``Shim`` (and ``Ready``) with its available replicas."""
     name = body.get("metadata", {}).get("labels", {}).get(children.CLUSTER_LABEL)
     owned = any(reference.get("kind") == "CosmosEtcdCluster" and reference.get("name") == name
@@ -205,7 +207,10 @@ async def on_deployment_event(type: str | None, body: kopf.Body, namespace: str,
         ready = conditions.get(READY) or {}
         if (conditions.get(SHIM) or {}).get("reason", WAITING) == WAITING or ready.get("reason") == INVALID_SPEC:
             return  # the shim's part has not been reached yet, or nothing may move
-        shim = _shim_condition(None if type == "DELETED" else body)
+        # The Deployment as it is now, not as the event saw it: an event handled after the lock was
+        # held by a pass that read a newer version would otherwise set an older state back.
+        deployment = await context.kube.get(object_path("apps/v1", "Deployment", namespace, body["metadata"]["name"]))
+        shim = _shim_condition(deployment)
         current = conditions.get(SHIM)
         if (current["status"], current["message"]) == (shim.status, shim.message):
             return
@@ -301,7 +306,9 @@ class Reconciliation:
     async def _parts(self, spec: ClusterSpec) -> Outcome:
         credential = await self._credentials(spec)
         async with self._resources(credential, spec) as resources:
-            account = await self._azure(ACCOUNT, lambda token: resources.ensure_account(spec, token))
+            keys_in_use = await self._keys_in_use(spec)
+            account = await self._azure(ACCOUNT, lambda token: resources.ensure_account(
+                spec, token, keys_in_use=keys_in_use))
             assert isinstance(account, AccountReady)
             self.new_status["accountEndpoint"] = account.document_endpoint
             self.new_status["consistency"] = spec.consistency.level.value
@@ -321,7 +328,7 @@ class Reconciliation:
             keys = None
             if spec.data_plane_auth is DataPlaneAuth.KEY:
                 keys = await self._azure(KEYS, lambda _: resources.list_keys(spec), long_running=False)
-        both = await self._keys(account.document_endpoint, keys)
+        both = await self._keys(account.document_endpoint, keys, keys_in_use=keys_in_use)
         await self._network_policy(spec)
         serving = await self._tls(spec)
         return await self._shim(spec, account.document_endpoint, children.keys_checksum(both), serving)
@@ -386,14 +393,28 @@ class Reconciliation:
                           key=ROLE_ASSIGNMENT_REMOVAL)
         self.new_status["roleAssignment"] = None  # a merge patch's None removes the field
 
-    async def _keys(self, account_endpoint: str, keys) -> tuple[str, ...]:
-        """With ``keys`` (Key mode), the keys Secret; without (EntraID), none: the operator's own is deleted."""
+    async def _keys_in_use(self, spec: ClusterSpec) -> bool:
+        """Whether shim pods that sign in with the account keys may still run: in Key mode, and while a
+        switch to EntraID rolls out (then the account keeps accepting keys and the keys Secret stays, so
+        that no request fails; both go at the first pass after the rollout)."""
+        if spec.data_plane_auth is DataPlaneAuth.KEY:
+            return True
+        return children.keys_in_use(await self._read(ACCOUNT, object_path("apps/v1", "Deployment", self.namespace,
+                                                                          self.name)))
+
+    async def _keys(self, account_endpoint: str, keys, *, keys_in_use: bool) -> tuple[str, ...]:
+        """With ``keys`` (Key mode), the keys Secret; without (EntraID), none: the operator's own is deleted
+        once no pod uses it."""
         if keys is not None:
             both = (keys.primary_master_key, keys.secondary_master_key)
             secret = children.keys_secret(self.body, account_endpoint=account_endpoint, keys=both)
             await self._kube(KEYS, secret)
             self._ready(KEYS, "Stored", f"account endpoint and keys in Secret {secret['metadata']['name']}")
             return both
+        if keys_in_use:
+            self._ready(KEYS, "Keyless", "spec.azure.dataPlaneAuth EntraID: switching; the account accepts keys and "
+                        "the keys Secret stays until every shim pod signs in with Entra ID")
+            return ()
         name = children.keys_secret_name(self.name)
         path = object_path("v1", "Secret", self.namespace, name)
         found = await self._read(KEYS, path)

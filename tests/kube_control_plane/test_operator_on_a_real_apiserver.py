@@ -21,6 +21,7 @@ Waiting is on the API's watch events (the mirror) and on ARM's recorded requests
 """
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import copy
@@ -56,6 +57,7 @@ FINALIZER = "cosmosetcd.io/finalizer"
 TABLE = "application/json;as=Table;v=v1;g=meta.k8s.io"
 AZURE = {"subscriptionId": arm.SUBSCRIPTION, "resourceGroup": arm.RESOURCE_GROUP, "location": "westeurope"}
 TWO_REGIONS = [{"name": "westeurope", "failoverPriority": 0}, {"name": "northeurope", "failoverPriority": 1}]
+DRIFT_INTERVAL = 0.3
 
 
 # -- the module's servers ---------------------------------------------------------------------------
@@ -457,3 +459,54 @@ async def test_an_operator_restarted_mid_operation_resumes_it(kube, cluster, sta
     await cluster.wait_ready()
     assert arm_calls(arm_stand_in, "PUT", f"/databaseAccounts/{SPEC['account']['name']}") == 1
     assert cluster.body["status"]["pendingOperations"] == {}
+
+
+def changed_fields(old: Any, new: Any, path: str = "") -> list[tuple[str, Any, Any]]:
+    """(path, old value, new value) of every field that differs, managedFields and resourceVersion aside."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [change for key in sorted(old.keys() | new.keys()) if key not in ("managedFields", "resourceVersion")
+                for change in changed_fields(old.get(key), new.get(key), f"{path}.{key}")]
+    return [] if old == new else [(path, old, new)]
+
+
+async def arm_calls_reach(arm_stand_in: arm.ArmStandIn, method: str, path_end: str, count: int,
+                          timeout: float = 60) -> None:
+    """Until the stand-in has seen ``count`` such requests. ARM has no watch: its request log is
+    asked every 0.1 s, as the operator's drift timer, not an event, makes the calls."""
+    async def until():
+        while arm_calls(arm_stand_in, method, path_end) < count:
+            await asyncio.sleep(0.1)
+    try:
+        await asyncio.wait_for(until(), timeout)
+    except TimeoutError:
+        raise AssertionError(f"fewer than {count} {method} ...{path_end} after {timeout} s") from None
+
+
+async def test_a_settled_cluster_costs_no_write(kube, cluster, start_operator, arm_stand_in):
+    """The drift pass compares what the real server stores (its defaults added, quantities and
+    ports as it serialises them) with what the operator renders: equal, so nothing is written, in
+    Kubernetes or in Azure. And no Deployment event handled late sets an older availability back
+    (one did: Ready went False and True again after the cluster settled)."""
+    await start_operator(drift_interval=DRIFT_INTERVAL)
+    await cluster.apply(SPEC)
+    await cluster.wait_ready()
+    await cluster.wait_handled()  # kopf's own record of the handled spec is written last
+    objects = [(CLUSTERS, "tenant-a"), (DEPLOYMENTS, "tenant-a"), (SERVICES, "tenant-a"), (PDBS, "tenant-a"),
+               (SECRETS, "tenant-a-cosmos-keys")]
+    versions = {key: kube.get(key[0], kube.namespace, key[1])["metadata"]["resourceVersion"] for key in objects}
+    # Events are posted after the status write that they tell of: the last one is Ready's.
+    await kube.wait_for(lambda: any(event["reason"] == "Ready" for event in kube.list(EVENTS, kube.namespace)),
+                        what="the Ready event")
+    events = len(kube.list(EVENTS, kube.namespace))
+    arm_writes = sum(1 for request in arm_stand_in.requests if request.method in ("PUT", "PATCH", "DELETE"))
+    # Each pass lists the keys once, after reading every Azure part; passes of one object never
+    # overlap: once the second pass from now has listed them, the first has written all it would.
+    list_keys = arm_calls(arm_stand_in, "POST", "/listKeys")
+    await arm_calls_reach(arm_stand_in, "POST", "/listKeys", list_keys + 2)
+    for key, version in versions.items():
+        history = kube.history(key[0], kube.namespace, key[1])
+        writes = [changed_fields(before, after) for before, after in zip(history, history[1:])
+                  if int(after["metadata"]["resourceVersion"]) > int(version)]
+        assert not writes, f"{key} written after it settled: {writes}"
+    assert len(kube.list(EVENTS, kube.namespace)) == events
+    assert sum(1 for request in arm_stand_in.requests if request.method in ("PUT", "PATCH", "DELETE")) == arm_writes
