@@ -11,13 +11,15 @@ account the ARM stand-in makes names as its document endpoint. Each test has its
 namespace, so objects other tests leave behind are never touched.
 
 There is no kubelet and no Deployment controller: :class:`tests.harness.kubelet.Kubelet` runs the
-shim's pods from the Deployment's own command, args, env and volumes (the keys Secret), on the
-database and container that ARM made (made on the local Cosmos server first, with ARM's partition
-key and indexing policy), and the test reports the Deployment's availability through its status
-subresource, as the Deployment controller would. Other tests that only need a Ready cluster report
-the pods available without running them.
+shim's pods from the Deployment's own command, args, env and volumes (the keys Secret, and the
+TLS Secret when the shim serves TLS), on the database and container that ARM made (made on the
+local Cosmos server first, with ARM's partition key and indexing policy); a client connects as the
+cluster's status says (its endpoint, and its client Secret with TLS), and the test reports the
+Deployment's availability through its status subresource, as the Deployment controller would.
+Other tests that only need a Ready cluster report the pods available without running them.
 
-Waiting is on the API's watch events (the mirror) and on ARM's recorded requests, never on time.
+Waiting is on the API's watch events (the mirror). ARM has no watch and a readiness probe no
+event: the stand-in's request log and the pods' probes are asked at a short pace, with a deadline.
 """
 from __future__ import annotations
 
