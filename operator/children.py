@@ -33,6 +33,7 @@ import kopf
 from cosmos_etcd_operator.spec import ClusterSpec, DataPlaneAuth
 
 CLIENT_PORT = 2379
+PEER_PORT = 2380
 METRICS_PORT = 2381
 SHIM_UID = 65532
 DATA_DIR = "/var/lib/cosmos-etcd"
@@ -153,6 +154,8 @@ def deployment(owner: Mapping[str, Any], spec: ClusterSpec, *, image: str, accou
         "--listen-client-urls", f"{scheme}://0.0.0.0:{CLIENT_PORT}",
         "--advertise-client-urls", endpoint(name, namespace, tls),
         "--listen-metrics-urls", f"http://0.0.0.0:{METRICS_PORT}",
+        "--listen-peer-urls", f"{scheme}://0.0.0.0:{PEER_PORT}",
+        "--initial-advertise-peer-urls", f"{scheme}://$(POD_IP):{PEER_PORT}",
     ]
     mounts = [{"name": "tmp", "mountPath": "/tmp"}, {"name": "data", "mountPath": DATA_DIR}]
     volumes: list[dict[str, Any]] = [{"name": "tmp", "emptyDir": {}}, {"name": "data", "emptyDir": {}}]
@@ -184,8 +187,10 @@ def deployment(owner: Mapping[str, Any], spec: ClusterSpec, *, image: str, accou
         "args": args,
         "env": [
             {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+            {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
         ],
         "ports": [{"name": "client", "containerPort": CLIENT_PORT, "protocol": "TCP"},
+                  {"name": "peer", "containerPort": PEER_PORT, "protocol": "TCP"},
                   {"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"}],
         **_probes(),
         "resources": dict(spec.shim.resources) or DEFAULT_RESOURCES,

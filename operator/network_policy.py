@@ -4,11 +4,13 @@ One part of the reconciliation with the shape of the others: :func:`reconcile` r
 from the spec, reads the stored one, and creates it or sets it back only where it differs (drift:
 an edited or deleted policy is restored by the next pass), then returns the part's condition.
 
-The policy selects the shim's pods and admits ingress on two ports only (Ingress policy type: any
+The policy selects the shim's pods and admits ingress on three ports only (Ingress policy type: any
 other connection to the pods is dropped; egress, to Cosmos DB and Entra ID, is left alone):
 
 * the client port (2379) from ``spec.shim.allowedClients``: by default ``[{podSelector: {}}]``, every
   pod of the cluster's own namespace, where kube-apiserver usually runs next to its datastore;
+* the peer port (2380) from the cluster's own shim pods: followers forward writes to the leader
+  there (the shim's leader election), and nobody else has any business on it;
 * the metrics port (2381, also /livez and /readyz) from ``spec.shim.metrics.allowedFrom``: by
   default the pods of namespaces labelled ``cosmosetcd.io/scrape-metrics: "true"`` — nothing until a
   platform team labels its monitoring namespace (``kubectl label namespace monitoring
@@ -46,8 +48,9 @@ def metrics_scrapers(spec: ClusterSpec) -> Sequence[Mapping[str, Any]]:
 
 def network_policy(owner: Mapping[str, Any], spec: ClusterSpec) -> dict[str, Any]:
     """The policy as the operator renders it (a pure function of the owner and the spec)."""
+    replicas = ({"podSelector": {"matchLabels": children.selector(owner["metadata"]["name"])}},)
     rules = [{"from": [dict(peer) for peer in peers], "ports": [{"protocol": "TCP", "port": port}]}
-             for peers, port in ((allowed_clients(spec), children.CLIENT_PORT),
+             for peers, port in ((allowed_clients(spec), children.CLIENT_PORT), (replicas, children.PEER_PORT),
                                  (metrics_scrapers(spec), children.METRICS_PORT)) if peers]
     return children.child(owner, "networking.k8s.io/v1", "NetworkPolicy", spec={
         "podSelector": {"matchLabels": children.selector(owner["metadata"]["name"])},
@@ -76,5 +79,5 @@ def _describe(spec: ClusterSpec) -> str:
     clients = who(allowed_clients(spec), DEFAULT_CLIENTS, "the pods of its own namespace")
     scrapers = who(metrics_scrapers(spec), DEFAULT_METRICS_SCRAPERS,
                    f"namespaces labelled {METRICS_SCRAPER_LABEL}=true")
-    return f"client port {children.CLIENT_PORT} open to {clients}; metrics port {children.METRICS_PORT} open to " \
-           f"{scrapers}"
+    return f"client port {children.CLIENT_PORT} open to {clients}; peer port {children.PEER_PORT} open to its own " \
+           f"replicas; metrics port {children.METRICS_PORT} open to {scrapers}"

@@ -190,9 +190,11 @@ class _Managed:
     async def run(self) -> Outcome:
         stored_ca = await _get(self.kube, self._path(ca_secret_name(self.name)))
         leaves = {
-            "server": (server_secret_name(self.name), self._server_names(), ExtendedKeyUsageOID.SERVER_AUTH,
-                       self.name),
-            "client": (client_secret_name(self.name), None, ExtendedKeyUsageOID.CLIENT_AUTH,
+            # The replicas also present the server certificate to one another on the peer listener
+            # (followers forward writes to the elected leader): it is a client certificate too.
+            "server": (server_secret_name(self.name), self._server_names(),
+                       (ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH), self.name),
+            "client": (client_secret_name(self.name), None, (ExtendedKeyUsageOID.CLIENT_AUTH,),
                        self.tls.client_common_name),
         }
         stored = {kind: await _get(self.kube, self._path(secret)) for kind, (secret, *_rest) in leaves.items()}
@@ -200,7 +202,7 @@ class _Managed:
         current = {kind: _read_leaf(secret) for kind, secret in stored.items()}
         moved = False  # a leaf moved to the new CA in this pass
         for kind, (secret, names, usage, common_name) in leaves.items():
-            why = self._reissue_reason(current[kind], authority, names, common_name)
+            why = self._reissue_reason(current[kind], authority, names, common_name, usage)
             moved = moved or why == ROTATION
             if why:
                 leaf = self._issue(authority, common_name, names, usage)
@@ -276,7 +278,8 @@ class _Managed:
             .sign(key, hashes.SHA256()))
         return _Authority(certificate, key, [certificate], self.now)
 
-    def _reissue_reason(self, leaf, authority: _Authority, names: list[str] | None, common_name: str) -> str | None:
+    def _reissue_reason(self, leaf, authority: _Authority, names: list[str] | None, common_name: str,
+                        usage: tuple[x509.ObjectIdentifier, ...]) -> str | None:
         if leaf is None:
             return "missing or unreadable"
         certificate, _ = leaf
@@ -289,10 +292,12 @@ class _Managed:
             return "common name changed"
         if names is not None and _subject_names(certificate) != sorted(names):
             return "names changed"
+        if _usages(certificate) != set(usage):
+            return "key usages changed"  # a server certificate issued before it was a client one too
         return None
 
     def _issue(self, authority: _Authority, common_name: str, names: list[str] | None,
-               usage: x509.ObjectIdentifier) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+               usage: tuple[x509.ObjectIdentifier, ...]) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
         key = ec.generate_private_key(ec.SECP256R1())
         public = key.public_key()
         builder = (
@@ -303,7 +308,7 @@ class _Managed:
             .not_valid_after(min(self.now + self.policy.leaf_lifetime, authority.certificate.not_valid_after_utc))
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(_key_usage(cert_sign=False), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+            .add_extension(x509.ExtendedKeyUsage(list(usage)), critical=False)
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False)
             .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(authority.certificate.public_key()),
                            critical=False))
@@ -463,6 +468,13 @@ def _general_name(name: str) -> x509.GeneralName:
         return x509.IPAddress(ipaddress.ip_address(name))
     except ValueError:
         return x509.DNSName(name)
+
+
+def _usages(certificate: x509.Certificate) -> set[x509.ObjectIdentifier]:
+    try:
+        return set(certificate.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value)
+    except x509.ExtensionNotFound:
+        return set()
 
 
 def _key_usage(*, cert_sign: bool) -> x509.KeyUsage:

@@ -12,7 +12,8 @@ What a kubelet would do, and how it is played here:
   read through the API, ``emptyDir`` an empty folder. There are no mount namespaces: every argument
   that names a mount path (or a path under it) names the volume's folder instead.
 * **network**: a pod has its own network namespace; here every ``containerPort`` gets a free port of
-  127.0.0.1, and an argument that names ``0.0.0.0:<containerPort>`` names that port instead.
+  127.0.0.1, and an argument that names ``0.0.0.0:<containerPort>`` or the pod's IP
+  (``127.0.0.1:<containerPort>``) names that port instead.
 * **readiness**: the ``readinessProbe``'s ``httpGet`` (port by name or number), asked until it
   answers 200 as the kubelet asks every ``periodSeconds`` (here faster; a deadline ends the wait).
 
@@ -197,10 +198,11 @@ def _expand(text: str, env: Mapping[str, str]) -> str:
 
 
 def _localise(arg: str, mounts: Mapping[str, pathlib.Path], ports: Mapping[int, int]) -> str:
-    """A mount path named by ``arg`` becomes its volume's folder; ``0.0.0.0:<containerPort>`` the local port."""
+    """A mount path named by ``arg`` becomes its volume's folder; ``0.0.0.0:<containerPort>`` and the pod's
+    IP with a container port (127.0.0.1 here), the local port."""
     if mounts:
         paths = sorted(mounts, key=len, reverse=True)
         pattern = re.compile(r"(?<![\w.-])(" + "|".join(re.escape(path.rstrip("/")) for path in paths) + r")(?=/|$)")
         arg = pattern.sub(lambda match: str(mounts[next(p for p in paths if p.rstrip("/") == match.group(1))]), arg)
-    return re.sub(r"0\.0\.0\.0:(\d+)", lambda match: f"127.0.0.1:{ports.get(int(match.group(1)), match.group(1))}",
+    return re.sub(r"(?:0\.0\.0\.0|127\.0\.0\.1):(\d+)", lambda match: f"127.0.0.1:{ports.get(int(match.group(1)), match.group(1))}",
                   arg)

@@ -20,7 +20,8 @@ ACCOUNT_ENDPOINT = "https://tenant-a.documents.azure.com:443/"
 
 # The pod's name; the account keys come from the mounted keys Secret (never a flag: flags show in
 # process lists; not the environment: a mounted Secret is updated in place when keys rotate).
-SHIM_ENV = [{"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}]
+SHIM_ENV = [{"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+            {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}]
 SHIM_MOUNTS = [{"name": "tmp", "mountPath": "/tmp"}, {"name": "data", "mountPath": "/var/lib/cosmos-etcd"},
                {"name": "cosmos-keys", "mountPath": "/etc/cosmos-etcd/cosmos", "readOnly": True}]
 SHIM_VOLUMES = [{"name": "tmp", "emptyDir": {}}, {"name": "data", "emptyDir": {}},
@@ -44,7 +45,9 @@ def serve_args(account_endpoint: str, scheme: str = "http") -> list[str]:
             "--cosmos-endpoint", account_endpoint, "--cosmos-database", "EtcdDB", "--cosmos-container", "EtcdData",
             "--cosmos-no-create", "--listen-client-urls", f"{scheme}://0.0.0.0:2379",
             "--advertise-client-urls", f"{scheme}://tenant-a.control-planes.svc:2379",
-            "--listen-metrics-urls", "http://0.0.0.0:2381", "--cosmos-key-file", "/etc/cosmos-etcd/cosmos/keys"]
+            "--listen-metrics-urls", "http://0.0.0.0:2381",
+            "--listen-peer-urls", f"{scheme}://0.0.0.0:2380", "--initial-advertise-peer-urls", f"{scheme}://$(POD_IP):2380",
+            "--cosmos-key-file", "/etc/cosmos-etcd/cosmos/keys"]
 
 
 def _render(shim: dict | None = None, cosmos: dict | None = None, tls: children.ServingTLS | None = None) -> dict:

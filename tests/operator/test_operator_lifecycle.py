@@ -131,6 +131,7 @@ async def test_create_until_ready(kube_api, arm_stand_in, arm_service_principal,
     assert shim["args"] == serve_args(ACCOUNT_ENDPOINT, "https") + MTLS_ARGS
     assert shim["env"] == SHIM_ENV
     assert shim["ports"] == [{"name": "client", "containerPort": 2379, "protocol": "TCP"},
+                             {"name": "peer", "containerPort": 2380, "protocol": "TCP"},
                              {"name": "metrics", "containerPort": 2381, "protocol": "TCP"}]
     assert shim["readinessProbe"] == {"httpGet": {"path": "/readyz", "port": "metrics"}, "periodSeconds": 5,
                                       "failureThreshold": 3, "timeoutSeconds": 3}

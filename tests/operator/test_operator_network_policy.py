@@ -18,6 +18,8 @@ OWNER = {"apiVersion": "cosmosetcd.io/v1alpha1", "kind": "CosmosEtcdCluster",
 AZURE = {"subscriptionId": "00000000-0000-0000-0000-000000000000", "resourceGroup": "rg", "location": "westeurope"}
 CLIENTS = {"protocol": "TCP", "port": 2379}
 METRICS = {"protocol": "TCP", "port": 2381}
+# The replicas' leader election: followers forward writes to the leader, and only they may.
+REPLICAS = {"from": [{"podSelector": {"matchLabels": SELECTOR}}], "ports": [{"protocol": "TCP", "port": 2380}]}
 
 
 def _policy(**shim) -> dict:
@@ -34,6 +36,7 @@ def test_by_default_clients_of_its_namespace_and_scrapers_of_labelled_namespaces
         "policyTypes": ["Ingress"],
         "ingress": [
             {"from": [{"podSelector": {}}], "ports": [CLIENTS]},
+            REPLICAS,
             {"from": [{"namespaceSelector": {"matchLabels": {"cosmosetcd.io/scrape-metrics": "true"}}}],
              "ports": [METRICS]},
         ]}
@@ -48,7 +51,7 @@ def test_the_spec_widens_or_narrows_each_port():
 
     policy = _policy(allowedClients=[apiservers, tenants], metrics={"allowedFrom": [prometheus]})
 
-    assert policy["spec"]["ingress"] == [{"from": [apiservers, tenants], "ports": [CLIENTS]},
+    assert policy["spec"]["ingress"] == [{"from": [apiservers, tenants], "ports": [CLIENTS]}, REPLICAS,
                                          {"from": [prometheus], "ports": [METRICS]}]
     assert kubernetes_errors([policy]) == []
 
@@ -56,9 +59,9 @@ def test_the_spec_widens_or_narrows_each_port():
 def test_an_empty_list_admits_nobody_rather_than_everybody():
     """A NetworkPolicy rule without peers admits every source: an empty list drops the port's rule."""
     assert _policy(metrics={"allowedFrom": []})["spec"]["ingress"] == [{"from": [{"podSelector": {}}],
-                                                                        "ports": [CLIENTS]}]
+                                                                        "ports": [CLIENTS]}, REPLICAS]
     closed = _policy(allowedClients=[], metrics={"allowedFrom": []})
-    assert closed["spec"]["ingress"] == [] and closed["spec"]["policyTypes"] == ["Ingress"]
+    assert closed["spec"]["ingress"] == [REPLICAS] and closed["spec"]["policyTypes"] == ["Ingress"]
     assert kubernetes_errors([closed]) == []
 
 
@@ -88,8 +91,9 @@ async def test_the_operator_keeps_the_policy_as_the_spec_says(kube_api, arm_stan
     assert stored["spec"] == _policy()["spec"]
     condition = cluster.condition("NetworkPolicy")
     assert (condition["status"], condition["reason"]) == ("True", "Enforced")
-    assert condition["message"] == ("client port 2379 open to the pods of its own namespace; metrics port 2381 open "
-                                    "to namespaces labelled cosmosetcd.io/scrape-metrics=true")
+    assert condition["message"] == ("client port 2379 open to the pods of its own namespace; peer port 2380 open to "
+                                    "its own replicas; metrics port 2381 open to namespaces labelled "
+                                    "cosmosetcd.io/scrape-metrics=true")
 
     # Opened to everyone behind the operator's back: set back by the drift timer, with an event.
     await kube_api.patch_object(NETWORK_POLICIES, NAMESPACE, "tenant-a",
