@@ -137,7 +137,8 @@ def parse_args(argv: list[str]) -> OperatorConfig:
     except clouds.InvalidCloud as e:
         p.error(str(e))
     if args.tls_certificate_lifetime >= args.tls_ca_lifetime:
-        p.error("--tls-certificate-lifetime must be shorter than --tls-ca-lifetime (a certificate never outlives its CA)")
+        p.error("--tls-certificate-lifetime must be shorter than --tls-ca-lifetime (a certificate never outlives "
+                "its CA)")
     for option in ("liveness_address", "metrics_address"):
         if not _is_address(getattr(args, option)):
             p.error(f"--{option.replace('_', '-')} must be HOST:PORT, not {getattr(args, option)!r}")
