@@ -363,7 +363,8 @@ async def mixed(datastore: Datastore, clients: int, seconds: float, phase: str) 
                     wrote = await client.run(op)
                 except (TimeoutError, grpc.aio.AioRpcError) as e:
                     errors += 1
-                    code = e.code().name if isinstance(e, grpc.aio.AioRpcError) else "TIMEOUT"
+                    code = f"{op}: " + (f"{e.code().name} {e.details()}" if isinstance(e, grpc.aio.AioRpcError)
+                                        else "no keep-alive answer")
                     error_codes[code] = error_codes.get(code, 0) + 1
                     continue
                 latencies[op].append(time.perf_counter() - sent)
@@ -508,7 +509,7 @@ async def failover(datastore: Datastore) -> dict:
                     await kv.Put(pb.PutRequest(key=key, value=VALUE), timeout=FAILOVER_WRITE_TIMEOUT)
                     records.append((sent, time.monotonic(), True, "OK", key))
                 except grpc.aio.AioRpcError as e:
-                    records.append((sent, time.monotonic(), False, e.code().name, key))
+                    records.append((sent, time.monotonic(), False, f"{e.code().name} {e.details()}", key))
 
         writers = [asyncio.create_task(write(k)) for k in range(FAILOVER_WRITERS)]
         await until(lambda: sum(r[2] for r in records) >= 20, FAILOVER_DEADLINE_S, "writes before the kill")
@@ -546,6 +547,7 @@ async def failover(datastore: Datastore) -> dict:
               "new_leader_all_s": round(max(named_at.values()), 2), "first_write_after_kill_s": round(first_write_s, 2),
               "writes": len(records), "failed_writes": len(failed), "failed_codes": codes,
               "failures_span_s": round(max(r[1] for r in failed) - killed, 2) if failed else 0.0,
+              "failures_s_after_kill": [round(r[1] - killed, 2) for r in failed],
               "acknowledged": len(acknowledged), "lost_acknowledged": len(acknowledged - present)}
     print(f"  [{datastore.kind}] failover {result}", file=sys.stderr)
     return result
