@@ -44,7 +44,9 @@ back into periodic: an account that has (or is migrating to) continuous backup u
 periodic raises :class:`InvalidSpec`, which the handlers report as a condition without retrying.
 :attr:`AccountReady.settings` is what is in force, for the status. ``disableLocalAuth`` follows
 ``spec.azure.dataPlaneAuth``: true with EntraID (no key opens the data plane), false with Key (the shim
-needs the keys), so it is always enforced.
+needs the keys), so it is always enforced — except while a switch to EntraID rolls out
+(``keys_in_use``): pods that sign in with a key still run, and the account keeps accepting keys until
+they are gone.
 
 Errors become :class:`AzureError` with ARM's error code; every call is counted in
 ``cosmos_etcd_operator_arm_requests_total{operation,code}`` (``get_account``, ``create_account``,
@@ -59,6 +61,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -239,9 +242,13 @@ class CosmosResources:
 
     # -- steps -----------------------------------------------------------------------------------
 
-    async def ensure_account(self, spec: ClusterSpec, resume: str | None = None) -> AccountReady | Pending:
-        """The account exists with the spec's mutable properties; an existing one is adopted."""
-        return await self.step(ACCOUNT, spec, resume, self._reconcile_account)
+    async def ensure_account(self, spec: ClusterSpec, resume: str | None = None, *,
+                             keys_in_use: bool = False) -> AccountReady | Pending:
+        """The account exists with the spec's mutable properties; an existing one is adopted.
+        ``keys_in_use``: shim pods that sign in with the keys may still run (a switch to EntraID rolling
+        out), so local auth is left as the account has it for now."""
+        return await self.step(ACCOUNT, spec, resume, functools.partial(self._reconcile_account,
+                                                                        keys_in_use=keys_in_use))
 
     async def ensure_database(self, spec: ClusterSpec, resume: str | None = None) -> Ready | Pending:
         return await self.step(DATABASE, spec, resume, self._reconcile_database)
@@ -265,18 +272,18 @@ class CosmosResources:
 
     # -- what each step compares -----------------------------------------------------------------
 
-    async def _reconcile_account(self, spec: ClusterSpec, created: bool):
+    async def _reconcile_account(self, spec: ClusterSpec, created: bool, *, keys_in_use: bool):
         account = await self.read("get_account", self._client.database_accounts.get, spec.resource_group,
                                   spec.account_name)
         if account is None:
             return Change("create_account", f"create account {spec.account_name}", lambda **options: (
                 self._client.database_accounts.begin_create_or_update(
-                    spec.resource_group, spec.account_name, _account_parameters(spec), **options)), creates=True)
+                    spec.resource_group, spec.account_name, _account_parameters(spec, keys_in_use), **options)), creates=True)
         properties = account.properties
         if properties.provisioning_state in _RUNNING_STATES:
             return Wait(f"account {spec.account_name} is {properties.provisioning_state.lower()}")
         _check_adoptable(spec, account)
-        update = _account_update(spec, account)
+        update = _account_update(spec, account, keys_in_use)
         if update is not None:
             changed, parameters = update
             return Change("update_account", f"update account {spec.account_name} ({changed})", lambda **options: (
@@ -600,19 +607,22 @@ def _locations(spec: ClusterSpec) -> list[models.Location]:
                             is_zone_redundant=location.zone_redundant) for location in spec.locations]
 
 
-def _account_parameters(spec: ClusterSpec) -> models.DatabaseAccountCreateUpdateParameters:
+def _account_parameters(spec: ClusterSpec, keys_in_use: bool) -> models.DatabaseAccountCreateUpdateParameters:
     return models.DatabaseAccountCreateUpdateParameters(
         location=spec.location, kind=models.DatabaseAccountKind.GLOBAL_DOCUMENT_DB, tags=dict(spec.tags),
         properties=models.DatabaseAccountCreateUpdateProperties(
             database_account_offer_type="Standard", consistency_policy=_consistency_policy(spec),
             locations=_locations(spec), enable_automatic_failover=spec.automatic_failover,
-            **_hardening(spec)))
+            **_hardening(spec, keys_in_use)))
 
 
-def _hardening(spec: ClusterSpec) -> dict[str, Any]:
+def _hardening(spec: ClusterSpec, keys_in_use: bool) -> dict[str, Any]:
     """The hardening properties the spec sets, as keyword arguments of the SDK's account properties."""
-    properties: dict[str, Any] = {"minimal_tls_version": spec.minimal_tls_version.value,
-                                  "disable_local_auth": spec.data_plane_auth is DataPlaneAuth.ENTRA_ID}
+    properties: dict[str, Any] = {"minimal_tls_version": spec.minimal_tls_version.value}
+    if spec.data_plane_auth is DataPlaneAuth.KEY:
+        properties["disable_local_auth"] = False
+    elif not keys_in_use:
+        properties["disable_local_auth"] = True
     if spec.public_network_access is not None:
         properties["public_network_access"] = spec.public_network_access.value
     if spec.ip_rules is not None:
@@ -672,7 +682,7 @@ def _check_adoptable(spec: ClusterSpec, account: models.DatabaseAccountGetResult
                           f"remove spec.account.backup to leave the backup as it is")
 
 
-def _account_update(spec: ClusterSpec, account: models.DatabaseAccountGetResults):
+def _account_update(spec: ClusterSpec, account: models.DatabaseAccountGetResults, keys_in_use: bool):
     """(what differs, DatabaseAccountUpdateParameters) or None. Regions change alone, as Cosmos wants,
     and first, except when the consistency has to become Strong: that comes before the regions, so
     that a region is never added to an account whose failover to it could lose writes."""
@@ -685,7 +695,7 @@ def _account_update(spec: ClusterSpec, account: models.DatabaseAccountGetResults
     if wanted_locations != current_locations and not strengthen_first:
         return "regions", models.DatabaseAccountUpdateParameters(
             properties=models.DatabaseAccountUpdateProperties(locations=_locations(spec)))
-    return _properties_update(spec, account)
+    return _properties_update(spec, account, keys_in_use)
 
 
 def _consistency_differs(spec: ClusterSpec, account: models.DatabaseAccountGetResults) -> bool:
@@ -695,7 +705,7 @@ def _consistency_differs(spec: ClusterSpec, account: models.DatabaseAccountGetRe
     return current is None or any(getattr(current, field) != getattr(wanted, field) for field in fields)
 
 
-def _properties_update(spec: ClusterSpec, account: models.DatabaseAccountGetResults):
+def _properties_update(spec: ClusterSpec, account: models.DatabaseAccountGetResults, keys_in_use: bool):
     """(what differs, DatabaseAccountUpdateParameters) or None for every mutable property but the regions."""
     properties = account.properties
     changed, update = [], {}
@@ -705,7 +715,7 @@ def _properties_update(spec: ClusterSpec, account: models.DatabaseAccountGetResu
     if bool(properties.enable_automatic_failover) != spec.automatic_failover:
         changed.append("automatic failover")
         update["enable_automatic_failover"] = spec.automatic_failover
-    for name, value in _hardening(spec).items():
+    for name, value in _hardening(spec, keys_in_use).items():
         if name == "is_virtual_network_filter_enabled":
             continue  # sent with the rules, which decide it
         if _hardening_differs(name, value, properties):

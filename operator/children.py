@@ -240,6 +240,22 @@ def _probes() -> dict[str, Any]:
     }
 
 
+def keys_in_use(deployment_object: Mapping[str, Any] | None) -> bool:
+    """Whether pods of the shim's Deployment may sign in with the account keys: its template mounts
+    the key file, or a keyless template has not replaced every older pod yet (its controller has not
+    reported the latest generation with every replica updated and no other left)."""
+    if not deployment_object:
+        return False
+    template = deployment_object.get("spec", {}).get("template", {}).get("spec", {})
+    if any("--cosmos-key-file" in container.get("args", []) for container in template.get("containers", [])):
+        return True
+    wanted = deployment_object.get("spec", {}).get("replicas", 1)
+    status = deployment_object.get("status") or {}
+    rolled_out = (status.get("observedGeneration", 0) >= deployment_object.get("metadata", {}).get("generation", 0)
+                  and status.get("updatedReplicas", 0) == wanted and status.get("replicas", 0) == wanted)
+    return not rolled_out
+
+
 def available_replicas(deployment_object: Mapping[str, Any] | None) -> tuple[int, int]:
     """(available, wanted) replicas of a Deployment as its controller last reported them."""
     if not deployment_object:

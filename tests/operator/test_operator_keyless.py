@@ -15,6 +15,7 @@ from tests.harness import arm
 from tests.harness.kube import DEPLOYMENTS, EVENTS, SECRETS, SERVICE_ACCOUNTS
 from tests.harness.manifests import kubernetes_errors, pod_spec_of, restricted_violations
 from tests.harness.operator import NAMESPACE
+from tests.operator.test_operator_drift import DRIFT_INTERVAL
 from tests.operator.test_operator_lifecycle import SPEC, ready_cluster
 
 ACCOUNT_ID = (f"/subscriptions/{arm.SUBSCRIPTION}/resourceGroups/{arm.RESOURCE_GROUP}"
@@ -39,7 +40,8 @@ def test_the_keyless_shim_has_no_key_and_signs_in_with_workload_identity():
     assert container["args"][container["args"].index("--cosmos-auth") + 1] == "entra-id"
     assert "--cosmos-key-file" not in container["args"]
     assert not any("cosmos-keys" in json.dumps(part) for part in (pod["volumes"], container["volumeMounts"]))
-    assert container["env"] == [{"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}]
+    assert all(set(variable) == {"name", "valueFrom"} and set(variable["valueFrom"]) == {"fieldRef"}
+               for variable in container["env"]), "only the pod's own fields, never a key or a Secret"
     assert deployment["spec"]["template"]["metadata"]["annotations"] == {}
     assert deployment["spec"]["template"]["metadata"]["labels"]["azure.workload.identity/use"] == "true"
     assert pod["serviceAccountName"] == "tenant-a" == account["metadata"]["name"]
@@ -60,6 +62,10 @@ def test_key_mode_keeps_the_key_file_and_an_unannotated_service_account():
 
 
 # -- the operator ----------------------------------------------------------------------------------
+
+def _shim_args(kube_api) -> list[str]:
+    return kube_api.get(DEPLOYMENTS, NAMESPACE, "tenant-a")["spec"]["template"]["spec"]["containers"][0]["args"]
+
 
 def _secret_values(kube_api) -> list[str]:
     return [base64.b64decode(value).decode(errors="replace") for secret in kube_api.list(SECRETS)
@@ -97,16 +103,23 @@ async def test_a_keyless_cluster_has_no_key_anywhere(kube_api, arm_stand_in, arm
         "azure.workload.identity/client-id": IDENTITY["clientId"]}
 
 
-async def test_switching_to_entra_id_deletes_the_operators_keys_secret_and_back_to_key_removes_the_role(
+async def test_switching_to_entra_id_keeps_keys_working_until_the_rollout_and_back_to_key_removes_the_role(
         kube_api, arm_stand_in, arm_service_principal, start_operator):
-    cluster = await ready_cluster(kube_api, arm_service_principal, start_operator)
+    cluster = await ready_cluster(kube_api, arm_service_principal, start_operator, drift_interval=DRIFT_INTERVAL)
     assert kube_api.get(SECRETS, NAMESPACE, "tenant-a-cosmos-keys") is not None
     account = arm_stand_in.account(arm.SUBSCRIPTION, arm.RESOURCE_GROUP, "tenant-a-etcd")
 
     await cluster.patch_spec({"azure": {"dataPlaneAuth": "EntraID"}, "shim": {"identity": IDENTITY}})
+    await kube_api.wait_for(lambda: account.role_assignments and "entra-id" in _shim_args(kube_api),
+                            what="the role assigned and the keyless template rolling out")
+    await kube_api.wait_for(lambda: "switching" in cluster.condition("Keys")["message"], what="the Keys condition")
+    # Pods of the old template still sign in with the keys: they keep working until the rollout ends.
+    assert account.disable_local_auth is False
+    assert kube_api.get(SECRETS, NAMESPACE, "tenant-a-cosmos-keys") is not None
+    await cluster.make_pods_available()
     await kube_api.wait_for(lambda: kube_api.get(SECRETS, NAMESPACE, "tenant-a-cosmos-keys") is None
-                            and account.role_assignments and account.disable_local_auth,
-                            what="the keys Secret deleted, the role assigned, local auth off")
+                            and account.disable_local_auth,
+                            what="after the rollout, the keys Secret deleted and local auth off")
     await kube_api.wait_for(lambda: ("KeysRemoved", "Secret tenant-a-cosmos-keys deleted: with dataPlaneAuth EntraID "
                                      "no account key is kept in the cluster") in
                             {(event["reason"], event["message"]) for event in kube_api.list(EVENTS, NAMESPACE)},
