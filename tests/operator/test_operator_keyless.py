@@ -9,12 +9,14 @@ import base64
 import json
 import logging
 
+import pytest
+
 from cosmos_etcd_operator import children
-from cosmos_etcd_operator.spec import parse
+from cosmos_etcd_operator.spec import InvalidSpec, parse
 from tests.harness import arm
-from tests.harness.kube import DEPLOYMENTS, EVENTS, SECRETS, SERVICE_ACCOUNTS
+from tests.harness.kube import CLUSTERS, DEPLOYMENTS, EVENTS, SECRETS, SERVICE_ACCOUNTS, Invalid
 from tests.harness.manifests import kubernetes_errors, pod_spec_of, restricted_violations
-from tests.harness.operator import NAMESPACE
+from tests.harness.operator import NAMESPACE, ClusterDriver
 from tests.operator.test_operator_drift import DRIFT_INTERVAL
 from tests.operator.test_operator_lifecycle import SPEC, ready_cluster
 
@@ -155,3 +157,13 @@ async def test_delete_removes_the_role_assignment_before_the_account(kube_api, a
     deletes = [request.path for request in arm_stand_in.requests if request.method == "DELETE"]
     assert deletes[0].endswith(f"/sqlRoleAssignments/{assignment}") and deletes[-1].endswith("/tenant-a-etcd")
     assert arm_stand_in.account(arm.SUBSCRIPTION, arm.RESOURCE_GROUP, "tenant-a-etcd") is None
+
+
+async def test_entra_id_without_an_identity_is_refused_at_admission_and_by_the_operator(kube_api):
+    without_identity = {**SPEC, "azure": {**SPEC["azure"], "dataPlaneAuth": "EntraID"}}
+    with pytest.raises(Invalid, match="spec.azure.dataPlaneAuth EntraID needs spec.shim.identity"):
+        await kube_api.put_object(CLUSTERS, ClusterDriver.manifest("tenant-a", NAMESPACE, without_identity))
+    with pytest.raises(InvalidSpec, match="spec.azure.dataPlaneAuth EntraID needs spec.shim.identity"):
+        parse(without_identity, name="tenant-a")
+    with pytest.raises(InvalidSpec, match="spec.shim.identity.principalId must be a GUID"):
+        parse({**KEYLESS, "shim": {"identity": {**IDENTITY, "principalId": "kube-apiserver"}}}, name="tenant-a")
