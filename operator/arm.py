@@ -278,7 +278,8 @@ class CosmosResources:
         if account is None:
             return Change("create_account", f"create account {spec.account_name}", lambda **options: (
                 self._client.database_accounts.begin_create_or_update(
-                    spec.resource_group, spec.account_name, _account_parameters(spec, keys_in_use), **options)), creates=True)
+                    spec.resource_group, spec.account_name, _account_parameters(spec, keys_in_use), **options)),
+                creates=True)
         properties = account.properties
         if properties.provisioning_state in _RUNNING_STATES:
             return Wait(f"account {spec.account_name} is {properties.provisioning_state.lower()}")

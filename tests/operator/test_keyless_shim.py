@@ -96,7 +96,8 @@ async def test_the_keyless_shim_serves_with_a_federated_token_and_the_operators_
     try:
         put = await asyncio.to_thread(processes.etcdctl, shim.endpoint, ["put", "/registry/keyless", "yes"])
         assert put.returncode == 0, put.stderr
-        got = await asyncio.to_thread(processes.etcdctl, shim.endpoint, ["get", "/registry/keyless", "--print-value-only"])
+        got = await asyncio.to_thread(processes.etcdctl, shim.endpoint,
+                                      ["get", "/registry/keyless", "--print-value-only"])
         assert got.stdout.strip() == "yes"
 
         # Every request reached Cosmos DB with the identity's Entra ID token, none with a key.
@@ -118,7 +119,8 @@ async def test_the_keyless_shim_serves_with_a_federated_token_and_the_operators_
 
         # Assigned again (the next reconciliation), the same shim serves again: nothing was written meanwhile.
         await settle(lambda spec, token: role_assignment.reconcile(arm_resources, spec, token), spec)
-        got = await asyncio.to_thread(processes.etcdctl, shim.endpoint, ["get", "/registry/keyless", "--print-value-only"])
+        got = await asyncio.to_thread(processes.etcdctl, shim.endpoint,
+                                      ["get", "/registry/keyless", "--print-value-only"])
         assert got.stdout.strip() == "yes", got.stderr
     finally:
         shim.stop()
