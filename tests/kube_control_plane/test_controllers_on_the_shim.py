@@ -43,6 +43,7 @@ from typing import Any
 
 import pytest
 
+from cosmos_etcd_shim.proto import rpc_pb2 as pb
 from tests.harness.cosmos_shims import Shim
 from tests.harness.kube_apiserver import Kube
 from tests.harness.kube_stacks import Stack, new_namespace, on_both, poll, start_stack
@@ -307,6 +308,12 @@ class LeaseRenewer(threading.Thread):
                 lease = None
 
 
+def leads(replica: Shim) -> bool:
+    """Whether the shim replica is its container's elected leader (etcdctl's IS LEADER)."""
+    status = replica.maintenance.Status(pb.StatusRequest(), timeout=10)
+    return status.leader == status.header.member_id
+
+
 def leader_leases(kube: Kube) -> dict[str, dict]:
     """The specs of the controllers' leader Leases."""
     return {name: kube.get(f"/apis/coordination.k8s.io/v1/namespaces/kube-system/leases/{name}").expect(200)["spec"]
@@ -348,9 +355,12 @@ def test_the_control_plane_goes_on_through_the_other_cosmos_replica_after_kill_9
         renewer.start()
         try:
             poll(lambda: sum(1 for _, o in renewer.outcomes if o == 200) >= 5, 30, "five renewals before the kill")
-            # kill the replica holding more of kube-apiserver's watch streams (the watch cache's
-            # feed), after checking that it served kube-apiserver's writes too
-            victim, survivor = sorted(stack.datastore.replicas, key=watch_streams, reverse=True)
+            # kill the replicas' elected leader if it holds kube-apiserver's watch streams (the watch
+            # cache's feed), else the replica holding more of them, after checking that it served
+            # kube-apiserver's writes too
+            victim, survivor = sorted(stack.datastore.replicas, reverse=True,
+                                      key=lambda r: (watch_streams(r) > 0 and leads(r), watch_streams(r)))
+            print(f"\nkilled {victim.name}, {'the leader' if leads(victim) else 'a follower'}")
             assert watch_streams(victim) > 0 and grpc_calls(victim, "Txn") > 0, victim.metrics()
             killed_at = time.monotonic()
             victim.server.kill()
