@@ -6,6 +6,8 @@ Requests pass through unchanged until a :class:`Rule` matches (by Cosmos operati
 substring); the first matching rule with uses left decides what happens to that request:
 
 * ``delay``            wait ``seconds``, then forward as usual
+* ``delay_after``      forward, wait for the upstream answer, hold it ``seconds``, then relay it
+                       (the request ran at once; its answer arrives late, e.g. a stale read)
 * ``status``           answer ``status`` (e.g. 429 with ``Retry-After``, 503, 408) without forwarding
 * ``status_after``     forward, drop the upstream answer, answer ``status`` instead (the request
                        ran, the client is told it failed: a 408/503 of unknown outcome)
@@ -41,7 +43,7 @@ HOP_BY_HOP = {b"connection", b"keep-alive", b"proxy-connection", b"transfer-enco
 
 @dataclasses.dataclass
 class Rule:
-    action: str  # delay | status | status_after | reset_before | reset_after | hang_after
+    action: str  # delay | delay_after | status | status_after | reset_before | reset_after | hang_after
     operation: str | None = None  # create | upsert | query | read | replace | delete | patch
     method: str | None = None
     path: str | None = None  # substring of the request target
@@ -256,6 +258,8 @@ class FaultProxy:
                 if action == "reset_after":
                     client_writer.transport.abort()
                     return
+                if action == "delay_after":
+                    await asyncio.sleep(rule.seconds)
                 if action == "status_after":
                     client_writer.write(_synthetic(rule.status, rule.headers))
                     await client_writer.drain()
