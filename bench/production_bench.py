@@ -96,7 +96,6 @@ CYCLE = ("create", "update", "update", "event", "update", "keepalive", "update",
          "create", "update", "update", "grant", "update", "event", "update", "keepalive", "update", "update",
          "create", "update", "update", "event", "update", "keepalive", "update", "update", "event", "update",
          "create", "update", "update", "grant", "update", "event", "update", "keepalive", "update", "update")
-WRITES = ("create", "update", "event", "grant")
 NAMESPACES = 8
 PAGE = 500
 VALUE = b"v" * 1024
@@ -723,7 +722,7 @@ def aims(s: dict) -> list[str]:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="a short run (about 2 minutes)")
+    parser.add_argument("--quick", action="store_true", help="a short run (3-4 minutes on a busy 2-core machine)")
     parser.add_argument("--out", type=pathlib.Path, help="write the results as JSON to this path")
     parser.add_argument("--setups", default=",".join(SETUPS), help="comma-separated, of: " + ", ".join(SETUPS))
     args = parser.parse_args(argv)
