@@ -55,6 +55,7 @@ class Lease:
     ttl: int
     expiry: float  # on this server's monotonic clock
     stored_deadline_ms: int = 0  # the deadline last written (shared log only)
+    learned: int = 0  # the Lessor's count of leases learned when this one was (see Lessor.refresh)
 
 
 class Lessor:
@@ -68,6 +69,7 @@ class Lessor:
         self._key_lease: dict[bytes, int] = {}
         self._revoking: set[int] = set()
         self._saving: set[int] = set()
+        self._learned = 0  # leases learned so far, by grant or by reading the records
 
     def recover(self, records: Iterable[LeaseRecord], live: Iterable[KeyValue]) -> None:
         for record in records:
@@ -81,7 +83,8 @@ class Lessor:
             expiry = self.clock() + (record.deadline_ms / 1000 - self.wall_clock())
         else:
             expiry = self.clock() + record.ttl  # a lone server renews every lease on restart
-        self.leases[record.id] = Lease(record.id, record.ttl, expiry, record.deadline_ms)
+        self._learned += 1
+        self.leases[record.id] = Lease(record.id, record.ttl, expiry, record.deadline_ms, self._learned)
         metrics.LEASES.set(len(self.leases))
 
     def exists(self, lease_id: int) -> bool:
@@ -94,12 +97,16 @@ class Lessor:
         """Learn the leases other servers granted, forget those they revoked (shared logs)."""
         if not self.log.shared:
             return
+        asked = self._learned
         stored = {record.id: record for record in await self.log.load_leases()}
         for lease_id, record in stored.items():
             known = self.leases.get(lease_id)
             if known is None or record.deadline_ms > known.stored_deadline_ms:  # new, or renewed elsewhere
                 self._learn(record)
-        for lease_id in [i for i in self.leases if i not in stored and i not in self._revoking]:
+        # A lease granted here while the records were being read may be missing from the answer:
+        # only a lease learned before the read began and absent from it was revoked elsewhere.
+        for lease_id in [i for i, lease in self.leases.items()
+                         if i not in stored and i not in self._revoking and lease.learned <= asked]:
             del self.leases[lease_id]
         metrics.LEASES.set(len(self.leases))
 

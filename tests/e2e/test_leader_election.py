@@ -27,7 +27,7 @@ container and shim processes with a peer listener each (``--listen-peer-urls``, 
    without a certificate of the trusted CA cannot call it); in plain text a caller without the
    current term's peer token is refused, and nothing is written.
 9. A lease granted while the leader reads the lease records is kept: a Txn attaching a key to it
-   succeeds even when that read's answer is used after the grant (fails today: see the test).
+   succeeds even when that read's answer is used after the grant.
 
 Waits poll a condition with a deadline, never sleep; the takeover times are printed (``-s``).
 """
@@ -364,7 +364,8 @@ def test_a_lease_granted_while_the_lease_records_are_read_is_kept(tmp_path, cosm
 
     A read of the lease records (``Lessor.refresh``) forgets every lease its answer lacks. When its
     query was answered before a grant was saved and its answer is used after the grant was learned,
-    it forgets that new lease, although the grant was acknowledged. Here, on the leader: a Put naming a
+    it forgot that new lease, although the grant was acknowledged (now it forgets only leases it
+    learned before the read began). Here, on the leader: a Put naming a
     lease nobody granted makes it read the lease records, whose answer the proxy holds for 2 s; a lease
     is granted meanwhile; a Txn attaching a key to it waits behind a log append held for 4 s, so that
     the stale answer lands between the grant and the Txn's lease check. etcd never refuses a granted,
