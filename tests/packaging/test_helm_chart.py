@@ -234,6 +234,7 @@ def test_workload_identity(render):
     # With workload identity the shim has no key: the Azure SDK takes the projected token.
     env = {e["name"] for e in container(only(objects, "Deployment", "shim"))["env"]}
     assert "COSMOS_ETCD_COSMOS_KEY" not in env
+    assert flags(only(objects, "Deployment", "shim"))["--cosmos-auth"] == "entra-id"
     # Without it, nothing is labelled for the webhook.
     default_pod = only(render({}), "Deployment", "operator")["spec"]["template"]["metadata"]
     assert "azure.workload.identity/use" not in default_pod["labels"]
