@@ -10,7 +10,8 @@ kine; tests/harness/kube_apiserver.py and kube_controllers.py start them), on:
   kine      kine (k3s' etcd shim) on SQLite, with its defaults;
   embedded  the shim on its embedded store;
   cosmos-N  the shim on Cosmos: N replicas on one container of the local Cosmos server
-            (@vercel/cosmosdb-server), all of them in kube-apiserver's --etcd-servers, every Cosmos
+            (@vercel/cosmosdb-server), electing a leader that makes every write as the operator runs
+            them (--listen-peer-urls), all of them in kube-apiserver's --etcd-servers, every Cosmos
             request delayed 5 ms by a proxy (tests/harness/faultproxy.py, in a process of its own)
             standing in for the network between a cluster and its Cosmos region.
 
@@ -161,7 +162,7 @@ def start_datastore(kind: str, workdir: pathlib.Path,
         proxy = start_delay_proxy(cosmos.port, COSMOS_DELAY_S, stack)
         names = [f"replica-{i + 1}" for i in range(int(kind.split("-")[1]))]
         replicas = stack.enter_context(cosmos_shims.replicas(workdir, proxy, "kube-bench", *names,
-                                                             extra_args=["--log-level", "warn"]))
+                                                             extra_args=["--log-level", "warn"], election=True))
         return [r.endpoint for r in replicas], [r.server.process.pid for r in replicas], [cosmos.process.pid]
     stack.callback(server.stop)
     return [server.endpoint], [server.process.pid], []
