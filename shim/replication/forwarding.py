@@ -81,6 +81,10 @@ class Forwarder:
         try:
             response = await getattr(stub, method)(request, timeout=CALL_SECONDS,
                                                    metadata=((TOKEN_METADATA, leader.token),))
+        except grpc.aio.UsageError:
+            # The channel was closed before the call started (another request found a new leader
+            # while this one waited for the connection): nothing was sent.
+            raise NotSent("the channel to the former leader was closed") from None
         except grpc.aio.AioRpcError as e:
             metrics.FORWARDED_REQUESTS.labels(method, e.code().name).inc()
             if e.code() == grpc.StatusCode.FAILED_PRECONDITION and e.details() == NOT_LEADER:

@@ -92,7 +92,7 @@ class PushFollower:
                 continue
             try:
                 await self._follow(leader)
-            except (grpc.aio.AioRpcError, NotSent, TimeoutError) as e:
+            except (grpc.aio.AioRpcError, grpc.aio.UsageError, NotSent, TimeoutError) as e:
                 logger.info("not pushed to by the leader; reading the log", extra={
                     "leader": leader.address, "reason": e.code().name if isinstance(e, grpc.RpcError) else str(e)})
             finally:

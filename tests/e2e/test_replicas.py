@@ -388,6 +388,11 @@ def check_workload(cluster: Cluster, disruption: LeaderDisruption | None = None)
         # killed or paused, requests to it fail (and are checked as unknown outcomes).
         allowed = len(ops) // 20 if disruption is None else len(ops) // 2
         assert len(unknown) <= allowed, f"{len(unknown)} requests failed:\n" + "\n".join(errors[:20])
+        # Clients see only errors they retry: the replica is gone, or there is no leader for a moment
+        # (UNAVAILABLE), or the request outlived the client's deadline (a paused leader).
+        not_retryable = [e for e in errors if " request " in e and e.split(": ", 1)[1].split()[0]
+                         not in ("UNAVAILABLE", "DEADLINE_EXCEEDED")]
+        assert not not_retryable, "\n".join(not_retryable[:20])
 
         # The head: a linearizable read on every replica, now that every client has its answer.
         heads = [r.kv.Range(pb.RangeRequest(count_only=True, **ALL_KEYS), timeout=RPC_TIMEOUT).header.revision
