@@ -23,8 +23,11 @@ run at the same rate within ``CLOCK_MARGIN_SECONDS`` per lease period (a margin 
 clock drift, left for scheduling delays). Nothing about the data depends on this: the log's
 compare-and-swap stays the only safety (see the package docstring).
 
-A follower takes over within ``lease_seconds`` plus one round (default 6 s + 2 s) of the leader's
-last renewal. The cost is one request per round per server: a renewal or a read.
+A follower takes over within ``lease_seconds`` plus two rounds (default 6 s + 2 × 2 s) of the
+leader's last renewal: it may see a renewal up to a round after it was made, and check for expiry
+up to a round late. A follower whose forwarded request could not reach the leader reads the
+record every :data:`SUSPICIOUS_ROUND_SECONDS` instead, until the leader renews or changes, which
+narrows both. The cost is one request per round per server: a renewal or a read.
 """
 from __future__ import annotations
 
@@ -42,6 +45,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_LEASE_SECONDS = 6.0
 CLOCK_MARGIN_SECONDS = 1.0
+SUSPICIOUS_ROUND_SECONDS = 0.5
 NO_LEADER = 0
 
 
@@ -77,6 +81,7 @@ class Election:
         self._changed = asyncio.Condition()
         self._wake = asyncio.Event()
         self._known = NOBODY
+        self._suspected: Leader | None = None  # a leader a forwarded request could not reach
 
     # -- what the rest of the server asks -----------------------------------------------------
 
@@ -98,9 +103,11 @@ class Election:
             return self.leader
 
     def suspect(self, leader: Leader) -> None:
-        """A forwarded request found ``leader`` gone or not leading: read the record now rather than
-        at the next round."""
+        """A forwarded request found ``leader`` gone or not leading: read the record now, and every
+        :data:`SUSPICIOUS_ROUND_SECONDS` until it is renewed or another server leads, so that requests
+        waiting for the next leader learn of it soon after it takes over."""
         if self.leader == leader:
+            self._suspected = leader
             self._wake.set()
 
     # -- the rounds ---------------------------------------------------------------------------
@@ -114,6 +121,8 @@ class Election:
             await self._publish()
             self._wake.clear()
             delay = self.round_seconds
+            if self._suspected is not None and self._suspected == self.leader:
+                delay = SUSPICIOUS_ROUND_SECONDS
             if self.is_leader:  # wake up in time to step down if renewals keep failing
                 delay = min(delay, max(0.0, self._valid_until - self._clock()))
             try:
@@ -131,6 +140,7 @@ class Election:
         now = self._clock()
         if self._record is None or record.version != self._record.version:
             self._record, self._seen_at = record, now
+            self._suspected = None  # renewed (the leader lives) or changed: rounds as usual
         if record.holder == self.member_id and self._known.member_id != self.member_id:
             # Our own record from before a restart: a new term, so that the old token is dead.
             await self._claim(record)
@@ -187,6 +197,7 @@ class Election:
             return
         self._valid_until = -1.0
         self._known = NOBODY
+        self._suspected: Leader | None = None  # a leader a forwarded request could not reach
         try:
             await self.lease.replace(LeaderRecord(NO_LEADER, "", record.term, "", 0), record.version)
         except StorageError as e:

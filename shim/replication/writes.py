@@ -8,7 +8,7 @@ once it applied it: a client that wrote through a follower then reads its write 
 reads and watches included.
 
 While there is no leader (an election under way) a write waits for one, at most a lease period
-and a round; then etcd's ``no leader``. A write the leader refuses as not leading (its lease ran out
+and two rounds; then etcd's ``no leader``. A write the leader refuses as not leading (its lease ran out
 between the follower's choice and the call) or that could not reach it is sent again, once, to the
 next leader: in both cases it did not run.
 """
@@ -95,10 +95,11 @@ class Writes:
         return leader
 
     async def _leader_other_than(self, leader: Leader) -> Leader:
-        """The next leader, waiting at most a lease period and a round for one; NOBODY if none came."""
+        """The next leader, waiting at most a lease period and two rounds for one (how long a takeover
+        may take, see :mod:`election`); NOBODY if none came."""
         election = self.election
         try:
-            async with asyncio.timeout(election.lease_seconds + election.round_seconds):
+            async with asyncio.timeout(election.lease_seconds + 2 * election.round_seconds):
                 return await election.changed(leader)
         except TimeoutError:
             return election.leader
