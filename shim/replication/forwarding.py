@@ -77,8 +77,8 @@ class Forwarder:
         self._address = ""
 
     async def call(self, leader: Leader, method: str, request):
-        stub = peer_pb2_grpc.PeerStub(await self.channel_to(leader.address))
         try:
+            stub = peer_pb2_grpc.PeerStub(await self.channel_to(leader.address))
             response = await getattr(stub, method)(request, timeout=CALL_SECONDS,
                                                    metadata=((TOKEN_METADATA, leader.token),))
         except grpc.aio.UsageError:
@@ -100,8 +100,11 @@ class Forwarder:
 
     async def channel_to(self, address: str) -> grpc.aio.Channel:
         if address != self._address or self._channel is None:
-            await self.close()
-            self._channel, self._address = self._open(address), address
+            # Replaced before anything is awaited, so that requests arriving meanwhile share it;
+            # calls still on the old channel end (CANCELLED: "leader changed", or "not sent").
+            old, self._channel, self._address = self._channel, self._open(address), address
+            if old is not None:
+                await old.close()
         channel = self._channel
         if channel.get_state(try_to_connect=True) != grpc.ChannelConnectivity.READY:
             try:
