@@ -7,8 +7,9 @@
 # this script builds the binaries from it, once per version.
 #
 # What:
-#   - Kubernetes ${KUBERNETES_VERSION}: kube-apiserver, kube-controller-manager, kube-scheduler,
-#     kubectl. `go install k8s.io/kubernetes/cmd/...@vX` is refused (kubernetes' go.mod replaces
+#   - Kubernetes ${KUBERNETES_VERSION}: kube-apiserver, kube-controller-manager, kube-scheduler
+#     (no kubectl: the tests speak the API's HTTP themselves). `go install
+#     k8s.io/kubernetes/cmd/...@vX` is refused (kubernetes' go.mod replaces
 #     its staging modules with local folders), so the build runs in a wrapper module that
 #     requires k8s.io/kubernetes and replaces every staging module named in kubernetes' own
 #     go.mod (read from the module cache, never a hard-coded list) with the same module at
@@ -50,7 +51,7 @@ set -euo pipefail
 KUBERNETES_VERSION="${KUBERNETES_VERSION:-v1.36.5}"
 KINE_VERSION="${KINE_VERSION:-v0.17.5}"
 
-KUBERNETES_COMMANDS=(kube-apiserver kube-controller-manager kube-scheduler kubectl)
+KUBERNETES_COMMANDS=(kube-apiserver kube-controller-manager kube-scheduler)
 CACHE_ROOT="${COSMOS_ETCD_PEERS_CACHE:-$HOME/.cache/cosmos-etcd-peers}"
 KINE_CGO="${KINE_CGO:-0}"
 
