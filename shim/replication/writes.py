@@ -61,11 +61,6 @@ class Writes:
 
         return await self._route("LeaseRevoke", request, revoke)
 
-    @property
-    def leader(self) -> Leader | None:
-        """The leader as this server knows it; None when it writes alone (no election)."""
-        return None if self.election is None else self.election.leader
-
     async def _route(self, method: str, request, local: Callable[..., Awaitable]):
         election = self.election
         if election is None:
