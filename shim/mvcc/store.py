@@ -205,8 +205,8 @@ class MVCCStore:
     async def txn(self, t: TxnRequest) -> TxnResponse:
         await self.leases.refresh_unknown(txns.leases_named(t))
         if not txns.is_write(t):
-            # Nothing to make durable: evaluate at the committed revision, like a read.
-            await self.sync()
+            # Nothing to make durable: evaluate at the committed revision, like a Range (which the
+            # caller made current first, if the read is linearizable).
             return self._run_txn(txns.WriteTxn(self.index, self.revision, self.compact_revision, self.range_limits), t)
         return await self._write(lambda w: self._run_txn(w, t))
 
