@@ -1,0 +1,112 @@
+"""Linearizable reads on elected replicas (``shim/replication/reads.py``), each replica driven
+through its own connection, on the local Cosmos server.
+
+1. A follower's linearizable Range and read-only Txn ask the leader for its read index instead of
+   reading Cosmos, and see every write the leader acknowledged before they began; the leader's own
+   linearizable reads are lease reads. Both are shown by their Cosmos request counts staying flat
+   (without read indexes each read is a Cosmos query) and by the read counters by path.
+2. A follower behind the leader's compaction refuses a read below it, as the leader does: the read
+   index carries the leader's compact revision.
+3. With the leader paused (SIGSTOP), a follower's linearizable reads go on through the log, and
+   show every acknowledged write.
+"""
+from __future__ import annotations
+
+import signal
+import uuid
+
+import grpc
+import pytest
+from cosmos_etcd_shim.proto import rpc_pb2 as pb
+
+from tests.harness.elected_pair import (
+    RPC_TIMEOUT,
+    TAKEOVER_DEADLINE,
+    cosmos_requests,
+    leader_and_follower,
+    put,
+    start_pair,
+    status,
+    wait_for,
+)
+
+pytestmark = pytest.mark.timeout(120)
+
+READS = 50
+
+
+@pytest.fixture
+def container() -> str:
+    return f"reads-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def pair(tmp_path, cosmos, container):
+    first, second = start_pair(tmp_path, cosmos, container)
+    try:
+        yield first, second
+    finally:
+        first.close()
+        second.close()
+
+
+def reads_through(shim, path: str) -> float:
+    return shim.metrics().get(f'cosmos_etcd_linearizable_reads_total{{through="{path}"}}', 0.0)
+
+
+def test_linearizable_reads_ask_the_leader_not_cosmos(pair):
+    leader, follower = leader_and_follower(*pair)
+    wait_for(lambda: put(leader, b"/reads/warm-up") and follower.metrics().get("cosmos_etcd_pushed_revisions_total"),
+             TAKEOVER_DEADLINE, "the follower is pushed to")
+    follower.kv.Range(pb.RangeRequest(key=b"/reads/warm-up"), timeout=RPC_TIMEOUT)  # the leader's first of its term
+    before = {shim.name: (cosmos_requests(shim), reads_through(shim, "read_index"), reads_through(shim, "lease"))
+              for shim in (leader, follower)}
+    for i in range(READS):
+        key = f"/reads/{i}".encode()
+        written = put(leader, key, f"v{i}".encode()).header.revision
+        seen = follower.kv.Range(pb.RangeRequest(key=key), timeout=RPC_TIMEOUT)
+        assert [kv.value for kv in seen.kvs] == [f"v{i}".encode()] and seen.header.revision >= written
+        txn = follower.kv.Txn(pb.TxnRequest(success=[pb.RequestOp(request_range=pb.RangeRequest(key=key))]),
+                              timeout=RPC_TIMEOUT)
+        assert txn.responses[0].response_range.kvs[0].mod_revision == written
+        assert leader.kv.Range(pb.RangeRequest(key=key), timeout=RPC_TIMEOUT).kvs[0].mod_revision == written
+    requests = {shim.name: cosmos_requests(shim) - before[shim.name][0] for shim in (leader, follower)}
+    print(f"\n{2 * READS} linearizable reads through the follower and {READS} through the leader, with "
+          f"{READS} writes: Cosmos requests {requests}")
+    assert reads_through(follower, "read_index") - before[follower.name][1] >= 2 * READS
+    assert reads_through(leader, "lease") - before[leader.name][2] >= READS
+    # One Cosmos query per read without read indexes (and per write, the leader's append); what
+    # remains is the election's rounds, heartbeats and a slow tail.
+    assert requests[follower.name] < 10, requests
+    assert requests[leader.name] < READS + 10, requests
+
+
+def test_a_follower_behind_the_leaders_compaction_refuses_reads_below_it(pair):
+    leader, follower = leader_and_follower(*pair)
+    revisions = [put(leader, b"/compacted/key", f"v{i}".encode()).header.revision for i in range(3)]
+    follower.kv.Range(pb.RangeRequest(key=b"/compacted/key"), timeout=RPC_TIMEOUT)  # it has them all
+    leader.kv.Compact(pb.CompactionRequest(revision=revisions[-1]), timeout=RPC_TIMEOUT)
+    for shim in (follower, leader):
+        with pytest.raises(grpc.RpcError) as refused:
+            shim.kv.Range(pb.RangeRequest(key=b"/compacted/key", revision=revisions[0]), timeout=RPC_TIMEOUT)
+        assert (refused.value.code(), refused.value.details()) == (
+            grpc.StatusCode.OUT_OF_RANGE, "etcdserver: mvcc: required revision has been compacted"), shim.name
+
+
+def test_reads_go_on_through_the_log_while_the_leader_is_paused(pair):
+    leader, follower = leader_and_follower(*pair)
+    written = [put(leader, f"/paused/{i}".encode()).header.revision for i in range(5)]
+    before = reads_through(follower, "log")
+    leader.server.process.send_signal(signal.SIGSTOP)
+    try:
+        for _ in range(5):
+            seen = follower.kv.Range(pb.RangeRequest(key=b"/paused/", range_end=b"/paused0"), timeout=RPC_TIMEOUT)
+            assert sorted(kv.mod_revision for kv in seen.kvs) == written
+        assert reads_through(follower, "log") > before
+        wait_for(lambda: status(follower).leader == status(follower).header.member_id, TAKEOVER_DEADLINE,
+                 "the follower takes over")
+        resumed = put(follower, b"/paused/after").header.revision
+        assert follower.kv.Range(pb.RangeRequest(key=b"/paused/after"), timeout=RPC_TIMEOUT).kvs[0].mod_revision == resumed
+    finally:
+        leader.server.process.send_signal(signal.SIGCONT)
+
