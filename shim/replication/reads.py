@@ -3,21 +3,26 @@
 etcd answers a linearizable read once its member has applied the leader's commit index as of the
 read (raft's ReadIndex). Here, with an elected leader:
 
-* **The leader** reads from its own store while its lease holds (a lease read, no request at
-  all): every write of its term went through its store, and an earlier leader's writes are in the
-  log, which the leader reads once at the first read of its term. That needs one rule on the
-  writing side (:meth:`Writes.lead <cosmos_etcd_shim.replication.writes.Writes.lead>`): a leader
-  answers a write only if it still leads the same term once the write is durable. A deposed
-  leader's write that lands late is then never acknowledged, so it cannot be missing from the new
-  leader's reads; it is the ambiguous outcome of etcd's ``leader changed``.
-* **A follower** asks the leader for its committed revision (``Peer.ReadIndex``: one round trip
-  between replicas, not a Cosmos query) and answers once its own store has it, which the leader's
-  push usually brought already. A follower behind the leader's compaction reads the log first, so
-  that it refuses what the leader refuses.
-* **Without a leader** to ask (an election under way, the leader unreachable) a follower reads
-  the log, as every server does without election (``MVCCStore.sync``): reads go on while the
-  leader is gone, at a Cosmos query each. A leader that could not be reached is not asked again
-  for :data:`RETRY_LEADER_SECONDS`, so that reads do not each wait for its connection.
+* **The leader** catches up with the log (``MVCCStore.sync``: one query, shared by every read that
+  arrives meanwhile, its own clients' and the followers').
+* **A follower** asks the leader for its read index (``Peer.ReadIndex``): the leader catches up as
+  above and answers its committed and compact revisions; the follower answers once its own store
+  has that revision, which the leader's push usually brought already. So a follower makes no Cosmos
+  request for reads, and the replicas' concurrent reads share one query instead of one each. A
+  follower behind the leader's compaction reads the log first, so that it refuses what the leader
+  refuses.
+* **Without a leader** to ask (an election under way, the leader unreachable or slower than
+  :data:`READ_INDEX_SECONDS`) a follower reads the log itself, as every server does without
+  election: reads go on while the leader is gone. A leader that could not be reached is not asked
+  again for :data:`RETRY_LEADER_SECONDS`, so that reads do not each wait for it.
+
+Why the leader reads the log rather than answer from memory while its lease holds (a lease read,
+which would cost nothing): the log's compare-and-swap, not the election, orders writes, and Cosmos
+has no fence that would refuse a deposed leader's append. A leader paused between preparing an
+append and sending it can land it after another server took over and answered reads without it;
+that write was never acknowledged, but once a replica that read the log shows it, the new leader's
+lease reads would not, and a read would go back in time. Reading the log makes the log's order the
+reads' order, whatever the leases do.
 
 Permission changes are not part of this: as the auth store documents, they reach other replicas
 within a poll of the log.
@@ -37,13 +42,9 @@ from cosmos_etcd_shim.replication.push import catch_up_to
 logger = logging.getLogger(__name__)
 
 RETRY_LEADER_SECONDS = 1.0
-# The leader answers a read index from memory (but for its term's first, which reads the log): one
-# that takes longer is paused or cut off, and the log answers sooner.
+# A read index takes the leader one query of the log; one that takes longer than this is a leader
+# paused or cut off, and this server's own query answers sooner.
 READ_INDEX_SECONDS = 1.0
-
-
-class NotLeading(Exception):
-    """This server does not lead (any more): it cannot give a read index."""
 
 
 class Reads:
@@ -51,40 +52,20 @@ class Reads:
         self.store = store
         self.election = election
         self.forwarder = forwarder
-        self._current_term = 0  # the term whose earlier leaders' writes this store has read
         self._avoided: tuple[Leader, float] = (NOBODY, 0.0)  # a leader that could not be reached, until when
 
     async def current(self) -> None:
         """Wait until this server's store has every write acknowledged before this call."""
         election = self.election
-        if election is None:
-            await self.store.sync()
+        if election is not None and not election.is_leader and await self._from_leader(election.leader):
             return
-        if election.is_leader:
-            try:
-                await self.lead()
-            except NotLeading:
-                pass  # deposed meanwhile: as a follower
-            else:
-                metrics.LINEARIZABLE_READS.labels("lease").inc()
-                return
-        if not await self._from_leader(election.leader):
-            metrics.LINEARIZABLE_READS.labels("log").inc()
-            await self.store.sync()
+        metrics.LINEARIZABLE_READS.labels("log").inc()
+        await self.store.sync()
 
     async def lead(self) -> tuple[int, int]:
-        """As the leader: make sure this store has every acknowledged write, then its (revision,
-        compact revision), with no await between the check and the answer. :class:`NotLeading` if
-        this server does not lead."""
-        election = self.election
-        term = election.leader.term
-        if not election.is_leader:
-            raise NotLeading()
-        if self._current_term != term:
-            await self.store.sync()  # the first read of this term: what the earlier leaders wrote
-            if not (election.is_leader and election.leader.term == term):
-                raise NotLeading()
-            self._current_term = term
+        """As the leader, a follower's read index: (revision, compact revision) once this store has
+        every write durable in the log."""
+        await self.store.sync()
         return self.store.revision, self.store.compact_revision
 
     async def _from_leader(self, leader: Leader) -> bool:

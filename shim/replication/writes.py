@@ -11,11 +11,6 @@ While there is no leader (an election under way) a write waits for one, at most 
 and two rounds; then etcd's ``no leader``. A write the leader refuses as not leading (its lease ran out
 between the follower's choice and the call) or that could not reach it is sent again, once, to the
 next leader: in both cases it did not run.
-
-The leader answers a write (its own client's or a forwarded one, :meth:`Writes.lead`) only if it
-still leads the same term once the write is durable; otherwise etcd's ``leader changed``, whose
-outcome is unknown to the client as with etcd's own timeouts. That is what lets a leader serve
-linearizable reads from its store without reading the log (see :mod:`reads`).
 """
 from __future__ import annotations
 
@@ -27,7 +22,7 @@ from cosmos_etcd_shim.mvcc.errors import MVCCError
 from cosmos_etcd_shim.mvcc.store import MVCCStore
 from cosmos_etcd_shim.proto import rpc_pb2
 from cosmos_etcd_shim.replication.election import NOBODY, Election, Leader
-from cosmos_etcd_shim.replication.forwarding import LEADER_CHANGED, NO_LEADER, Forwarder, NotSent
+from cosmos_etcd_shim.replication.forwarding import NO_LEADER, Forwarder, NotSent
 from cosmos_etcd_shim.replication.push import catch_up_to
 from cosmos_etcd_shim.storage import StorageError
 
@@ -67,15 +62,8 @@ class Writes:
         return rpc_pb2.LeaseRevokeResponse()
 
     async def lead(self, method: str, request):
-        """Run a write on this server's store as the leader (see the module docstring)."""
-        election = self.election
-        term = election.leader.term
-        response = await self._local[method](request)
-        if not (election.is_leader and election.leader.term == term):
-            logger.warning("a write became durable after this server's term ended; answered as leader changed",
-                           extra={"method": method, "term": term})
-            raise LEADER_CHANGED
-        return response
+        """Run a write on this server's store: the leader's side of a forwarded one."""
+        return await self._local[method](request)
 
     async def _route(self, method: str, request):
         election = self.election
