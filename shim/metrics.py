@@ -41,7 +41,8 @@ LEADER_CHANGES = Counter("etcd_server_leader_changes_seen", "times this server b
 FORWARDED_REQUESTS = Counter("cosmos_etcd_forwarded_requests", "requests forwarded to the leader (writes, and "
                              "ReadIndex), by method and the leader's status code", ["method", "code"])
 LINEARIZABLE_READS = Counter("cosmos_etcd_linearizable_reads", "linearizable reads, by how this server made its store "
-                             "current: the leader's read index, or its own read of the log", ["through"])
+                             "current: as the leader holding its term (lease), the leader's read index, or its own "
+                             "read of the log", ["through"])
 PUSHED_REVISIONS = Counter("cosmos_etcd_pushed_revisions", "revisions a follower received from the leader's push "
                            "(rather than by reading the log)")
 TASK_FAILURES = Counter("cosmos_etcd_background_task_failures", "background tasks that failed and were restarted",

@@ -37,6 +37,7 @@ from cosmos_etcd_shim.mvcc.store import MVCCStore
 from cosmos_etcd_shim.mvcc.watch import WatchHub
 from cosmos_etcd_shim.proto import peer_pb2_grpc, rpc_pb2, rpc_pb2_grpc
 from cosmos_etcd_shim.replication.election import Election
+from cosmos_etcd_shim.replication.fencing import Fencing
 from cosmos_etcd_shim.replication.forwarding import Forwarder, TlsFiles
 from cosmos_etcd_shim.replication.push import CommitFeed, PushFollower
 from cosmos_etcd_shim.replication.reads import Reads
@@ -264,9 +265,12 @@ class Server:
         self.feed = CommitFeed(store)
         store.expires_leases = False  # until the election says this server leads
         follower = PushFollower(store, self.election, self.forwarder)
+        fencing = Fencing(store, self.election)
         self._background += [self.supervisor.start("leader-election", self.election.run_forever, core=True),
-                             self.supervisor.start("leader-push", follower.run_forever)]
-        return Writes(store, self.election, self.forwarder), Reads(store, self.election, self.forwarder)
+                             self.supervisor.start("leader-push", follower.run_forever),
+                             self.supervisor.start("leader-fence", fencing.run_forever)]
+        return (Writes(store, self.election, self.forwarder, fencing),
+                Reads(store, self.election, self.forwarder, fencing))
 
     async def _serve_peers(self, servicer: PeerServicer) -> None:
         """The peer listener: the leader's side of forwarded writes and read indexes (``api.peer``)."""

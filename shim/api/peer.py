@@ -18,6 +18,7 @@ from cosmos_etcd_shim.api.errors import status_of
 from cosmos_etcd_shim.api.header import ResponseHeaders
 from cosmos_etcd_shim.proto import peer_pb2, peer_pb2_grpc
 from cosmos_etcd_shim.replication.election import Election
+from cosmos_etcd_shim.replication.fencing import NotLeading
 from cosmos_etcd_shim.replication.forwarding import NOT_LEADER, TOKEN_METADATA
 from cosmos_etcd_shim.replication.push import CommitFeed
 from cosmos_etcd_shim.replication.reads import Reads
@@ -37,6 +38,8 @@ def _peer_rpc(method):
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, NOT_LEADER)
         try:
             response = await method(self, request)
+        except NotLeading:  # deposed since the check above: the request did not run
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, NOT_LEADER)
         except Exception as e:  # etcd's refusals, and INTERNAL for a bug, as the client services answer
             status = status_of(e)
         else:

@@ -106,8 +106,8 @@ class PeerServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ReadIndex(self, request, context):
-        """What a follower's linearizable read must wait for (raft's ReadIndex): the leader's revision once
-        it has caught up with the log, so that it holds every write acknowledged anywhere.
+        """What a follower's linearizable read must wait for (raft's ReadIndex): the leader's committed
+        revision, which holds every write acknowledged anywhere while the leader holds its term's fence.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -16,10 +16,11 @@ document of revision head+1) stays what orders writes: two servers that both bel
 a moment (a paused leader that wakes up after its lease ran out) conflict on the log head like any
 two writers, the loser catches up and evaluates again, and no revision is lost or written twice.
 Reads are served by each replica from its own store. A linearizable read waits until that store
-has every acknowledged write (:mod:`reads`): a follower's once it has the leader's read index (raft's
-ReadIndex: one round trip between replicas; the leader reads the log once for all the reads that
-arrive meanwhile), anyone's by reading the log itself when there is no leader to ask. Reads never
-rely on the leases, so a stale leader cannot make any replica answer stale data.
+has every acknowledged write (:mod:`reads`): the leader's at once while it holds its term, a
+follower's once it has the leader's read index (raft's ReadIndex: one round trip between
+replicas), anyone's by reading the log when there is no leader to ask. A leader holds its term
+once it has fenced the log (:mod:`fencing`): then no other server's append can land, so that a
+deposed leader that wakes up cannot make any replica answer stale data.
 
 Without ``--listen-peer-urls`` there is no election and every replica writes the log itself, as
 before this layer existed (a single server, the embedded store, and tools such as ``migrate``).

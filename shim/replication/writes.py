@@ -10,7 +10,9 @@ reads and watches included.
 While there is no leader (an election under way) a write waits for one, at most a lease period
 and two rounds; then etcd's ``no leader``. A write the leader refuses as not leading (its lease ran out
 between the follower's choice and the call) or that could not reach it is sent again, once, to the
-next leader: in both cases it did not run.
+next leader: in both cases it did not run. So is a write this server took as the leader and could
+not run because it stopped leading before it was written (:class:`~fencing.NotLeading`, the
+store's ``NotLeaderError``): the leader writes only while it holds its term's fence (:mod:`fencing`).
 """
 from __future__ import annotations
 
@@ -18,10 +20,11 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
-from cosmos_etcd_shim.mvcc.errors import MVCCError
+from cosmos_etcd_shim.mvcc.errors import MVCCError, NotLeaderError
 from cosmos_etcd_shim.mvcc.store import MVCCStore
 from cosmos_etcd_shim.proto import rpc_pb2
 from cosmos_etcd_shim.replication.election import NOBODY, Election, Leader
+from cosmos_etcd_shim.replication.fencing import Fencing, NotLeading
 from cosmos_etcd_shim.replication.forwarding import NO_LEADER, Forwarder, NotSent
 from cosmos_etcd_shim.replication.push import catch_up_to
 from cosmos_etcd_shim.storage import StorageError
@@ -32,10 +35,12 @@ SENDS = 2  # the first leader, and the next one if the first did not run the req
 
 
 class Writes:
-    def __init__(self, store: MVCCStore, election: Election | None = None, forwarder: Forwarder | None = None) -> None:
+    def __init__(self, store: MVCCStore, election: Election | None = None, forwarder: Forwarder | None = None,
+                 fencing: Fencing | None = None) -> None:
         self.store = store
         self.election = election
         self.forwarder = forwarder
+        self.fencing = fencing
         self._local: dict[str, Callable[..., Awaitable]] = {
             "Put": store.put, "DeleteRange": store.delete_range, "Txn": store.txn, "Compact": store.compact,
             "LeaseRevoke": self._revoke_lease,
@@ -62,8 +67,13 @@ class Writes:
         return rpc_pb2.LeaseRevokeResponse()
 
     async def lead(self, method: str, request):
-        """Run a write on this server's store: the leader's side of a forwarded one."""
-        return await self._local[method](request)
+        """Run a write on this server's store as the leader (a forwarded one, or its own client's).
+        :class:`NotLeading` if this server does not lead, or stopped before the write was made."""
+        await self.fencing.begin()
+        try:
+            return await self._local[method](request)
+        except NotLeaderError:
+            raise NotLeading() from None
 
     async def _route(self, method: str, request):
         election = self.election
@@ -72,7 +82,11 @@ class Writes:
         for _ in range(SENDS):
             leader = await self._known_leader()
             if election.is_leader:
-                return await self.lead(method, request)
+                try:
+                    return await self.lead(method, request)
+                except NotLeading:
+                    await self._leader_other_than(leader)
+                    continue
             try:
                 response = await self.forwarder.call(leader, method, request)
             except NotSent as e:

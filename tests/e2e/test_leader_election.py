@@ -339,7 +339,7 @@ def test_a_lease_granted_while_the_lease_records_are_read_is_kept(tmp_path, cosm
         try:
             leader, _ = leader_and_follower(first, second)
             lease_records_read = Rule("delay_after", operation="query", body=b'"lease"', seconds=2.0)
-            log_append = Rule("delay", operation="create", seconds=4.0)
+            log_append = Rule("delay", body=b"\"kind\":\"log\"", seconds=4.0)  # a create, or the replace of a fence
             threaded.call(lambda p: p.add(lease_records_read))
 
             def refused_unknown_lease() -> None:
