@@ -39,7 +39,7 @@ from cosmos_etcd_shim.proto import peer_pb2_grpc, rpc_pb2, rpc_pb2_grpc
 from cosmos_etcd_shim.replication.election import Election
 from cosmos_etcd_shim.replication.fencing import Fencing
 from cosmos_etcd_shim.replication.forwarding import Forwarder, TlsFiles
-from cosmos_etcd_shim.replication.push import CommitFeed, PushFollower
+from cosmos_etcd_shim.replication.push import CommitFeed, Followers, PushFollower
 from cosmos_etcd_shim.replication.reads import Reads
 from cosmos_etcd_shim.replication.writes import Writes
 from cosmos_etcd_shim.storage import RevisionLog, StorageError
@@ -62,8 +62,9 @@ class StartupError(Exception):
     """The server cannot start; the message is the one line the user sees."""
 
 
-# Replicas on a shared log record themselves this often, read the list of members every
-# MEMBER_READ_HEARTBEATS heartbeats, and list those whose heartbeat is this recent.
+# Replicas on a shared log without an election (no --listen-peer-urls) record themselves this
+# often, read the list of members every MEMBER_READ_HEARTBEATS heartbeats, and list those whose
+# heartbeat is this recent. Elected replicas learn the members from the leader record instead.
 HEARTBEAT_SECONDS = 5.0
 MEMBER_READ_HEARTBEATS = 2
 MEMBER_MAX_AGE_SECONDS = 15.0
@@ -166,6 +167,7 @@ class Server:
         self.peer_server: grpc.aio.Server | None = None
         self.forwarder: Forwarder | None = None
         self.feed: CommitFeed | None = None
+        self.followers: Followers | None = None
 
     async def start(self) -> None:
         config = self.config
@@ -198,11 +200,11 @@ class Server:
         )
         self._members = [this_member]
         self._this_member_id = this_member.ID
-        self._background = [
-            self.supervisor.start("member-heartbeat", lambda: self._heartbeat_forever(this_member)),
-            self.supervisor.start("auth-upkeep", auth.maintain_forever),
-        ]
-        writes, reads = self._replication(store, identity.member_id)
+        self._background = [self.supervisor.start("auth-upkeep", auth.maintain_forever)]
+        writes, reads = self._replication(store, this_member)
+        if self.election is None:
+            self._background.append(self.supervisor.start("member-heartbeat",
+                                                          lambda: self._heartbeat_forever(this_member)))
         callers = Callers(auth, config.requires_client_certificates)
         quota = SpaceQuota(store.log, store.alarms, identity.member_id, config.quota_backend_bytes)
 
@@ -220,7 +222,7 @@ class Server:
              rpc_pb2_grpc.WatchServicer, rpc_pb2_grpc.add_WatchServicer_to_server),
             (LeaseServicer(store, writes, reads, quota, headers, config.max_request_bytes, callers),
              rpc_pb2_grpc.LeaseServicer, rpc_pb2_grpc.add_LeaseServicer_to_server),
-            (ClusterServicer(headers, lambda: self._members), rpc_pb2_grpc.ClusterServicer,
+            (ClusterServicer(headers, self._member_list), rpc_pb2_grpc.ClusterServicer,
              rpc_pb2_grpc.add_ClusterServicer_to_server),
             (MaintenanceServicer(store, headers, ServerInfo(ETCD_VERSION, ETCD_CLUSTER_VERSION,
                                                             config.quota_backend_bytes,
@@ -249,14 +251,15 @@ class Server:
             "member_id": f"{identity.member_id:x}", "cluster_id": f"{identity.cluster_id:x}",
         })
 
-    def _replication(self, store: MVCCStore, member_id: int) -> tuple[Writes, Reads]:
+    def _replication(self, store: MVCCStore, this_member: rpc_pb2.Member) -> tuple[Writes, Reads]:
         """With --listen-peer-urls: an election among the replicas, writes that go to the leader, and
         linearizable reads made current by it."""
         config = self.config
         if not config.listen_peer_urls:
             return Writes(store), Reads(store)
-        self.election = Election(store.log.leader_lease(), member_id, config.initial_advertise_peer_urls[0],
-                                 config.leader_lease_seconds)
+        self.followers = Followers()
+        self.election = Election(store.log.leader_lease(), _member_record(this_member), config.leader_lease_seconds,
+                                 followers=self.followers.members)
         client_tls = None
         if config.cert_file:
             server_name = urllib.parse.urlsplit(config.advertise_client_urls[0]).hostname or ""
@@ -274,7 +277,7 @@ class Server:
 
     async def _serve_peers(self, servicer: PeerServicer) -> None:
         """The peer listener: the leader's side of forwarded writes and read indexes (``api.peer``)."""
-        server = grpc.aio.server(options=grpc_options(self.config), interceptors=[DecodeErrors()])
+        server = grpc.aio.server(options=grpc_options(self.config), interceptors=[DecodeErrors(), self.followers])
         peer_pb2_grpc.add_PeerServicer_to_server(servicer, server)
         for address, secure in self.config.peer_addresses:
             _bind(server, address, tls.server_credentials(self.config) if secure else None)
@@ -287,19 +290,22 @@ class Server:
             return self._this_member_id
         return self.election.leader.member_id
 
+    def _member_list(self) -> list[rpc_pb2.Member]:
+        """MemberList: with an election, the members the leader record names (this one always);
+        otherwise those whose heartbeat is recent."""
+        if self.election is None:
+            return self._members
+        return _members(self.election.members)
+
     async def _heartbeat_forever(self, this_member: rpc_pb2.Member) -> None:
-        """Record this member and learn the others (MemberList) on a shared log."""
-        record = {"id": this_member.ID, "name": this_member.name, "peerURLs": list(this_member.peerURLs),
-                  "clientURLs": list(this_member.clientURLs)}
+        """Record this member and learn the others (MemberList) on a shared log without an election."""
+        record = _member_record(this_member)
         beats = 0
         while True:
             try:
                 await self.store.log.heartbeat(record)
                 if beats % MEMBER_READ_HEARTBEATS == 0:
-                    live = await self.store.log.members(MEMBER_MAX_AGE_SECONDS)
-                    members = [rpc_pb2.Member(ID=m["id"], name=m["name"], peerURLs=m["peerURLs"],
-                                              clientURLs=m["clientURLs"]) for m in live]
-                    self._members = sorted(members, key=lambda m: m.name) or [this_member]
+                    self._members = _members(await self.store.log.members(MEMBER_MAX_AGE_SECONDS)) or [this_member]
             except StorageError as e:
                 logger.warning("member heartbeat failed", extra={"error": str(e)})
             beats += 1
@@ -312,7 +318,7 @@ class Server:
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
         self._background = []
-        if self.store is not None and self._this_member_id:
+        if self.store is not None and self._this_member_id and self.election is None:
             # A rollout replaces every pod: leave no record behind for the others to keep reading.
             with contextlib.suppress(StorageError):
                 await self.store.log.remove_member(self._this_member_id)
@@ -335,6 +341,18 @@ class Server:
         if self.store is not None:
             await self.store.close()
             self.store = None
+
+
+def _member_record(member: rpc_pb2.Member) -> dict:
+    """A member as it is stored (heartbeats, the leader record) and sent to the leader."""
+    return {"id": member.ID, "name": member.name, "peerURLs": list(member.peerURLs),
+            "clientURLs": list(member.clientURLs)}
+
+
+def _members(records: list[dict]) -> list[rpc_pb2.Member]:
+    members = [rpc_pb2.Member(ID=m["id"], name=m["name"], peerURLs=m["peerURLs"], clientURLs=m["clientURLs"])
+               for m in records]
+    return sorted(members, key=lambda m: m.name)
 
 
 def _tls_credentials(config: ServeConfig) -> grpc.ServerCredentials | None:

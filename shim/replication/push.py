@@ -13,10 +13,16 @@ the stream lives the store tails the log only every few seconds (for compactions
 which are not pushed, and as a check). When the stream breaks, or brings nothing for
 :data:`SILENCE_SECONDS` (a leader paused or cut off), the store goes back to polling the log at
 once, and the follower connects again to whichever server leads then.
+
+Who follows, :class:`Followers`: a follower names itself in its stream's metadata (its member
+record, as MemberList shows it), and the leader counts it as a follower for as long as its stream is
+open and accepted (the term's token checked). The election records them in the leader record, which
+is how every server's MemberList learns the others without requests of its own.
 """
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 
 import grpc
@@ -34,6 +40,8 @@ HEARTBEAT_SECONDS = 1.0
 SILENCE_SECONDS = 3 * HEARTBEAT_SECONDS
 QUEUE_BATCHES = 1024
 RECONNECT_SECONDS = 1.0
+MEMBER_METADATA = "cosmos-etcd-member"
+FOLLOW_METHOD = "/cosmosetcd.peer.Peer/Follow"
 # How long a follower waits for a revision the leader answered with to be pushed before reading the log.
 PUSH_WAIT_SECONDS = 0.5
 
@@ -82,6 +90,54 @@ class CommitFeed:
             self._queues.discard(queue)
 
 
+class Followers(grpc.aio.ServerInterceptor):
+    """The servers following this one now: one per open, accepted ``Peer.Follow`` stream (an
+    interceptor of the peer listener, so that the servicer stays as it is)."""
+
+    def __init__(self) -> None:
+        self._streams: dict[object, dict] = {}
+
+    def members(self) -> list[dict]:
+        """Their member records (one per member id: a reconnecting follower may briefly have two streams)."""
+        return list({member["id"]: member for member in self._streams.values()}.values())
+
+    async def intercept_service(self, continuation, handler_call_details):
+        handler = await continuation(handler_call_details)
+        if handler is None or handler_call_details.method != FOLLOW_METHOD:
+            return handler
+        follow, streams = handler.unary_stream, self._streams
+
+        async def followed(request, context):
+            member = _member_in(context.invocation_metadata())
+            stream = object()
+            try:
+                async for message in follow(request, context):
+                    if member is not None:  # a message means the stream was accepted: the token was the term's
+                        streams[stream] = member
+                    yield message
+            finally:
+                streams.pop(stream, None)
+
+        return grpc.unary_stream_rpc_method_handler(followed, request_deserializer=handler.request_deserializer,
+                                                    response_serializer=handler.response_serializer)
+
+
+def _member_in(metadata) -> dict | None:
+    """The member record a follower sent with its stream; None if absent or not one."""
+    text = dict(metadata or ()).get(MEMBER_METADATA)
+    try:
+        member = json.loads(text) if text else None
+    except ValueError:
+        return None
+    fields = {"id": int, "name": str, "peerURLs": list, "clientURLs": list}
+    if not isinstance(member, dict) or set(member) != set(fields) or isinstance(member["id"], bool) or \
+            not all(isinstance(member[name], kind) for name, kind in fields.items()) or \
+            not all(isinstance(url, str) for url in (*member["peerURLs"], *member["clientURLs"])):
+        logger.warning("a follower sent no valid member record; it is not listed as a member")
+        return None
+    return member
+
+
 class PushFollower:
     """This server's stream from the leader while it does not lead; what its store is told of the
     role (see ``MVCCStore.replicated`` and ``MVCCStore.expires_leases``)."""
@@ -90,6 +146,7 @@ class PushFollower:
         self.store = store
         self.election = election
         self.forwarder = forwarder
+        self._member_metadata = (MEMBER_METADATA, json.dumps(election.member, sort_keys=True))
 
     async def run_forever(self) -> None:
         while True:
@@ -114,7 +171,7 @@ class PushFollower:
 
     async def _follow(self, leader) -> None:
         stub = peer_pb2_grpc.PeerStub(await self.forwarder.channel_to(leader.address))
-        call = stub.Follow(peer_pb2.FollowRequest(), metadata=((TOKEN_METADATA, leader.token),))
+        call = stub.Follow(peer_pb2.FollowRequest(), metadata=((TOKEN_METADATA, leader.token), self._member_metadata))
         try:
             while self.election.leader == leader:
                 async with asyncio.timeout(SILENCE_SECONDS):

@@ -88,6 +88,9 @@ class LeaderRecord:
     term: int  # incremented by every change of holder
     token: str  # the holder's peer token for this term: forwarded requests carry it
     renewals: int  # incremented by every renewal, so that each one is a new version
+    # The servers taking part as the holder last recorded them (itself and those following it):
+    # MemberList of every server while a leader exists. Each: id, name, peerURLs, clientURLs.
+    members: tuple[dict, ...] = ()
     version: str = ""  # opaque, set by the backend: what a conditional write compares
 
 

@@ -34,7 +34,8 @@ partitioned by ``/pk`` into a few logical partitions:
 ``pk = "member"`` ``member-<id, 16 hex digits>`` (kind ``member``): shim replicas' heartbeats.
     ``leader`` (kind ``leader``): the leader election's lease (see the shim's ``replication``
     package): the holder's member id ``h`` (decimal text), its peer URL ``a``, the term ``t``, the
-    term's peer token ``k`` and a renewal count ``n``; replaced only if unchanged since read (etag).
+    term's peer token ``k``, a renewal count ``n`` and the members the holder recorded ``ms`` (JSON
+    text, so that 64-bit ids survive); replaced only if unchanged since read (etag).
 ``pk = "auth"`` ``auth`` (kind ``auth``): etcd's auth state (users, roles, enabled), one document
     whose version ``v`` every save increments (replaced only if unchanged since read: its etag).
 

@@ -141,13 +141,24 @@ def report(found: Survey) -> list[str]:
 
 async def running_replicas(log: CosmosLog, window: float) -> list[str]:
     """The shim replicas whose heartbeat document changed within ``window`` seconds (the names of
-    those still running). Two reads of the member documents' etags, not clocks: no clock skew."""
-    sql = "SELECT c.id, c.m, c._etag FROM c WHERE c.pk = @pk AND c.kind = @kind"
-    params = {"@pk": layout.MEMBER_PARTITION, "@kind": layout.KIND_MEMBER}
+    those still running), and, while elected replicas run, those the leader record names (it changes
+    at every renewal, a third of the leader lease; elected replicas write no heartbeat documents).
+    Two reads of the documents' etags, not clocks: no clock skew."""
+    sql = ("SELECT c.id, c.kind, c.m, c.ms, c._etag FROM c WHERE c.pk = @pk "
+           "AND (c.kind = @member OR c.kind = @leader)")
+    params = {"@pk": layout.MEMBER_PARTITION, "@member": layout.KIND_MEMBER, "@leader": layout.KIND_LEADER}
     before = {d["id"]: d["_etag"] for d in await log.conn.query(OP, sql, params, layout.MEMBER_PARTITION)}
     await asyncio.sleep(window)
     after = await log.conn.query(OP, sql, params, layout.MEMBER_PARTITION)
-    return sorted(json.loads(d["m"]).get("name", d["id"]) for d in after if before.get(d["id"]) != d["_etag"])
+    names = set()
+    for document in after:
+        if before.get(document["id"]) == document["_etag"]:
+            continue
+        if document["kind"] == layout.KIND_LEADER:
+            names.update(member["name"] for member in json.loads(document.get("ms") or "[]"))
+        else:
+            names.add(json.loads(document["m"]).get("name", document["id"]))
+    return sorted(names)
 
 
 async def truncate(log: CosmosLog, found: Survey, save_to: pathlib.Path, say: Callable[[str], None]) -> int:
