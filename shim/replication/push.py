@@ -11,8 +11,9 @@ to :meth:`MVCCStore.deliver`, which applies them between the committer's batches
 instead when they do not follow on (a gap is never papered over: the log has every revision). While
 the stream lives the store tails the log only every few seconds (for compactions, auth and alarms,
 which are not pushed, and as a check). When the stream breaks, or brings nothing for
-:data:`SILENCE_SECONDS` (a leader paused or cut off), the store goes back to polling the log at
-once, and the follower connects again to whichever server leads then.
+:data:`SILENCE_SECONDS` (a leader paused or cut off), or says this store is behind and the log
+cannot be read for what it missed (a refused or throttled query), the store goes back to polling
+the log at once, and the follower connects again to whichever server leads then.
 
 Who follows, :class:`Followers`: a follower names itself in its stream's metadata (its member
 record, as MemberList shows it), and the leader counts it as a follower for as long as its stream is
@@ -28,6 +29,7 @@ import logging
 import grpc
 
 from cosmos_etcd_shim import metrics
+from cosmos_etcd_shim.mvcc.errors import MVCCError
 from cosmos_etcd_shim.mvcc.store import MVCCStore
 from cosmos_etcd_shim.proto import peer_pb2, peer_pb2_grpc
 from cosmos_etcd_shim.proto.storage_pb2 import Revision
@@ -158,7 +160,8 @@ class PushFollower:
                 continue
             try:
                 await self._follow(leader)
-            except (grpc.aio.AioRpcError, grpc.aio.UsageError, NotSent, TimeoutError) as e:
+            except (grpc.aio.AioRpcError, grpc.aio.UsageError, NotSent, TimeoutError, MVCCError) as e:
+                # (MVCCError: behind the leader, and the log could not be read for the rest)
                 logger.info("not pushed to by the leader; reading the log", extra={
                     "leader": leader.address, "reason": e.code().name if isinstance(e, grpc.RpcError) else str(e)})
             finally:

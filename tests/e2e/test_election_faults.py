@@ -30,6 +30,9 @@ tests hold it to that:
 6. A follower pushed to whose own log queries are all refused (403) still sees every write, through
    the leader and forwarded through itself, in its watch and serializable reads, in order; it stays
    live, and is ready once the log answers again.
+7. A follower behind the leader (paused past its queue of pushes) whose log queries are refused
+   goes back to reading the log when its new stream says it is behind, instead of its push task
+   failing, and catches up once the log answers.
 
 Throughout: no INTERNAL or UNKNOWN reaches a client, no shim exits, and the account key is in no
 log. Waits poll a condition with a deadline (proxy hits, Status, metrics), never sleep.
@@ -39,6 +42,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import signal
 import threading
 import uuid
 
@@ -46,6 +50,7 @@ import grpc
 import pytest
 
 from cosmos_etcd_shim.proto import rpc_pb2 as pb
+from cosmos_etcd_shim.replication.push import QUEUE_BATCHES
 from cosmos_etcd_shim.storage.cosmos import layout
 from tests.harness import cosmos as cosmos_harness
 from tests.harness.backends import LOCAL_COSMOS_KEY
@@ -417,3 +422,40 @@ def test_a_follower_whose_log_reads_are_refused_still_sees_every_write_pushed(pa
     wait_for(lambda: follower.shim.http("/readyz").status == 200, TAKEOVER_DEADLINE, "the follower is ready again")
     assert keys_under(follower.shim, "/pushed/") == keys_under(leader.shim, "/pushed/") == dict(written)
     pair.assert_healthy()
+
+
+# -- 7. a follower behind the leader that cannot read the log -------------------------------------
+
+def test_a_follower_behind_and_unable_to_read_the_log_keeps_its_push_task(pair):
+    """A follower paused while the leader commits more batches than it queues for one follower: on
+    waking, its stream has gone silent or been cut off, and it follows again. The new stream's first
+    message says it is behind; it reads the log for the rest, and that read is refused (403). It must
+    go back to reading the log (and follow again later), not fail its push task (as it did), and
+    catch up once the log answers."""
+    leader, follower = pair.roles()
+    follower.faults.add(Rule("status", status=403, times=-1, operation="query"))
+    follower.shim.server.process.send_signal(signal.SIGSTOP)  # too slow to take the pushes
+    try:
+        # One batch per Put: more than the leader queues for one follower (push.QUEUE_BATCHES).
+        for i in range(QUEUE_BATCHES + 50):
+            head = leader.shim.kv.Put(pb.PutRequest(key=b"/behind", value=str(i).encode()),
+                                      timeout=RPC_TIMEOUT).header.revision
+    finally:
+        follower.shim.server.process.send_signal(signal.SIGCONT)
+    # Silent while paused, its stream is given up on; connected again, the first message says it is
+    # behind, and its read of the log is refused: it gives that stream up too (or, before, its push
+    # task failed).
+    not_pushed = "not pushed to by the leader; reading the log"
+    wait_for(lambda: follower.log_messages().count(not_pushed) >= 2 or push_task_failures(follower),
+             TAKEOVER_DEADLINE, "the follower, behind and unable to read the log, reads the log instead")
+    assert push_task_failures(follower) == 0
+    follower.faults.clear()
+    wait_for(lambda: [kv.mod_revision for kv in follower.shim.kv.Range(
+        pb.RangeRequest(key=b"/behind", serializable=True), timeout=RPC_TIMEOUT).kvs] == [head],
+        TAKEOVER_DEADLINE, "the follower catches up once the log answers")
+    assert push_task_failures(follower) == 0
+    pair.assert_healthy()
+
+
+def push_task_failures(replica: Replica) -> float:
+    return replica.shim.metrics().get('cosmos_etcd_background_task_failures_total{task="leader-push"}', 0)
