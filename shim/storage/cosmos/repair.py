@@ -130,7 +130,8 @@ def report(found: Survey) -> list[str]:
         f"were told had succeeded); the next write gets revision {last + 1}, so restart the clients that saw "
         f"revisions above {last} (kube-apiserver) once the shim serves again",
         f"with --truncate-after {last} --save-removed FILE, repair will:",
-        "  1. refuse if a shim replica is running (its heartbeat changes): stop every replica first",
+        "  1. refuse if a shim replica is running (its heartbeat or the leader record changes): stop every replica "
+        "first",
         f"  2. write the {len(found.removed)} documents above (full JSON, chunks included) to FILE, a new file",
         f"  3. delete the {len(found.after_gap)} log documents, highest first, then the {len(found.chunks)} "
         "chunk documents",
@@ -186,8 +187,8 @@ async def run(log: CosmosLog, *, truncate_after: int | None, save_removed: pathl
             say(f"checking that no shim replica is running ({liveness_window:g} s)...")
             running = await running_replicas(log, liveness_window)
             if running:
-                raise RepairRefused(f"shim replicas are running ({', '.join(running)}: heartbeats within "
-                                    f"{liveness_window:g} s): stop every replica, then run repair again")
+                raise RepairRefused(f"shim replicas are running ({', '.join(running)}: heartbeats or leader renewals "
+                                    f"within {liveness_window:g} s): stop every replica, then run repair again")
         found = await survey(log)
         for line in report(found):
             say(line)
