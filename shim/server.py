@@ -242,7 +242,8 @@ class Server:
             await self._serve_peers(PeerServicer(writes, reads, self.election, self.feed, headers))
         if config.metrics_addresses:
             self.http_listener = await metrics.serve_metrics(config.metrics_addresses,
-                                                             http_routes(HealthChecks(store, self.supervisor)))
+                                                             http_routes(HealthChecks(store, self.supervisor,
+                                                                                      make_current=reads.current)))
         await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
         self.grpc_server = server
         logger.info("serving client traffic", extra={
