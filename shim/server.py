@@ -39,7 +39,7 @@ from cosmos_etcd_shim.proto import peer_pb2_grpc, rpc_pb2, rpc_pb2_grpc
 from cosmos_etcd_shim.replication.election import Election
 from cosmos_etcd_shim.replication.fencing import Fencing
 from cosmos_etcd_shim.replication.forwarding import Forwarder, TlsFiles
-from cosmos_etcd_shim.replication.push import CommitFeed, Followers, PushFollower
+from cosmos_etcd_shim.replication.push import CommitFeed, PushFollower
 from cosmos_etcd_shim.replication.reads import Reads
 from cosmos_etcd_shim.replication.writes import Writes
 from cosmos_etcd_shim.storage import RevisionLog, StorageError
@@ -167,7 +167,6 @@ class Server:
         self.peer_server: grpc.aio.Server | None = None
         self.forwarder: Forwarder | None = None
         self.feed: CommitFeed | None = None
-        self.followers: Followers | None = None
 
     async def start(self) -> None:
         config = self.config
@@ -258,15 +257,14 @@ class Server:
         config = self.config
         if not config.listen_peer_urls:
             return Writes(store), Reads(store)
-        self.followers = Followers()
+        self.feed = CommitFeed(store)
         self.election = Election(store.log.leader_lease(), _member_record(this_member), config.leader_lease_seconds,
-                                 followers=self.followers.members)
+                                 followers=self.feed.members)
         client_tls = None
         if config.cert_file:
             server_name = urllib.parse.urlsplit(config.advertise_client_urls[0]).hostname or ""
             client_tls = TlsFiles(config.trusted_ca_file, config.cert_file, config.key_file, server_name)
         self.forwarder = Forwarder(client_tls)
-        self.feed = CommitFeed(store)
         store.expires_leases = False  # until the election says this server leads
         follower = PushFollower(store, self.election, self.forwarder)
         fencing = Fencing(store, self.election)
@@ -278,7 +276,7 @@ class Server:
 
     async def _serve_peers(self, servicer: PeerServicer) -> None:
         """The peer listener: the leader's side of forwarded writes and read indexes (``api.peer``)."""
-        server = grpc.aio.server(options=grpc_options(self.config), interceptors=[DecodeErrors(), self.followers])
+        server = grpc.aio.server(options=grpc_options(self.config), interceptors=[DecodeErrors()])
         peer_pb2_grpc.add_PeerServicer_to_server(servicer, server)
         for address, secure in self.config.peer_addresses:
             _bind(server, address, tls.server_credentials(self.config) if secure else None)

@@ -15,9 +15,9 @@ which are not pushed, and as a check). When the stream breaks, or brings nothing
 cannot be read for what it missed (a refused or throttled query), the store goes back to polling
 the log at once, and the follower connects again to whichever server leads then.
 
-Who follows, :class:`Followers`: a follower names itself in its stream's metadata (its member
-record, as MemberList shows it), and the leader counts it as a follower for as long as its stream is
-open and accepted (the term's token checked). The election records them in the leader record, which
+Who follows, :meth:`CommitFeed.members`: a follower names itself in its stream's metadata (its
+member record, as MemberList shows it, read by :func:`member_in`), and the leader counts it as a
+follower for as long as its stream is open (``api.peer`` accepts it once the term's token checked). The election records them in the leader record, which
 is how every server's MemberList learns the others without requests of its own.
 """
 from __future__ import annotations
@@ -43,7 +43,6 @@ SILENCE_SECONDS = 3 * HEARTBEAT_SECONDS
 QUEUE_BATCHES = 1024
 RECONNECT_SECONDS = 1.0
 MEMBER_METADATA = "cosmos-etcd-member"
-FOLLOW_METHOD = "/cosmosetcd.peer.Peer/Follow"
 # How long a follower waits for a revision the leader answered with to be pushed before reading the log.
 PUSH_WAIT_SECONDS = 0.5
 
@@ -56,25 +55,32 @@ async def catch_up_to(store: MVCCStore, revision: int) -> None:
 
 
 class CommitFeed:
-    """The leader's committed batches, for every follower that follows."""
+    """The leader's committed batches, for every follower that follows; and who follows (the member
+    record each follower sends with its stream, see :func:`member_in`)."""
 
     def __init__(self, store: MVCCStore) -> None:
         self.store = store
-        self._queues: set[asyncio.Queue] = set()
+        self._queues: dict[asyncio.Queue, dict | None] = {}  # one per open stream: its follower
         store.on_commit(self._publish)
+
+    def members(self) -> list[dict]:
+        """The followers' member records (one per member id: a reconnecting follower may briefly
+        have two streams)."""
+        return list({member["id"]: member for member in self._queues.values() if member is not None}.values())
 
     def _publish(self, records: list[Revision]) -> None:
         for queue in list(self._queues):
             try:
                 queue.put_nowait(records)
             except asyncio.QueueFull:
-                self._queues.discard(queue)
+                self._queues.pop(queue, None)
                 queue.put_nowait(None)  # room for it: the follower reads the log and follows again
 
-    async def stream(self):
-        """The messages of one follower's stream, until it goes away or falls behind."""
+    async def stream(self, member: dict | None):
+        """The messages of one follower's stream (``member``: its member record, if it sent one),
+        until it goes away or falls behind."""
         queue: asyncio.Queue = asyncio.Queue(QUEUE_BATCHES + 1)
-        self._queues.add(queue)
+        self._queues[queue] = member
         try:
             yield peer_pb2.FollowResponse(committed=self.store.revision)
             while True:
@@ -89,42 +95,10 @@ class CommitFeed:
                     return
                 yield peer_pb2.FollowResponse(committed=records[-1].revision, revisions=records)
         finally:
-            self._queues.discard(queue)
+            self._queues.pop(queue, None)
 
 
-class Followers(grpc.aio.ServerInterceptor):
-    """The servers following this one now: one per open, accepted ``Peer.Follow`` stream (an
-    interceptor of the peer listener, so that the servicer stays as it is)."""
-
-    def __init__(self) -> None:
-        self._streams: dict[object, dict] = {}
-
-    def members(self) -> list[dict]:
-        """Their member records (one per member id: a reconnecting follower may briefly have two streams)."""
-        return list({member["id"]: member for member in self._streams.values()}.values())
-
-    async def intercept_service(self, continuation, handler_call_details):
-        handler = await continuation(handler_call_details)
-        if handler is None or handler_call_details.method != FOLLOW_METHOD:
-            return handler
-        follow, streams = handler.unary_stream, self._streams
-
-        async def followed(request, context):
-            member = _member_in(context.invocation_metadata())
-            stream = object()
-            try:
-                async for message in follow(request, context):
-                    if member is not None:  # a message means the stream was accepted: the token was the term's
-                        streams[stream] = member
-                    yield message
-            finally:
-                streams.pop(stream, None)
-
-        return grpc.unary_stream_rpc_method_handler(followed, request_deserializer=handler.request_deserializer,
-                                                    response_serializer=handler.response_serializer)
-
-
-def _member_in(metadata) -> dict | None:
+def member_in(metadata) -> dict | None:
     """The member record a follower sent with its stream; None if absent or not one."""
     text = dict(metadata or ()).get(MEMBER_METADATA)
     try:
