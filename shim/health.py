@@ -70,7 +70,7 @@ class HealthChecks:
         self.timeout = timeout
 
     async def serializable_read(self) -> None:
-        self.store.range(PROBE_RANGE)
+        await self.store.range(PROBE_RANGE)
 
     def raised_alarm(self, excluded: set[str]) -> str | None:
         """The name of the first raised alarm whose type is not in ``excluded`` (etcd's /health)."""
@@ -95,7 +95,7 @@ class HealthChecks:
             raise StorageUnavailableError("the shared log is unreachable")
         async with asyncio.timeout(self.timeout):
             await self.store.sync()
-        self.store.range(PROBE_RANGE)
+        await self.store.range(PROBE_RANGE)
 
     async def linearizable_read_unless_throttled(self) -> None:
         """Readiness: the linearizable read, where throttling counts as able to serve (also when the

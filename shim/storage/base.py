@@ -152,6 +152,16 @@ class RevisionLog(abc.ABC):
     async def read_after(self, revision: int, limit: int | None = None) -> Sequence[Revision]:
         """The records after ``revision`` in order, at most ``limit`` of them."""
 
+    @abc.abstractmethod
+    async def read_revisions(self, revisions: Sequence[int]) -> dict[int, Revision]:
+        """The records of the given revisions that the log still holds (those folded into the base
+        by a compaction are left out), by revision: the values a read at an old revision needs."""
+
+    @abc.abstractmethod
+    async def read_base(self, keys: Sequence[bytes]) -> dict[bytes, KeyValue]:
+        """The base's key-values (live just before the compact revision) of those of ``keys`` it
+        holds, by key: the values of versions whose records were folded into it."""
+
     async def tail(self, revision: int) -> Sequence[Revision]:
         """Every record after ``revision``, for a store catching up with other writers (a shared
         log also learns their compactions here, see :attr:`compact_revision`)."""

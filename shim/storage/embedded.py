@@ -56,6 +56,8 @@ CREATE TABLE IF NOT EXISTS migration (id INTEGER PRIMARY KEY CHECK (id = 0), sou
 """
 
 UINT64 = 1 << 64
+# Bound parameters in one statement (SQLite's limit is 32766 since 3.32; older builds 999).
+SQL_PARAMETERS = 500
 
 
 def signed_member_id(member_id: int) -> int:
@@ -189,6 +191,25 @@ class EmbeddedLog(RevisionLog):
         rows = self._db.execute("SELECT record FROM log WHERE revision > ? ORDER BY revision LIMIT ?",
                                 (revision, -1 if limit is None else limit))
         return [Revision.FromString(blob) for (blob,) in rows]
+
+    async def read_revisions(self, revisions: Sequence[int]) -> dict[int, Revision]:
+        return await self._run(self._read_revisions, list(revisions))
+
+    def _read_revisions(self, revisions: list[int]) -> dict[int, Revision]:
+        marks = ",".join("?" * len(revisions))
+        rows = self._db.execute(f"SELECT revision, record FROM log WHERE revision IN ({marks})", revisions)
+        return {revision: Revision.FromString(blob) for revision, blob in rows}
+
+    async def read_base(self, keys: Sequence[bytes]) -> dict[bytes, KeyValue]:
+        return await self._run(self._read_base, list(keys))
+
+    def _read_base(self, keys: list[bytes]) -> dict[bytes, KeyValue]:
+        found = {}
+        for start in range(0, len(keys), SQL_PARAMETERS):
+            batch = keys[start:start + SQL_PARAMETERS]
+            rows = self._db.execute(f"SELECT key, kv FROM base WHERE key IN ({','.join('?' * len(batch))})", batch)
+            found.update((key, KeyValue.FromString(blob)) for key, blob in rows)
+        return found
 
     async def compact(self, revision: int) -> None:
         if revision <= self._compacted_at:

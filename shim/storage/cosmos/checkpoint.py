@@ -155,6 +155,34 @@ async def read_base(conn: CosmosConnection, chain: list[PageSet], op: str) -> di
     return base
 
 
+async def read_keys(conn: CosmosConnection, chain: list[PageSet], wanted: dict[str, bytes],
+                    op: str) -> dict[bytes, KeyValue]:
+    """The base's key-values of the keys ``wanted`` (hex -> key): per page set, the pages' key
+    spans (``lo``/``hi``, one query without payloads), then only the pages that may hold one."""
+    base: dict[bytes, KeyValue] = {}
+    for page_set in chain:
+        spans = await conn.query(op, "SELECT c.id, c.lo, c.hi FROM c WHERE c.pk = @pk AND c.kind = @kind AND c.s = @s",
+                                 {"@pk": layout.BASE_PARTITION, "@kind": layout.KIND_PAGE, "@s": page_set.id},
+                                 layout.BASE_PARTITION)
+        if len(spans) != page_set.pages:
+            raise PageSetMissing(f"page set {page_set.id}: {len(spans)} of {page_set.pages} pages found")
+        for span in spans:
+            if "lo" not in span or not any(span["lo"] <= hex_key <= span["hi"] for hex_key in wanted):
+                continue
+            document = await conn.read_by_id(op, span["id"], layout.BASE_PARTITION)
+            if document is None:
+                raise PageSetMissing(f"page {span['id']} is gone")
+            data = codec.unpack(document, await read_chunks(conn, document, layout.BASE_PARTITION, op))
+            for event in Revision.FromString(data).events:
+                if layout.key_hex(event.kv.key) not in wanted:
+                    continue
+                if event.type == Event.PUT:
+                    base[event.kv.key] = event.kv
+                else:
+                    base.pop(event.kv.key, None)
+    return base
+
+
 class PageSetMissing(StorageError):
     """A page or chunk named by the chain is gone: the chain changed while it was being read."""
 

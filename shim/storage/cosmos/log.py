@@ -135,6 +135,10 @@ ALARM_ATTEMPTS = 8
 IMPORT_REVISIONS_PER_DOCUMENT = 100
 FULL_CHECKPOINT_MIN_BYTES = 64 * 1024
 CHUNK_WRITE_CONCURRENCY = 4
+# read_revisions: revisions at most this far apart are read with one range condition (the log
+# documents in between come along), and this many ranges go into one query.
+REVISION_SPAN_GAP = 8
+SPANS_PER_QUERY = 32
 
 
 class LogCorruptError(StorageError):
@@ -436,6 +440,40 @@ class CosmosLog(RevisionLog):
         records = await self._records_after(floor, documents, asked_at, complete=limit is None or
                                             len(documents) < limit)
         return records[:limit] if limit is not None else records
+
+    async def read_revisions(self, revisions: Sequence[int]) -> dict[int, Revision]:
+        """The records of ``revisions`` from the log documents holding them (from ``cdoc`` on: one
+        query per :data:`SPANS_PER_QUERY` runs of nearby revisions)."""
+        spans = _spans(sorted(set(revisions)), REVISION_SPAN_GAP)
+        wanted = set(revisions)
+        found: dict[int, Revision] = {}
+        for start in range(0, len(spans), SPANS_PER_QUERY):
+            group = spans[start:start + SPANS_PER_QUERY]
+            params: dict[str, Any] = {"@pk": layout.LOG_PARTITION, "@kind": layout.KIND_LOG, "@cdoc": self._cdoc}
+            clauses = []
+            for number, (low, high) in enumerate(group):
+                clauses.append(f"(c.e >= @lo{number} AND c.r <= @hi{number})")
+                params[f"@lo{number}"], params[f"@hi{number}"] = low, high
+            documents = await self.conn.query(
+                "read_revisions", "SELECT * FROM c WHERE c.pk = @pk AND c.kind = @kind AND c.r >= @cdoc AND "
+                f"({' OR '.join(clauses)})", params, layout.LOG_PARTITION)
+            for doc in await self._decode(documents, "read_revisions"):
+                found.update((r.revision, r) for r in doc.records if r.revision in wanted)
+        return found
+
+    async def read_base(self, keys: Sequence[bytes]) -> dict[bytes, KeyValue]:
+        """The base's key-values of ``keys``: only the pages whose key span holds one of them, of
+        each page set of the chain (oldest first, as :func:`checkpoint.read_base` folds them);
+        read again from a fresh ``meta`` if the chain changed meanwhile."""
+        wanted = {layout.key_hex(key): key for key in keys}
+        for attempt in range(LOAD_ATTEMPTS):
+            chain = list(self._chain)
+            try:
+                return await checkpoint.read_keys(self.conn, chain, wanted, "read_base")
+            except PageSetMissing:
+                self._adopt(await self._read_meta("read_base"))
+                await asyncio.sleep(0.05 * attempt)
+        raise StorageError(f"the checkpoint chain kept changing while being read ({LOAD_ATTEMPTS} attempts)")
 
     async def tail(self, revision: int) -> Sequence[Revision]:
         """Every record after ``revision`` (also those below a compaction learned by this same
@@ -900,6 +938,17 @@ class CosmosLog(RevisionLog):
 def _meta_fields(meta: dict) -> dict:
     """A meta document without the fields Cosmos adds (to be written back changed)."""
     return {key: value for key, value in meta.items() if not key.startswith("_")}
+
+
+def _spans(revisions: list[int], gap: int) -> list[tuple[int, int]]:
+    """Sorted revisions as (low, high) runs, a new run wherever two are more than ``gap`` apart."""
+    spans: list[tuple[int, int]] = []
+    for revision in revisions:
+        if spans and revision - spans[-1][1] <= gap:
+            spans[-1] = (spans[-1][0], revision)
+        else:
+            spans.append((revision, revision))
+    return spans
 
 
 def _check_contiguous(docs: list[_Doc]) -> None:
