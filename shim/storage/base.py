@@ -154,8 +154,9 @@ class RevisionLog(abc.ABC):
 
     @abc.abstractmethod
     async def read_revisions(self, revisions: Sequence[int]) -> dict[int, Revision]:
-        """The records of the given revisions that the log still holds (those folded into the base
-        by a compaction are left out), by revision: the values a read at an old revision needs."""
+        """The records of the given revisions that the log still holds, by revision: the values a
+        read at an old revision needs (a compaction may have removed those below it, whose
+        values are then in the base)."""
 
     @abc.abstractmethod
     async def read_base(self, keys: Sequence[bytes]) -> dict[bytes, KeyValue]:
