@@ -19,19 +19,32 @@ it); the base holds exactly it, by key (:meth:`RevisionLog.read_base`).
 Reads at the current revision never meet a superseded entry, so the hot path has no await:
 :class:`ValuesMissing` is raised by a read that needs values it does not have, and the caller
 fetches them (:func:`fetch_values`) and evaluates again with them.
+
+Checkpoints of the index (item 4 of issue 12): every ``--checkpoint-interval`` revisions the
+store that committed them hands the backend the index at that revision R, as pages of events
+(:func:`checkpoint_pages`): per key, in key order, every version kept, only the newest one with
+its value (a DELETE event for a tombstone). A start loads the newest checkpoint and the log after
+R (:meth:`KeyIndex.load`), so it reads what is live plus a short tail, not the history since the
+compaction. The pages are made from a copy of the index's lists on a worker thread, one page at
+a time, so the event loop keeps serving and the memory it takes is one page.
 """
 from __future__ import annotations
 
 import collections
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 
 from cosmos_etcd_shim import metrics
 from cosmos_etcd_shim.mvcc.errors import MVCCError
-from cosmos_etcd_shim.proto.kv_pb2 import KeyValue
+from cosmos_etcd_shim.proto.kv_pb2 import Event, KeyValue
+from cosmos_etcd_shim.proto.storage_pb2 import Revision
 
 DEFAULT_CACHE_BYTES = 64 * 1024 * 1024
+# Revisions between two checkpoints of the index: a start reads at most about this many records.
+DEFAULT_CHECKPOINT_INTERVAL = 10_000
 # Revisions asked for in one log read: bounds the size of one request to the backend.
 FETCH_BATCH_REVISIONS = 256
+# Serialized events per checkpoint page (before the backend compresses it).
+CHECKPOINT_PAGE_BYTES = 1024 * 1024
 # What one cache entry costs besides its value: the OrderedDict slot, the tuple, the bytes headers.
 ENTRY_OVERHEAD_BYTES = 200
 
@@ -154,3 +167,24 @@ async def fetch_values(log, cache: ValueCache, versions: Iterable[Superseded]) -
     for version, value in found.items():
         cache.put(version, value)
     return found
+
+
+def checkpoint_pages(histories: list[tuple[bytes, list]], revision: int) -> Iterator[bytes]:
+    """The index at ``revision`` (its histories as :meth:`KeyIndex.snapshot` copied them) as
+    checkpoint pages: serialized ``Revision(revision=revision, events=...)`` messages."""
+    page = Revision(revision=revision)
+    size = 0
+    for key, versions in histories:
+        for kv in versions:
+            if type(kv) is Superseded:
+                kv = KeyValue(key=key, create_revision=kv.create_revision, mod_revision=kv.mod_revision,
+                              version=kv.version, lease=kv.lease)
+            event = page.events.add(type=Event.PUT if kv.version else Event.DELETE)
+            event.kv.CopyFrom(kv)
+            size += event.ByteSize()
+        if size >= CHECKPOINT_PAGE_BYTES:
+            yield page.SerializeToString()
+            page = Revision(revision=revision)
+            size = 0
+    if size or not page.events:
+        yield page.SerializeToString()

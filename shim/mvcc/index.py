@@ -16,12 +16,12 @@ them if the batch fails.
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 from sortedcontainers import SortedDict
 
 from cosmos_etcd_shim.mvcc.history import Superseded, ValueCache
-from cosmos_etcd_shim.proto.kv_pb2 import KeyValue
+from cosmos_etcd_shim.proto.kv_pb2 import Event, KeyValue
 from cosmos_etcd_shim.proto.storage_pb2 import Revision
 
 
@@ -89,6 +89,34 @@ class KeyIndex:
         else:
             history.append(kv)
         self.version_count += 1
+
+    def snapshot(self, revision: int) -> list[tuple[bytes, list[Version]]]:
+        """A copy of every history (the lists, not the entries: those are never changed in place,
+        only replaced), without entries newer than ``revision``, for a checkpoint."""
+        copies = []
+        for key, history in self._histories.items():
+            if history[-1].mod_revision > revision:
+                history = history[:bisect.bisect_right(history, revision, key=_mod_revision)]
+                if not history:
+                    continue
+            copies.append((key, list(history)))
+        return copies
+
+    def load(self, events: Iterable[Event]) -> None:
+        """Fill an empty index from a checkpoint's events (see :mod:`history`): in each key's
+        history all but the newest are superseded versions, whose values the checkpoint leaves out."""
+        histories = self._histories
+        for event in events:
+            kv = event.kv
+            history = histories.get(kv.key)
+            if history is None:
+                histories[kv.key] = [kv]
+            else:
+                previous = history[-1]
+                if previous.version:
+                    history[-1] = Superseded(previous, kv.key)
+                history.append(kv)
+            self.version_count += 1
 
     def release(self, records: list[Revision]) -> None:
         """Drop the values of the versions that ``records`` (durable now) superseded, into the cache."""

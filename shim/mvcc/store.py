@@ -31,7 +31,9 @@ the requests it held are answered, and it is started again.
 
 The index keeps values only for each key's newest version (see :mod:`history`): a Range at an
 old revision or a Txn holding one may need values from the log, fetched before the request is
-evaluated again with them; a read at the current revision never awaits anything.
+evaluated again with them; a read at the current revision never awaits anything. Every
+``checkpoint_interval`` revisions this store commits (only the writer of a shared log does),
+it hands the backend a checkpoint of the index, so that a start reads it plus a short tail.
 
 Compaction does not go through the committer: writes continue while it is recorded, and the
 physical work happens in the storage backend (see :meth:`RevisionLog.compact`).
@@ -53,7 +55,9 @@ from cosmos_etcd_shim.mvcc.errors import CompactedError, FutureRevisionError, Le
 from cosmos_etcd_shim.mvcc.errors import StorageUnavailableError, TooManyRequestsError, from_storage
 from cosmos_etcd_shim.mvcc.history import (
     DEFAULT_CACHE_BYTES,
+    DEFAULT_CHECKPOINT_INTERVAL,
     ValueCache,
+    checkpoint_pages,
     ValuesMissing,
     VersionId,
     fetch_values,
@@ -101,11 +105,15 @@ class _Write:
 
 class MVCCStore:
     def __init__(self, log: RevisionLog, range_limits: RangeLimits = UNLIMITED,
-                 supervisor: Supervisor | None = None, history_cache_bytes: int = DEFAULT_CACHE_BYTES) -> None:
+                 supervisor: Supervisor | None = None, history_cache_bytes: int = DEFAULT_CACHE_BYTES,
+                 checkpoint_interval: int = DEFAULT_CHECKPOINT_INTERVAL) -> None:
         self.log = log
         self.range_limits = range_limits
         self.supervisor = supervisor or Supervisor()
         self.index = KeyIndex(ValueCache(history_cache_bytes))
+        self.checkpoint_interval = checkpoint_interval  # revisions; 0: never
+        self._checkpointed = INITIAL_REVISION  # the revision of the newest checkpoint known here
+        self._checkpointing: asyncio.Task | None = None
         metrics.INDEX_VERSIONS.set_function(lambda: self.index.version_count)
         self.revision = INITIAL_REVISION
         self.compact_revision = -1
@@ -137,6 +145,9 @@ class MVCCStore:
             self.index.append(kv)
         self.compact_revision = state.compact_revision
         self.revision = max(INITIAL_REVISION, state.compact_revision)
+        if state.checkpoint is not None:
+            self.index.load(state.checkpoint.events)
+            self.revision = self._checkpointed = max(self.revision, state.checkpoint.revision)
         self._apply_records(state.revisions)
         # The base is as old as the last folded compaction; one scheduled since applies too.
         self.index.compact(self.compact_revision)
@@ -149,6 +160,9 @@ class MVCCStore:
                                            "keys": len(self.index)})
 
     async def close(self) -> None:
+        if self._checkpointing is not None:
+            self._checkpointing.cancel()
+            await asyncio.gather(self._checkpointing, return_exceptions=True)
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -448,6 +462,7 @@ class MVCCStore:
             metrics.COMMIT_BATCH_REQUESTS.observe(len(batch))
             self.revision = records[-1].revision
             self._publish(records)
+            self._maybe_checkpoint()
             break
         for future, outcome in outcomes:
             if future.done():
@@ -505,6 +520,37 @@ class MVCCStore:
             if fresh and fresh[0].revision != self.revision + 1:
                 return  # not in the log yet either: the next tail brings them
         self._apply_records(fresh)
+
+    def _maybe_checkpoint(self) -> None:
+        """Start a checkpoint of the index at the current revision if ``checkpoint_interval``
+        revisions passed since the last one (and none is being written)."""
+        if not self.checkpoint_interval or self.revision - self._checkpointed < self.checkpoint_interval:
+            return
+        if self._checkpointing is not None and not self._checkpointing.done():
+            return
+        # Between batches: the index holds nothing newer than the committed revision.
+        revision, histories = self.revision, self.index.snapshot(self.revision)
+        self._checkpointed = revision  # a failed one is tried again an interval later, not at once
+        self._checkpointing = asyncio.create_task(self._write_checkpoint(revision, histories),
+                                                  name="index-checkpoint")
+
+    async def _write_checkpoint(self, revision: int, histories: list) -> None:
+        pages = checkpoint_pages(histories, revision)
+        done = object()
+
+        async def each_page():
+            # Made on a worker thread, one page at a time: the loop keeps serving meanwhile.
+            while (page := await asyncio.to_thread(next, pages, done)) is not done:
+                yield page
+
+        started = time.perf_counter()
+        try:
+            kept = await self.log.save_checkpoint(revision, each_page())
+        except Exception as e:  # noqa: BLE001 - a start then reads a longer tail; the next one may succeed
+            logger.warning("index checkpoint failed", extra={"revision": revision, "error": str(e) or type(e).__name__})
+            return
+        logger.info("index checkpoint", extra={"revision": revision, "kept": kept,
+                                              "seconds": round(time.perf_counter() - started, 3)})
 
     def _rollback(self, records: list[Revision]) -> None:
         """Remove a batch that did not become durable from the index."""

@@ -7,6 +7,10 @@ every write, before and after a restart.
 """
 from __future__ import annotations
 
+import asyncio
+import json
+import sys
+
 import pytest
 
 from cosmos_etcd_shim import metrics
@@ -140,3 +144,111 @@ async def test_read_revisions_and_read_base(logs):
     assert all(found[r].events[0].kv.value == b"v%d" % r for r in found)
     base = await log.read_base([b"k3", b"k19", b"k25", b"absent"])
     assert {key: kv.value for key, kv in base.items()} == {b"k3": b"v3", b"k19": b"v19"}
+
+
+async def test_a_restart_reads_the_newest_checkpoint_and_a_short_tail(logs):
+    history = History()
+    store = MVCCStore(logs.new(), history_cache_bytes=0, checkpoint_interval=50)
+    await store.open()
+    history.wrote(store.revision)
+    await write(store, history, 40)  # 120 revisions: checkpoints at 51 and 101 or later
+    await store.compact(CompactionRequest(revision=30))
+    await write(store, history, 30)  # 210 revisions in all
+    await store._checkpointing
+    head = store.revision
+    await store.close()
+
+    log, state = await logs.open()
+    assert state.checkpoint is not None and state.checkpoint.revision > head - 50
+    assert [r.revision for r in state.revisions] == list(range(state.checkpoint.revision + 1, head + 1))
+    await log.close()
+
+    store = await open_store(logs)
+    try:
+        assert store.revision == head
+        for revision in range(30, head + 1):
+            assert await read_at(store, revision) == history.at(revision), revision
+        with pytest.raises(CompactedError):
+            await read_at(store, 29)
+    finally:
+        await store.close()
+
+
+# A writer of an index checkpoint that stops for good after its third page (to be killed there):
+# the pages hold a wrong value for every key, so a start that used them would be caught.
+HALF_CHECKPOINT_WRITER = """
+import asyncio, json, sys
+from cosmos_etcd_shim.proto.kv_pb2 import Event, KeyValue
+from cosmos_etcd_shim.proto.storage_pb2 import Revision
+from cosmos_etcd_shim.storage.cosmos.log import CosmosLog
+from cosmos_etcd_shim.storage.embedded import EmbeddedLog
+
+args = json.loads(sys.argv[1])
+
+async def main():
+    if args["backend"] == "embedded":
+        log = EmbeddedLog(args["data_dir"])
+    else:
+        log = CosmosLog(args["endpoint"], key=args["key"], container=args["container"])
+    await log.open()
+    revision = args["revision"]
+
+    async def pages():
+        for number in range(10):
+            if number == 3:
+                print("three pages written", flush=True)
+                await asyncio.Event().wait()
+            yield Revision(revision=revision, events=[Event(type=Event.PUT, kv=KeyValue(
+                key=key.encode(), create_revision=2, mod_revision=2, version=1, value=b"wrong"))
+                for key in args["keys"]]).SerializeToString()
+
+    await log.save_checkpoint(revision, pages())
+
+asyncio.run(main())
+"""
+
+
+async def test_a_checkpoint_killed_half_way_is_never_used(logs):
+    history = History()
+    store = await open_store(logs)
+    history.wrote(store.revision)
+    await write(store, history, 10)
+    head = store.revision
+    await store.close()
+
+    log = logs.new()
+    target = {"backend": logs.backend, "revision": head, "keys": [k.decode() for k in KEYS],
+              "data_dir": str(logs.tmp_path / "data")}
+    if logs.backend == "cosmos":
+        target.update(endpoint=logs.server.endpoint, key=logs.server.key, container=logs.container)
+    writer = await asyncio.create_subprocess_exec(sys.executable, "-c", HALF_CHECKPOINT_WRITER, json.dumps(target),
+                                                  stdout=asyncio.subprocess.PIPE)
+    try:
+        assert await writer.stdout.readline() == b"three pages written\n"
+    finally:
+        writer.kill()  # SIGKILL, by its pid
+        await writer.wait()
+
+    log, state = await logs.open()
+    assert state.checkpoint is None
+    await log.close()
+    store = await open_store(logs)
+    try:
+        for revision in range(2, head + 1):
+            assert await read_at(store, revision) == history.at(revision), revision
+        # A later checkpoint is written and used, the half-written one's pages notwithstanding.
+        store.checkpoint_interval = 1
+        await write(store, history, 1)
+        await store._checkpointing
+        killed_at, head = head, store.revision
+    finally:
+        await store.close()
+    log, state = await logs.open()
+    assert state.checkpoint is not None and killed_at < state.checkpoint.revision <= head
+    await log.close()
+    store = await open_store(logs)
+    try:
+        for revision in range(2, head + 1):
+            assert await read_at(store, revision) == history.at(revision), revision
+    finally:
+        await store.close()

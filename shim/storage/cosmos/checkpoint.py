@@ -85,6 +85,20 @@ def paginate(events: list[Event]) -> list[list[Event]]:
     return pages
 
 
+async def write_page(conn: CosmosConnection, op: str, document: dict, payload: bytes) -> int:
+    """Upsert one page document (``id``, ``pk``, ``s``, ``g`` and the kind's own fields given) with
+    ``payload``, its chunks first; the payload's size. The chunk nonce is derived from the payload,
+    so that rewriting the same page reuses the same ids."""
+    packed = codec.pack(payload)
+    nonce = f"{packed.crc:08x}"
+    for index, text in enumerate(packed.chunks):
+        await conn.upsert(op, {
+            "id": layout.chunk_id(document["id"], nonce, index), "pk": document["pk"], "kind": layout.KIND_CHUNK,
+            "s": document["s"], "g": document["g"], "o": document["id"], "w": nonce, "i": index, "d": text})
+    await conn.upsert(op, {**document, **packed.fields(nonce)})
+    return packed.raw_size
+
+
 async def write_page_set(conn: CosmosConnection, set_id: str, revision: int, events: list[Event],
                          full: bool) -> PageSet:
     """Write every page (chunks first) of a page set; idempotent (upserts of derived content)."""
@@ -93,23 +107,13 @@ async def write_page_set(conn: CosmosConnection, set_id: str, revision: int, eve
 
     async def write(number: int, page: list[Event]) -> int:
         payload = Revision(revision=revision, events=page).SerializeToString()
-        packed = codec.pack(payload)
-        document_id = layout.page_id(set_id, number)
-        # The nonce names the chunks: derived, so that rewriting the same set reuses the same ids.
-        nonce = f"{packed.crc:08x}"
+        document = {"id": layout.page_id(set_id, number), "pk": layout.BASE_PARTITION, "kind": layout.KIND_PAGE,
+                    "s": set_id, "g": revision, "p": number, "full": full}
+        if page:
+            document["lo"] = layout.key_hex(page[0].kv.key)
+            document["hi"] = layout.key_hex(page[-1].kv.key)
         async with semaphore:
-            for index, text in enumerate(packed.chunks):
-                await conn.upsert("compact", {
-                    "id": layout.chunk_id(document_id, nonce, index), "pk": layout.BASE_PARTITION,
-                    "kind": layout.KIND_CHUNK, "s": set_id, "g": revision, "o": document_id, "w": nonce,
-                    "i": index, "d": text})
-            document = {"id": document_id, "pk": layout.BASE_PARTITION, "kind": layout.KIND_PAGE, "s": set_id,
-                        "g": revision, "p": number, "full": full, **packed.fields(nonce)}
-            if page:
-                document["lo"] = layout.key_hex(page[0].kv.key)
-                document["hi"] = layout.key_hex(page[-1].kv.key)
-            await conn.upsert("compact", document)
-        return packed.raw_size
+            return await write_page(conn, "compact", document, payload)
 
     sizes = await asyncio.gather(*(write(number, page) for number, page in enumerate(pages)))
     total = sum(sizes)
@@ -118,15 +122,20 @@ async def write_page_set(conn: CosmosConnection, set_id: str, revision: int, eve
 
 async def read_page_set(conn: CosmosConnection, page_set: PageSet, op: str) -> list[Event]:
     """The events of a page set, in page order. StorageError if a page is missing (collected)."""
+    return await read_pages(conn, layout.BASE_PARTITION, layout.KIND_PAGE, page_set.id, page_set.pages, op)
+
+
+async def read_pages(conn: CosmosConnection, partition: str, kind: str, set_id: str, pages: int,
+                     op: str) -> list[Event]:
+    """The events of the ``pages`` pages of set ``set_id``, in page order; PageSetMissing if one is gone."""
     documents = await conn.query(op, "SELECT * FROM c WHERE c.pk = @pk AND c.kind = @kind AND c.s = @s",
-                                 {"@pk": layout.BASE_PARTITION, "@kind": layout.KIND_PAGE, "@s": page_set.id},
-                                 layout.BASE_PARTITION, max_item_count=4)
-    if len(documents) != page_set.pages:
-        raise PageSetMissing(f"page set {page_set.id}: {len(documents)} of {page_set.pages} pages found")
+                                 {"@pk": partition, "@kind": kind, "@s": set_id}, partition, max_item_count=4)
+    if len(documents) != pages:
+        raise PageSetMissing(f"page set {set_id}: {len(documents)} of {pages} pages found")
     documents.sort(key=lambda d: d["p"])
     events: list[Event] = []
     for document in documents:
-        data = codec.unpack(document, await read_chunks(conn, document, layout.BASE_PARTITION, op))
+        data = codec.unpack(document, await read_chunks(conn, document, partition, op))
         events.extend(Revision.FromString(data).events)
     return events
 
