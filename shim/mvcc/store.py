@@ -57,9 +57,9 @@ from cosmos_etcd_shim.mvcc.history import (
     DEFAULT_CACHE_BYTES,
     DEFAULT_CHECKPOINT_INTERVAL,
     ValueCache,
-    checkpoint_pages,
     ValuesMissing,
     VersionId,
+    checkpoint_pages,
     fetch_values,
     materialize,
 )
@@ -223,8 +223,6 @@ class MVCCStore:
     async def _fetch_missing(self, missing: ValuesMissing, fetched: dict[VersionId, bytes]) -> None:
         """Add the values ``missing`` names to ``fetched``; CompactedError if one of them is gone
         from the log and the base (a compaction took it since the read chose it)."""
-        if any(v.id in fetched for v in missing.versions):
-            raise CompactedError()
         try:
             found = await fetch_values(self.log, self.index.cache, missing.versions)
         except StorageError as e:
