@@ -44,8 +44,11 @@ TLS_CERTIFICATE_EXPIRY = Gauge("cosmos_etcd_tls_certificate_expiration_timestamp
 # dashboards made for etcd show the replicas' leadership.
 IS_LEADER = Gauge("etcd_server_is_leader", "1 while this server leads the servers of its shared log")
 LEADER_CHANGES = Counter("etcd_server_leader_changes_seen", "times this server became the leader")
-FORWARDED_REQUESTS = Counter("cosmos_etcd_forwarded_requests", "write requests forwarded to the leader, by method "
-                             "and the leader's status code", ["method", "code"])
+FORWARDED_REQUESTS = Counter("cosmos_etcd_forwarded_requests", "requests forwarded to the leader (writes, and "
+                             "ReadIndex), by method and the leader's status code", ["method", "code"])
+LINEARIZABLE_READS = Counter("cosmos_etcd_linearizable_reads", "linearizable reads, by how this server made its store "
+                             "current: as the leader holding its term (lease), the leader's read index, or its own "
+                             "read of the log", ["through"])
 PUSHED_REVISIONS = Counter("cosmos_etcd_pushed_revisions", "revisions a follower received from the leader's push "
                            "(rather than by reading the log)")
 TASK_FAILURES = Counter("cosmos_etcd_background_task_failures", "background tasks that failed and were restarted",

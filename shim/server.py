@@ -37,8 +37,10 @@ from cosmos_etcd_shim.mvcc.store import MVCCStore
 from cosmos_etcd_shim.mvcc.watch import WatchHub
 from cosmos_etcd_shim.proto import peer_pb2_grpc, rpc_pb2, rpc_pb2_grpc
 from cosmos_etcd_shim.replication.election import Election
+from cosmos_etcd_shim.replication.fencing import Fencing
 from cosmos_etcd_shim.replication.forwarding import Forwarder, TlsFiles
 from cosmos_etcd_shim.replication.push import CommitFeed, PushFollower
+from cosmos_etcd_shim.replication.reads import Reads
 from cosmos_etcd_shim.replication.writes import Writes
 from cosmos_etcd_shim.storage import RevisionLog, StorageError
 from cosmos_etcd_shim.storage.embedded import EmbeddedLog
@@ -200,7 +202,7 @@ class Server:
             self.supervisor.start("member-heartbeat", lambda: self._heartbeat_forever(this_member)),
             self.supervisor.start("auth-upkeep", auth.maintain_forever),
         ]
-        writes = self._replication(store, identity.member_id)
+        writes, reads = self._replication(store, identity.member_id)
         callers = Callers(auth, config.requires_client_certificates)
         quota = SpaceQuota(store.log, store.alarms, identity.member_id, config.quota_backend_bytes)
 
@@ -212,12 +214,12 @@ class Server:
         self._background.append(self.supervisor.start(
             "watch-progress", lambda: hub.notify_progress_every(config.watch_progress_notify_interval)))
         servicers = [
-            (KVServicer(store, writes, quota, headers, config.max_request_bytes, config.max_txn_ops, callers),
+            (KVServicer(store, writes, reads, quota, headers, config.max_request_bytes, config.max_txn_ops, callers),
              rpc_pb2_grpc.KVServicer, rpc_pb2_grpc.add_KVServicer_to_server),
             (WatchServicer(hub, headers, config.max_request_bytes + GRPC_OVERHEAD_BYTES, callers),
              rpc_pb2_grpc.WatchServicer, rpc_pb2_grpc.add_WatchServicer_to_server),
-            (LeaseServicer(store, writes, quota, headers, config.max_request_bytes, callers), rpc_pb2_grpc.LeaseServicer,
-             rpc_pb2_grpc.add_LeaseServicer_to_server),
+            (LeaseServicer(store, writes, reads, quota, headers, config.max_request_bytes, callers),
+             rpc_pb2_grpc.LeaseServicer, rpc_pb2_grpc.add_LeaseServicer_to_server),
             (ClusterServicer(headers, lambda: self._members), rpc_pb2_grpc.ClusterServicer,
              rpc_pb2_grpc.add_ClusterServicer_to_server),
             (MaintenanceServicer(store, headers, ServerInfo(ETCD_VERSION, ETCD_CLUSTER_VERSION,
@@ -235,7 +237,7 @@ class Server:
             _bind(server, address, credentials if address in config.tls_addresses else None)
         await server.start()
         if self.election is not None:
-            await self._serve_peers(store, headers)
+            await self._serve_peers(PeerServicer(writes, reads, self.election, self.feed, headers))
         if config.metrics_addresses:
             self.http_listener = await metrics.serve_metrics(config.metrics_addresses,
                                                              http_routes(HealthChecks(store, self.supervisor)))
@@ -247,11 +249,12 @@ class Server:
             "member_id": f"{identity.member_id:x}", "cluster_id": f"{identity.cluster_id:x}",
         })
 
-    def _replication(self, store: MVCCStore, member_id: int) -> Writes:
-        """With --listen-peer-urls: an election among the replicas, and writes that go to the leader."""
+    def _replication(self, store: MVCCStore, member_id: int) -> tuple[Writes, Reads]:
+        """With --listen-peer-urls: an election among the replicas, writes that go to the leader, and
+        linearizable reads made current by it."""
         config = self.config
         if not config.listen_peer_urls:
-            return Writes(store)
+            return Writes(store), Reads(store)
         self.election = Election(store.log.leader_lease(), member_id, config.initial_advertise_peer_urls[0],
                                  config.leader_lease_seconds)
         client_tls = None
@@ -262,14 +265,17 @@ class Server:
         self.feed = CommitFeed(store)
         store.expires_leases = False  # until the election says this server leads
         follower = PushFollower(store, self.election, self.forwarder)
+        fencing = Fencing(store, self.election)
         self._background += [self.supervisor.start("leader-election", self.election.run_forever, core=True),
-                             self.supervisor.start("leader-push", follower.run_forever)]
-        return Writes(store, self.election, self.forwarder)
+                             self.supervisor.start("leader-push", follower.run_forever),
+                             self.supervisor.start("leader-fence", fencing.run_forever)]
+        return (Writes(store, self.election, self.forwarder, fencing),
+                Reads(store, self.election, self.forwarder, fencing))
 
-    async def _serve_peers(self, store: MVCCStore, headers: ResponseHeaders) -> None:
-        """The peer listener: the leader's side of forwarded writes (``api.peer``)."""
+    async def _serve_peers(self, servicer: PeerServicer) -> None:
+        """The peer listener: the leader's side of forwarded writes and read indexes (``api.peer``)."""
         server = grpc.aio.server(options=grpc_options(self.config), interceptors=[DecodeErrors()])
-        peer_pb2_grpc.add_PeerServicer_to_server(PeerServicer(store, self.election, self.feed, headers), server)
+        peer_pb2_grpc.add_PeerServicer_to_server(servicer, server)
         for address, secure in self.config.peer_addresses:
             _bind(server, address, tls.server_credentials(self.config) if secure else None)
         await server.start()

@@ -61,6 +61,7 @@ _FROM_CORE = {
     core.LeaseExistsError: LEASE_EXISTS,
     core.LeaseTTLTooLargeError: LEASE_TTL_TOO_LARGE,
     core.TooManyRequestsError: EtcdStatus(grpc.StatusCode.RESOURCE_EXHAUSTED, "etcdserver: too many requests"),
+    core.NotLeaderError: EtcdStatus(grpc.StatusCode.UNAVAILABLE, "etcdserver: not leader"),
     core.NoSpaceError: EtcdStatus(grpc.StatusCode.RESOURCE_EXHAUSTED, "etcdserver: mvcc: database space exceeded"),
     core.CorruptError: EtcdStatus(grpc.StatusCode.DATA_LOSS, "etcdserver: corrupt cluster"),
     core.RootUserNotExistError: EtcdStatus(_FAILED, "etcdserver: root user does not exist"),

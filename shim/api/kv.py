@@ -6,7 +6,8 @@ permission (etcd 3.5 lets any caller compact), only a valid token if one is give
 (see ``mvcc.alarms``) refuses writes just before the permission check, where etcd's alarm
 appliers refuse them. The space quota (``mvcc.quota``) checks Put and every Txn before anything
 else, as etcd's quota wrapper of the KV service does. Writes then go to the leader
-(``replication.writes``); reads are answered here.
+(``replication.writes``); reads are answered here, linearizable ones once this server's store is
+current (``replication.reads``).
 """
 from __future__ import annotations
 
@@ -18,14 +19,16 @@ from cosmos_etcd_shim.mvcc.quota import SpaceQuota
 from cosmos_etcd_shim.mvcc.store import MVCCStore
 from cosmos_etcd_shim.mvcc.txn import is_write
 from cosmos_etcd_shim.proto import rpc_pb2_grpc
+from cosmos_etcd_shim.replication.reads import Reads
 from cosmos_etcd_shim.replication.writes import Writes
 
 
 class KVServicer(rpc_pb2_grpc.KVServicer):
-    def __init__(self, store: MVCCStore, writes: Writes, quota: SpaceQuota, headers: ResponseHeaders,
+    def __init__(self, store: MVCCStore, writes: Writes, reads: Reads, quota: SpaceQuota, headers: ResponseHeaders,
                  max_request_bytes: int, max_txn_ops: int, callers: Callers) -> None:
         self.store = store
         self.writes = writes
+        self.reads = reads
         self.quota = quota
         self.callers = callers
         self.auth = callers.auth
@@ -38,7 +41,7 @@ class KVServicer(rpc_pb2_grpc.KVServicer):
         validation.check_range(request)
         caller = self.callers.of(context)
         if not request.serializable:
-            await self.store.sync()
+            await self.reads.current()
         self.auth.check_read(caller, request.key, request.range_end)
         response = await self.store.range(request)
         self.headers.fill(response.header)
@@ -72,11 +75,16 @@ class KVServicer(rpc_pb2_grpc.KVServicer):
         await self.quota.check_txn(request)
         validation.check_txn(request, self.max_txn_ops)
         caller = self.callers.of(context)
-        if is_write(request):  # only writes travel through etcd's raft log and its size limit
+        writing = is_write(request)
+        if writing:  # only writes travel through etcd's raft log and its size limit
             validation.check_size(request, self.max_request_bytes)
             self.store.alarms.check_txn(request)
         self.auth.check_txn(caller, request)
-        response = await self.writes.txn(request)
+        if writing:
+            response = await self.writes.txn(request)
+        else:  # a read: etcd makes a read-only Txn linearizable too
+            await self.reads.current()
+            response = await self.store.txn(request)
         self.headers.fill(response.header)
         return response
 

@@ -16,14 +16,16 @@ from cosmos_etcd_shim.mvcc.errors import LeaseNotFoundError
 from cosmos_etcd_shim.mvcc.quota import SpaceQuota
 from cosmos_etcd_shim.mvcc.store import MVCCStore
 from cosmos_etcd_shim.proto import rpc_pb2, rpc_pb2_grpc
+from cosmos_etcd_shim.replication.reads import Reads
 from cosmos_etcd_shim.replication.writes import Writes
 
 
 class LeaseServicer(rpc_pb2_grpc.LeaseServicer):
-    def __init__(self, store: MVCCStore, writes: Writes, quota: SpaceQuota, headers: ResponseHeaders,
+    def __init__(self, store: MVCCStore, writes: Writes, reads: Reads, quota: SpaceQuota, headers: ResponseHeaders,
                  max_request_bytes: int, callers: Callers) -> None:
         self.store = store
         self.writes = writes
+        self.reads = reads
         self.quota = quota
         self.callers = callers
         self.leases = store.leases
@@ -59,7 +61,7 @@ class LeaseServicer(rpc_pb2_grpc.LeaseServicer):
 
     @unary_rpc
     async def LeaseTimeToLive(self, request, context):
-        await self.store.sync()  # its keys as of every write acknowledged anywhere (etcd asks its leader)
+        await self.reads.current()  # its keys as of every write acknowledged anywhere (etcd asks its leader)
         try:
             lease = await self.leases.get(request.ID)
         except LeaseNotFoundError:

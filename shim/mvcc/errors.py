@@ -1,5 +1,5 @@
 """Errors of the MVCC core, named as etcd names them; ``api.errors`` maps each to etcd's gRPC status."""
-from cosmos_etcd_shim.storage import StorageError, StorageThrottledError
+from cosmos_etcd_shim.storage import LogFencedError, StorageError, StorageThrottledError
 
 
 class MVCCError(Exception):
@@ -26,6 +26,11 @@ class StorageUnavailableError(MVCCError):
     """The durable log could not be written; the request was not applied."""
 
 
+class NotLeaderError(StorageUnavailableError):
+    """This server no longer leads the log (another server fenced it, see ``MVCCStore.may_write``):
+    the request was not applied, and the next leader may run it."""
+
+
 class TooManyRequestsError(MVCCError):
     """The storage backend is throttling (its request units are spent): back-pressure, as etcd's
     "too many requests"; the request was not applied."""
@@ -35,6 +40,8 @@ def from_storage(error: StorageError) -> MVCCError:
     """What a client is told when the storage failed its request."""
     if isinstance(error, StorageThrottledError):
         return TooManyRequestsError()
+    if isinstance(error, LogFencedError):
+        return NotLeaderError(str(error))
     return StorageUnavailableError(str(error))
 
 

@@ -21,7 +21,9 @@ tailing (:attr:`MVCCStore.replicated`: a follower pushed to, or the leader, whic
 log is tailed only every :data:`PUSHED_POLL_SECONDS`: for what is not pushed (compactions, auth,
 alarms) and as a check. It also says whether this server revokes expired leases
 (:attr:`MVCCStore.expires_leases`): on a log with a leader only the leader does, so that only the
-leader writes.
+leader writes; and whether this server may write the log at all (:attr:`MVCCStore.may_write`,
+asked before every append and compaction: a leader that holds its term's fence). A write refused
+so was not applied: :class:`NotLeaderError`.
 
 Every storage failure has one outcome for the requests it touched: throttling becomes etcd's
 "too many requests" (back-pressure; the store stays up), anything else UNAVAILABLE. Only an
@@ -51,7 +53,7 @@ from typing import Any
 from cosmos_etcd_shim import metrics
 from cosmos_etcd_shim.mvcc import txn as txns
 from cosmos_etcd_shim.mvcc.alarms import Alarms
-from cosmos_etcd_shim.mvcc.errors import CompactedError, FutureRevisionError, LeaseNotFoundError, MVCCError
+from cosmos_etcd_shim.mvcc.errors import CompactedError, FutureRevisionError, LeaseNotFoundError, MVCCError, NotLeaderError
 from cosmos_etcd_shim.mvcc.errors import StorageUnavailableError, TooManyRequestsError, from_storage
 from cosmos_etcd_shim.mvcc.history import (
     DEFAULT_CACHE_BYTES,
@@ -82,6 +84,7 @@ from cosmos_etcd_shim.proto.storage_pb2 import Revision
 from cosmos_etcd_shim.storage import (
     LogCompactedError,
     LogConflictError,
+    LogFencedError,
     RevisionLog,
     StorageError,
     StorageRejectedError,
@@ -123,6 +126,7 @@ class MVCCStore:
         #: Set by the replication layer (see the module docstring).
         self.replicated = False
         self.expires_leases = True
+        self.may_write: Callable[[], bool] = lambda: True
         self._compacting = asyncio.Lock()  # one Compact at a time on this server
         self._syncs: list[asyncio.Future] = []
         # A shared log that just failed is treated as down until a read of it succeeds again.
@@ -259,8 +263,8 @@ class MVCCStore:
     async def txn(self, t: TxnRequest) -> TxnResponse:
         await self.leases.refresh_unknown(txns.leases_named(t))
         if not txns.is_write(t):
-            # Nothing to make durable: evaluate at the committed revision, like a read.
-            await self.sync()
+            # Nothing to make durable: evaluate at the committed revision, like a Range (which the
+            # caller made current first, if the read is linearizable).
             return await self._with_history(lambda fetched: self._run_txn(
                 txns.WriteTxn(self.index, self.revision, self.compact_revision, self.range_limits), t, fetched))
         # A Range at an old revision inside may need values from the log: then the Txn failed
@@ -307,6 +311,8 @@ class MVCCStore:
                 raise CompactedError()
             if revision > self.revision:
                 raise FutureRevisionError()
+            if not self.may_write():
+                raise NotLeaderError("this server does not lead the log")
             try:
                 await self.log.compact(revision)
             except LogCompactedError:  # another server compacted past it meanwhile
@@ -436,6 +442,10 @@ class MVCCStore:
                 if self.revision == before:
                     break
                 continue
+            if not self.may_write():  # deposed since these requests were queued: the next leader runs them
+                self._rollback(records)
+                self._fail_batch(batch, LogFencedError("this server does not lead the log"))
+                return
             started = time.perf_counter()
             try:
                 await self.log.append(records)
@@ -608,7 +618,7 @@ class MVCCStore:
 
 def _is_outage(error: StorageError) -> bool:
     """Whether the log did not answer at all (rather than answer with a refusal or throttling)."""
-    return not isinstance(error, (StorageThrottledError, StorageRejectedError, LogCompactedError))
+    return not isinstance(error, (StorageThrottledError, StorageRejectedError, LogCompactedError, LogFencedError))
 
 
 def _fail(future: asyncio.Future, error: BaseException) -> None:

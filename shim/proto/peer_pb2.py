@@ -26,17 +26,21 @@ from cosmos_etcd_shim.proto import rpc_pb2 as cosmos__etcd__shim_dot_proto_dot_r
 from cosmos_etcd_shim.proto import storage_pb2 as cosmos__etcd__shim_dot_proto_dot_storage__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!cosmos_etcd_shim/proto/peer.proto\x12\x0f\x63osmosetcd.peer\x1a cosmos_etcd_shim/proto/rpc.proto\x1a$cosmos_etcd_shim/proto/storage.proto\"\x0f\n\rFollowRequest\"T\n\x0e\x46ollowResponse\x12\x11\n\tcommitted\x18\x01 \x01(\x03\x12/\n\trevisions\x18\x02 \x03(\x0b\x32\x1c.cosmosetcd.storage.Revision2\xcd\x03\n\x04Peer\x12<\n\x03Put\x12\x18.etcdserverpb.PutRequest\x1a\x19.etcdserverpb.PutResponse\"\x00\x12T\n\x0b\x44\x65leteRange\x12 .etcdserverpb.DeleteRangeRequest\x1a!.etcdserverpb.DeleteRangeResponse\"\x00\x12<\n\x03Txn\x12\x18.etcdserverpb.TxnRequest\x1a\x19.etcdserverpb.TxnResponse\"\x00\x12N\n\x07\x43ompact\x12\x1f.etcdserverpb.CompactionRequest\x1a .etcdserverpb.CompactionResponse\"\x00\x12T\n\x0bLeaseRevoke\x12 .etcdserverpb.LeaseRevokeRequest\x1a!.etcdserverpb.LeaseRevokeResponse\"\x00\x12M\n\x06\x46ollow\x12\x1e.cosmosetcd.peer.FollowRequest\x1a\x1f.cosmosetcd.peer.FollowResponse\"\x00\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!cosmos_etcd_shim/proto/peer.proto\x12\x0f\x63osmosetcd.peer\x1a cosmos_etcd_shim/proto/rpc.proto\x1a$cosmos_etcd_shim/proto/storage.proto\"\x12\n\x10ReadIndexRequest\"[\n\x11ReadIndexResponse\x12,\n\x06header\x18\x01 \x01(\x0b\x32\x1c.etcdserverpb.ResponseHeader\x12\x18\n\x10\x63ompact_revision\x18\x02 \x01(\x03\"\x0f\n\rFollowRequest\"T\n\x0e\x46ollowResponse\x12\x11\n\tcommitted\x18\x01 \x01(\x03\x12/\n\trevisions\x18\x02 \x03(\x0b\x32\x1c.cosmosetcd.storage.Revision2\xa3\x04\n\x04Peer\x12<\n\x03Put\x12\x18.etcdserverpb.PutRequest\x1a\x19.etcdserverpb.PutResponse\"\x00\x12T\n\x0b\x44\x65leteRange\x12 .etcdserverpb.DeleteRangeRequest\x1a!.etcdserverpb.DeleteRangeResponse\"\x00\x12<\n\x03Txn\x12\x18.etcdserverpb.TxnRequest\x1a\x19.etcdserverpb.TxnResponse\"\x00\x12N\n\x07\x43ompact\x12\x1f.etcdserverpb.CompactionRequest\x1a .etcdserverpb.CompactionResponse\"\x00\x12T\n\x0bLeaseRevoke\x12 .etcdserverpb.LeaseRevokeRequest\x1a!.etcdserverpb.LeaseRevokeResponse\"\x00\x12T\n\tReadIndex\x12!.cosmosetcd.peer.ReadIndexRequest\x1a\".cosmosetcd.peer.ReadIndexResponse\"\x00\x12M\n\x06\x46ollow\x12\x1e.cosmosetcd.peer.FollowRequest\x1a\x1f.cosmosetcd.peer.FollowResponse\"\x00\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'cosmos_etcd_shim.proto.peer_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_FOLLOWREQUEST']._serialized_start=126
-  _globals['_FOLLOWREQUEST']._serialized_end=141
-  _globals['_FOLLOWRESPONSE']._serialized_start=143
-  _globals['_FOLLOWRESPONSE']._serialized_end=227
-  _globals['_PEER']._serialized_start=230
-  _globals['_PEER']._serialized_end=691
+  _globals['_READINDEXREQUEST']._serialized_start=126
+  _globals['_READINDEXREQUEST']._serialized_end=144
+  _globals['_READINDEXRESPONSE']._serialized_start=146
+  _globals['_READINDEXRESPONSE']._serialized_end=237
+  _globals['_FOLLOWREQUEST']._serialized_start=239
+  _globals['_FOLLOWREQUEST']._serialized_end=254
+  _globals['_FOLLOWRESPONSE']._serialized_start=256
+  _globals['_FOLLOWRESPONSE']._serialized_end=340
+  _globals['_PEER']._serialized_start=343
+  _globals['_PEER']._serialized_end=890
 # @@protoc_insertion_point(module_scope)

@@ -60,6 +60,11 @@ class PeerStub:
                 request_serializer=cosmos__etcd__shim_dot_proto_dot_rpc__pb2.LeaseRevokeRequest.SerializeToString,
                 response_deserializer=cosmos__etcd__shim_dot_proto_dot_rpc__pb2.LeaseRevokeResponse.FromString,
                 _registered_method=True)
+        self.ReadIndex = channel.unary_unary(
+                '/cosmosetcd.peer.Peer/ReadIndex',
+                request_serializer=cosmos__etcd__shim_dot_proto_dot_peer__pb2.ReadIndexRequest.SerializeToString,
+                response_deserializer=cosmos__etcd__shim_dot_proto_dot_peer__pb2.ReadIndexResponse.FromString,
+                _registered_method=True)
         self.Follow = channel.unary_stream(
                 '/cosmosetcd.peer.Peer/Follow',
                 request_serializer=cosmos__etcd__shim_dot_proto_dot_peer__pb2.FollowRequest.SerializeToString,
@@ -100,6 +105,14 @@ class PeerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReadIndex(self, request, context):
+        """What a follower's linearizable read must wait for (raft's ReadIndex): the leader's committed
+        revision, which holds every write acknowledged anywhere while the leader holds its term's fence.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Follow(self, request, context):
         """The leader's committed revisions as it makes them durable, so that a follower's watches see
         them without reading the log. The first message, and one every second while nothing is
@@ -136,6 +149,11 @@ def add_PeerServicer_to_server(servicer, server):
                     servicer.LeaseRevoke,
                     request_deserializer=cosmos__etcd__shim_dot_proto_dot_rpc__pb2.LeaseRevokeRequest.FromString,
                     response_serializer=cosmos__etcd__shim_dot_proto_dot_rpc__pb2.LeaseRevokeResponse.SerializeToString,
+            ),
+            'ReadIndex': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReadIndex,
+                    request_deserializer=cosmos__etcd__shim_dot_proto_dot_peer__pb2.ReadIndexRequest.FromString,
+                    response_serializer=cosmos__etcd__shim_dot_proto_dot_peer__pb2.ReadIndexResponse.SerializeToString,
             ),
             'Follow': grpc.unary_stream_rpc_method_handler(
                     servicer.Follow,
@@ -278,6 +296,33 @@ class Peer:
             '/cosmosetcd.peer.Peer/LeaseRevoke',
             cosmos__etcd__shim_dot_proto_dot_rpc__pb2.LeaseRevokeRequest.SerializeToString,
             cosmos__etcd__shim_dot_proto_dot_rpc__pb2.LeaseRevokeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReadIndex(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cosmosetcd.peer.Peer/ReadIndex',
+            cosmos__etcd__shim_dot_proto_dot_peer__pb2.ReadIndexRequest.SerializeToString,
+            cosmos__etcd__shim_dot_proto_dot_peer__pb2.ReadIndexResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -11,12 +11,16 @@ only every few seconds. One server appending means no conflicts on the log head:
 throughput of several replicas is that of one, instead of each one's appends failing against the
 others'.
 
-Safety does not depend on the election. The log's compare-and-swap (creating the document of
-revision head+1) stays what orders writes: two servers that both believe they lead for a moment
-(a paused leader that wakes up after its lease ran out) conflict on the log head like any two
-writers, the loser catches up and evaluates again, and no revision is lost or written twice.
-Reads are served by each replica from its own store, made current for a linearizable read by
-reading the log (``MVCCStore.sync``), so a stale leader cannot make a follower answer stale data.
+Safety of the data does not depend on the election. The log's compare-and-swap (creating the
+document of revision head+1) stays what orders writes: two servers that both believe they lead for
+a moment (a paused leader that wakes up after its lease ran out) conflict on the log head like any
+two writers, the loser catches up and evaluates again, and no revision is lost or written twice.
+Reads are served by each replica from its own store. A linearizable read waits until that store
+has every acknowledged write (:mod:`reads`): the leader's at once while it holds its term, a
+follower's once it has the leader's read index (raft's ReadIndex: one round trip between
+replicas), anyone's by reading the log when there is no leader to ask. A leader holds its term
+once it has fenced the log (:mod:`fencing`): then no other server's append can land, so that a
+deposed leader that wakes up cannot make any replica answer stale data.
 
 Without ``--listen-peer-urls`` there is no election and every replica writes the log itself, as
 before this layer existed (a single server, the embedded store, and tools such as ``migrate``).

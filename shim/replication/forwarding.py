@@ -76,10 +76,10 @@ class Forwarder:
         self._channel: grpc.aio.Channel | None = None
         self._address = ""
 
-    async def call(self, leader: Leader, method: str, request):
+    async def call(self, leader: Leader, method: str, request, timeout: float = CALL_SECONDS):
         try:
             stub = peer_pb2_grpc.PeerStub(await self.channel_to(leader.address))
-            response = await getattr(stub, method)(request, timeout=CALL_SECONDS,
+            response = await getattr(stub, method)(request, timeout=timeout,
                                                    metadata=((TOKEN_METADATA, leader.token),))
         except grpc.aio.UsageError:
             # The channel was closed before the call started (another request found a new leader

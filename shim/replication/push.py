@@ -34,6 +34,15 @@ HEARTBEAT_SECONDS = 1.0
 SILENCE_SECONDS = 3 * HEARTBEAT_SECONDS
 QUEUE_BATCHES = 1024
 RECONNECT_SECONDS = 1.0
+# How long a follower waits for a revision the leader answered with to be pushed before reading the log.
+PUSH_WAIT_SECONDS = 0.5
+
+
+async def catch_up_to(store: MVCCStore, revision: int) -> None:
+    """Until this store has ``revision``, which the leader committed: its push usually brings it with
+    the leader's answer; past :data:`PUSH_WAIT_SECONDS` (no stream yet, or it broke) the log has it."""
+    if not await store.wait_for_revision(revision, PUSH_WAIT_SECONDS):
+        await store.sync()
 
 
 class CommitFeed:

@@ -10,7 +10,9 @@ reads and watches included.
 While there is no leader (an election under way) a write waits for one, at most a lease period
 and two rounds; then etcd's ``no leader``. A write the leader refuses as not leading (its lease ran out
 between the follower's choice and the call) or that could not reach it is sent again, once, to the
-next leader: in both cases it did not run.
+next leader: in both cases it did not run. So is a write this server took as the leader and could
+not run because it stopped leading before it was written (:class:`~fencing.NotLeading`, the
+store's ``NotLeaderError``): the leader writes only while it holds its term's fence (:mod:`fencing`).
 """
 from __future__ import annotations
 
@@ -18,57 +20,73 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
-from cosmos_etcd_shim.mvcc.errors import MVCCError
+from cosmos_etcd_shim.mvcc.errors import MVCCError, NotLeaderError
 from cosmos_etcd_shim.mvcc.store import MVCCStore
-from cosmos_etcd_shim.mvcc.txn import is_write
 from cosmos_etcd_shim.proto import rpc_pb2
 from cosmos_etcd_shim.replication.election import NOBODY, Election, Leader
+from cosmos_etcd_shim.replication.fencing import Fencing, NotLeading
 from cosmos_etcd_shim.replication.forwarding import NO_LEADER, Forwarder, NotSent
+from cosmos_etcd_shim.replication.push import catch_up_to
 from cosmos_etcd_shim.storage import StorageError
 
 logger = logging.getLogger(__name__)
 
 SENDS = 2  # the first leader, and the next one if the first did not run the request
-# The leader pushes a batch as it answers the requests in it: the push usually arrives with the
-# answer, and reading the log instead costs a Cosmos query.
-PUSH_WAIT_SECONDS = 0.5
 
 
 class Writes:
-    def __init__(self, store: MVCCStore, election: Election | None = None, forwarder: Forwarder | None = None) -> None:
+    def __init__(self, store: MVCCStore, election: Election | None = None, forwarder: Forwarder | None = None,
+                 fencing: Fencing | None = None) -> None:
         self.store = store
         self.election = election
         self.forwarder = forwarder
+        self.fencing = fencing
+        self._local: dict[str, Callable[..., Awaitable]] = {
+            "Put": store.put, "DeleteRange": store.delete_range, "Txn": store.txn, "Compact": store.compact,
+            "LeaseRevoke": self._revoke_lease,
+        }
 
     async def put(self, request: rpc_pb2.PutRequest) -> rpc_pb2.PutResponse:
-        return await self._route("Put", request, self.store.put)
+        return await self._route("Put", request)
 
     async def delete_range(self, request: rpc_pb2.DeleteRangeRequest) -> rpc_pb2.DeleteRangeResponse:
-        return await self._route("DeleteRange", request, self.store.delete_range)
+        return await self._route("DeleteRange", request)
 
     async def txn(self, request: rpc_pb2.TxnRequest) -> rpc_pb2.TxnResponse:
-        if not is_write(request):  # a read: served here like a Range
-            return await self.store.txn(request)
-        return await self._route("Txn", request, self.store.txn)
+        """A writing Txn (a read-only one is a read: see :mod:`reads`)."""
+        return await self._route("Txn", request)
 
     async def compact(self, request: rpc_pb2.CompactionRequest) -> rpc_pb2.CompactionResponse:
-        return await self._route("Compact", request, self.store.compact)
+        return await self._route("Compact", request)
 
     async def revoke_lease(self, request: rpc_pb2.LeaseRevokeRequest) -> rpc_pb2.LeaseRevokeResponse:
-        async def revoke(r: rpc_pb2.LeaseRevokeRequest) -> rpc_pb2.LeaseRevokeResponse:
-            await self.store.revoke_lease(r.ID)
-            return rpc_pb2.LeaseRevokeResponse()
+        return await self._route("LeaseRevoke", request)
 
-        return await self._route("LeaseRevoke", request, revoke)
+    async def _revoke_lease(self, request: rpc_pb2.LeaseRevokeRequest) -> rpc_pb2.LeaseRevokeResponse:
+        await self.store.revoke_lease(request.ID)
+        return rpc_pb2.LeaseRevokeResponse()
 
-    async def _route(self, method: str, request, local: Callable[..., Awaitable]):
+    async def lead(self, method: str, request):
+        """Run a write on this server's store as the leader (a forwarded one, or its own client's).
+        :class:`NotLeading` if this server does not lead, or stopped before the write was made."""
+        await self.fencing.begin()
+        try:
+            return await self._local[method](request)
+        except NotLeaderError:
+            raise NotLeading() from None
+
+    async def _route(self, method: str, request):
         election = self.election
         if election is None:
-            return await local(request)
+            return await self._local[method](request)
         for _ in range(SENDS):
             leader = await self._known_leader()
             if election.is_leader:
-                return await local(request)
+                try:
+                    return await self.lead(method, request)
+                except NotLeading:
+                    await self._leader_other_than(leader)
+                    continue
             try:
                 response = await self.forwarder.call(leader, method, request)
             except NotSent as e:
@@ -105,8 +123,8 @@ class Writes:
         try:
             if method == "Compact":
                 await store.sync()  # from now on this server refuses reads below it too
-            elif not await store.wait_for_revision(response.header.revision, PUSH_WAIT_SECONDS):
-                await store.sync()  # not pushed in time (no stream yet, or it broke): read the log
+            else:
+                await catch_up_to(store, response.header.revision)
             if method == "LeaseRevoke":
                 await store.leases.refresh()
         except (MVCCError, StorageError) as e:  # the write is done: answer it; the next read catches up

@@ -11,6 +11,7 @@ from cosmos_etcd_shim.storage.base import (
     LeaderRecord,
     LogCompactedError,
     LogConflictError,
+    LogFencedError,
     RecoveredState,
     RevisionLog,
     StorageError,
@@ -21,5 +22,5 @@ from cosmos_etcd_shim.storage.base import (
 )
 
 __all__ = ["AuthConflictError", "AuthRecord", "LeaderConflictError", "LeaderLease", "LeaderRecord",
-           "LogCompactedError", "LogConflictError", "RecoveredState", "RevisionLog", "StorageError",
+           "LogCompactedError", "LogConflictError", "LogFencedError", "RecoveredState", "RevisionLog", "StorageError",
            "StorageRejectedError", "StorageThrottledError", "StoreImage", "StoredAlarm"]

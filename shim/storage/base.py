@@ -46,6 +46,11 @@ class LogConflictError(StorageError):
     """The first revision of an append already exists in the log: catch up and retry."""
 
 
+class LogFencedError(StorageError):
+    """Another server fenced the log (a later leader, :meth:`RevisionLog.fence_next`): this server's
+    append or compaction was refused and nothing was written. It no longer leads."""
+
+
 class LogCompactedError(StorageError):
     """The records asked for were compacted away (by another writer) before this one read them."""
 
@@ -276,6 +281,13 @@ class RevisionLog(abc.ABC):
     def leader_lease(self) -> LeaderLease | None:
         """The leader record of a shared log; None for a log only one server writes."""
         return None
+
+    async def fence_next(self) -> None:
+        """As the leader of a new term, once caught up with the log: make the next revision this
+        server's to write, so that from now on an append or compaction by another server (a former
+        leader that is not aware yet) fails with :class:`LogFencedError`, until another server
+        fences in turn. :class:`LogConflictError` if the head moved (catch up and fence again).
+        Nothing to do for a log only this server writes."""
 
     @abc.abstractmethod
     async def close(self) -> None:

@@ -34,7 +34,6 @@ Waits poll a condition with a deadline, never sleep; the takeover times are prin
 from __future__ import annotations
 
 import json
-import pathlib
 import signal
 import threading
 import time
@@ -43,11 +42,22 @@ import uuid
 import grpc
 import pytest
 import trustme
-
-from cosmos_etcd_shim.proto import rpc_pb2 as pb
 from cosmos_etcd_shim.proto import peer_pb2_grpc, rpc_pb2_grpc
+from cosmos_etcd_shim.proto import rpc_pb2 as pb
+
 from tests.harness.backends import LOCAL_COSMOS_KEY
 from tests.harness.cosmos_shims import Shim, elected, start_shim
+from tests.harness.elected_pair import (
+    LEASE_SECONDS,
+    RPC_TIMEOUT,
+    TAKEOVER_DEADLINE,
+    cosmos_requests,
+    leader_and_follower,
+    put,
+    start_pair,
+    status,
+    wait_for,
+)
 from tests.harness.faultproxy import Rule, ThreadedFaultProxy
 from tests.harness.processes import etcdctl, free_port
 from tests.harness.processes import start_shim as start_process_shim
@@ -55,27 +65,10 @@ from tests.harness.watch_streams import WatchStream
 
 pytestmark = pytest.mark.timeout(120)
 
-RPC_TIMEOUT = 10.0
-LEASE_SECONDS = 3.0  # short, so that takeovers in these tests take seconds; the default is 6
-# A takeover happens within a lease and a round of the last renewal; the rest is room for a loaded
-# machine (the figure itself is printed, not asserted).
-TAKEOVER_DEADLINE = 4 * LEASE_SECONDS
-
 
 @pytest.fixture
 def container() -> str:
     return f"leader-{uuid.uuid4().hex[:8]}"
-
-
-def start_pair(workdir: pathlib.Path, cosmos, container: str) -> tuple[Shim, Shim]:
-    endpoint = f"http://127.0.0.1:{cosmos.port}"
-    first = start_shim(workdir, endpoint, container, "first", elected(LEASE_SECONDS))
-    try:
-        second = start_shim(workdir, endpoint, container, "second", elected(LEASE_SECONDS))
-    except BaseException:
-        first.close()
-        raise
-    return first, second
 
 
 @pytest.fixture
@@ -86,35 +79,6 @@ def pair(tmp_path, cosmos, container):
     finally:
         first.close()
         second.close()
-
-
-def status(shim: Shim) -> pb.StatusResponse:
-    return shim.maintenance.Status(pb.StatusRequest(), timeout=RPC_TIMEOUT)
-
-
-def wait_for(condition, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"not within {timeout:g}s: {what}")
-        time.sleep(0.05)
-
-
-def leader_and_follower(first: Shim, second: Shim) -> tuple[Shim, Shim]:
-    """Once both replicas name the same leader: (leader, follower)."""
-    def agreed():
-        a, b = status(first), status(second)
-        return a.leader and a.leader == b.leader and (a, b)
-
-    a, b = wait_for(agreed, TAKEOVER_DEADLINE, "both replicas name one leader")
-    return (first, second) if a.leader == a.header.member_id else (second, first)
-
-
-def put(shim: Shim, key: bytes, value: bytes = b"v") -> pb.PutResponse:
-    return shim.kv.Put(pb.PutRequest(key=key, value=value), timeout=RPC_TIMEOUT)
 
 
 def conflicts(shim: Shim) -> float:
@@ -259,10 +223,6 @@ def test_a_leader_stopped_cleanly_hands_over_at_once(pair):
     put(follower, b"/s/after")
 
 
-def cosmos_requests(shim: Shim) -> float:
-    return sum(v for k, v in shim.metrics().items() if k.startswith("cosmos_etcd_cosmos_requests_total{"))
-
-
 def test_the_leader_pushes_its_writes_to_the_followers_watches(pair):
     first, second = pair
     leader, follower = leader_and_follower(first, second)
@@ -379,7 +339,7 @@ def test_a_lease_granted_while_the_lease_records_are_read_is_kept(tmp_path, cosm
         try:
             leader, _ = leader_and_follower(first, second)
             lease_records_read = Rule("delay_after", operation="query", body=b'"lease"', seconds=2.0)
-            log_append = Rule("delay", operation="create", seconds=4.0)
+            log_append = Rule("delay", body=b"\"kind\":\"log\"", seconds=4.0)  # a create, or the replace of a fence
             threaded.call(lambda p: p.add(lease_records_read))
 
             def refused_unknown_lease() -> None:

@@ -53,6 +53,7 @@ class Rule:
     status: int = 503
     headers: dict[str, str] = dataclasses.field(default_factory=dict)
     hits: int = 0
+    answered: int = 0  # requests it matched that the upstream then answered (those it forwarded)
 
     def matches(self, operation: str, method: str, path: str, body: bytes) -> bool:
         if self.times == 0:
@@ -255,6 +256,8 @@ class FaultProxy:
                 response = await _read_message(upstream_reader, response=True, request_method=method)
                 if response is None:
                     return
+                if rule is not None:
+                    rule.answered += 1
                 if action == "reset_after":
                     client_writer.transport.abort()
                     return

@@ -20,7 +20,14 @@ import pytest
 
 from cosmos_etcd_shim.proto.kv_pb2 import Event, KeyValue
 from cosmos_etcd_shim.proto.storage_pb2 import Lease, Revision
-from cosmos_etcd_shim.storage import AuthConflictError, AuthRecord, LogConflictError, StorageError, StoredAlarm
+from cosmos_etcd_shim.storage import (
+    AuthConflictError,
+    AuthRecord,
+    LogConflictError,
+    LogFencedError,
+    StorageError,
+    StoredAlarm,
+)
 from cosmos_etcd_shim.storage.base import fold
 from cosmos_etcd_shim.storage.embedded import DATABASE_FILE, EmbeddedLog
 from tests.harness import cosmos as cosmos_harness
@@ -474,6 +481,68 @@ async def test_two_writers_race_for_the_same_head(cosmos_logs):
     documents = await raw_documents(reader, layout.LOG_PARTITION, layout.KIND_LOG)
     spans = sorted((d["r"], d["e"]) for d in documents)
     assert all(s[0] == p[1] + 1 for p, s in zip(spans, spans[1:])) and spans[0][0] == 2 and spans[-1][1] == head
+
+
+async def test_a_fence_refuses_a_former_leaders_append(cosmos_logs):
+    """A new leader, caught up, fences head+1: the former leader's append of head+1 (prepared before
+    it knew) fails with LogFencedError and writes nothing; the new leader's own append replaces the
+    fence. Without the fence the former leader's append would land unknown to the new leader."""
+    former, _ = await cosmos_logs.open()
+    await former.fence_next()  # it led
+    await former.append(simple_batch(2, 2))
+    leader, state = await cosmos_logs.open()
+    assert revisions_of(state.revisions) == [2, 3]
+    await leader.fence_next()
+    with pytest.raises(LogFencedError):
+        await former.append(simple_batch(4, 1, b"former"))
+    await leader.append(simple_batch(4, 2, b"leader"))
+    fences = await raw_documents(leader, layout.LOG_PARTITION, layout.KIND_FENCE)
+    assert fences == []  # replaced by the leader's append
+    await assert_log_is(cosmos_logs, simple_batch(2, 2) + simple_batch(4, 2, b"leader"))
+
+
+async def test_a_fence_moves_on_when_the_head_moved(cosmos_logs):
+    leader, _ = await cosmos_logs.open()
+    other, _ = await cosmos_logs.open()
+    await other.fence_next()  # a former leader
+    await other.append(simple_batch(2, 1))  # lands after the leader's last read
+    with pytest.raises(LogConflictError):
+        await leader.fence_next()
+    await leader.read_after(1)
+    await leader.fence_next()
+    with pytest.raises(LogFencedError):
+        await other.append(simple_batch(3, 1, b"other"))
+    await leader.append(simple_batch(3, 1))
+    await assert_log_is(cosmos_logs, simple_batch(2, 2))
+
+
+async def test_a_later_leaders_fence_replaces_an_unused_one(cosmos_logs):
+    first, _ = await cosmos_logs.open()
+    second, _ = await cosmos_logs.open()
+    await first.fence_next()
+    await second.fence_next()  # the first leader never appended: its fence is replaced
+    with pytest.raises(LogFencedError):
+        await first.append(simple_batch(2, 1, b"first"))
+    await second.append(simple_batch(2, 1, b"second"))
+    await assert_log_is(cosmos_logs, simple_batch(2, 1, b"second"))
+
+
+async def test_a_server_without_election_takes_over_a_fence_left_behind(cosmos_logs):
+    leader, _ = await cosmos_logs.open()
+    await leader.fence_next()
+    await leader.close()
+    alone, _ = await cosmos_logs.open()  # never fences: no election where it runs
+    await alone.append(simple_batch(2, 1))
+    await assert_log_is(cosmos_logs, simple_batch(2, 1))
+
+
+async def test_lost_answer_of_the_append_that_replaces_a_fence(cosmos_logs, proxy):
+    leader, _ = await cosmos_logs.open(endpoint=proxy.endpoint)
+    await leader.fence_next()
+    proxy.add(Rule("status_after", status=503, operation="replace", body=b'"kind":"log"'))
+    await leader.append(simple_batch(2, 2))  # replaced, told 503: the retry's 412 is read back, ours
+    assert [a for _, _, a in proxy.log].count("status_after") == 1
+    await assert_log_is(cosmos_logs, simple_batch(2, 2))
 
 
 async def test_stale_writer_cannot_recreate_a_compacted_log_id(cosmos_logs):

@@ -122,7 +122,12 @@ class OutcomeUnknown(Exception):
 
 
 class Conflict(Exception):
-    """The id exists with another writer's content (internal)."""
+    """The id exists with another writer's content (internal): ``existing``, as read back (None if
+    it was gone by then)."""
+
+    def __init__(self, document_id: str, existing: dict | None = None) -> None:
+        super().__init__(document_id)
+        self.existing = existing
 
 
 def retry_after_seconds(error: CosmosHttpResponseError, default: float) -> float:
@@ -438,7 +443,7 @@ class CosmosConnection:
             if stored is not None:
                 if stored.get(nonce_field) == document[nonce_field]:
                     return stored
-                raise Conflict(document["id"])
+                raise Conflict(document["id"], stored)
             if existed:
                 # It existed and is gone: only compaction deletes, and only what others wrote.
                 raise Conflict(document["id"])

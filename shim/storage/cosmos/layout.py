@@ -12,6 +12,9 @@ partitioned by ``/pk`` into a few logical partitions:
       outcome is unknown), the payload is in ``d`` or in chunks.
     * ``log-<r>.<w>.<i>`` (kind ``chunk``): part ``i`` of a payload over the inline limit,
       written before the document that names it.
+    * ``log-<head + 1>`` (kind ``fence``) at most one: a new leader's claim on the next revision
+      (``r``, its nonce ``w``), which another server's create of that id then fails on; the
+      leader's first append replaces it, and a later leader replaces it with its own.
     * ``meta`` (kind ``meta``): the compaction state: the durable compact revision ``compact``,
       first revision of the log document holding it ``cdoc``, the chain of checkpoint page sets
       that make up the base, the scheduled compact revision ``sched`` (etcd's scheduled
@@ -62,6 +65,7 @@ AUTH_PARTITION = "auth"
 
 KIND_LOG = "log"
 KIND_CHUNK = "chunk"
+KIND_FENCE = "fence"
 KIND_META = "meta"
 KIND_PAGE = "page"
 KIND_HISTORY_PAGE = "hpage"

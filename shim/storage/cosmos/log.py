@@ -78,6 +78,21 @@ Staleness, which the shim checks at start; the operator's defaults are Strong fo
 accounts and Bounded Staleness for a single region). ``fence_seconds=0`` disables the age rule and makes
 every append check first: only for tests and single-writer set-ups.
 
+Leaders and the fence
+---------------------
+With an elected leader (the ``replication`` package) the leader answers linearizable reads from
+its own store, which is exact only if no other server's append can land unknown to it. The
+compare-and-swap alone does not give that: a former leader paused between preparing its append of
+head+1 and sending it would land it after the new leader caught up. So a new leader, once caught
+up, *fences* (:meth:`CosmosLog.fence_next`): it creates the document of head+1 itself, as a
+``fence`` (no revisions, which readers never select). Another server's create of that id then
+fails, and reading it back shows a fence: :class:`LogFencedError`, the batch was not written. The
+leader's first append replaces its own fence (etag-conditioned), and a later leader replaces an
+unused fence with its own, which makes the earlier leader's replace fail the same way. A former
+leader cannot reach any later revision: it would first have to read head+1 as a revision, and it
+appends only while it leads (``MVCCStore.may_write``). A server that never fences (no election)
+replaces a fence left behind instead, as it would write to a log nobody leads.
+
 Large values: payloads are zlib-compressed when that helps; a payload over the item limit is
 split into chunk documents written before the document that names them (ids carry the writer's
 nonce, so a losing writer's chunks never collide with the winner's and are collected later).
@@ -107,6 +122,7 @@ from cosmos_etcd_shim.storage.base import (
     IndexCheckpoint,
     LogCompactedError,
     LogConflictError,
+    LogFencedError,
     RecoveredState,
     RevisionLog,
     StorageError,
@@ -191,6 +207,12 @@ class _Loaded:
         return compact, records
 
 
+@dataclasses.dataclass(frozen=True)
+class _Fence:
+    first: int  # the revision it holds
+    etag: str
+
+
 class CosmosLog(RevisionLog):
     """The revision log in a Cosmos DB container (see the module docstring for the model)."""
 
@@ -215,6 +237,8 @@ class CosmosLog(RevisionLog):
         self.idle_poll_interval = max(poll_interval, RevisionLog.idle_poll_interval)  # ... and when idle
         self._head = INITIAL_REVISION
         self._head_known_at = -math.inf  # monotonic time we last learned that nothing follows _head
+        self._fence: _Fence | None = None  # this server's fence on head+1, until its next append replaces it
+        self._fences = False  # this server takes part in elections (it fenced once)
         self._compact = NOT_COMPACTED  # durable: the base is folded up to here
         self._sched = NOT_COMPACTED  # scheduled: what every replica treats as compacted
         self._generation = 0  # of the meta document last adopted
@@ -455,16 +479,66 @@ class CosmosLog(RevisionLog):
                     **packed.fields(nonce), "w": nonce}
         sent_at = time.monotonic()
         try:
-            stored = await self.conn.create_once("append", document)
-        except Conflict:
+            stored = await self._write_log_document(document)
+        except (LogConflictError, LogFencedError):
             self._forget_chunks(document_id, nonce, len(packed.chunks))
-            raise LogConflictError(f"revision {first} exists already") from None
+            raise
         self._note_server_time(stored)
         if time.monotonic() - knowledge >= self.fence_seconds / 2:
             await self._verify_not_below_compaction(document_id, first, nonce, len(packed.chunks))
         self._head = last
         self._head_known_at = sent_at
         self._doc_sizes[first] = packed.raw_size
+
+    async def _write_log_document(self, document: dict) -> dict:
+        """Create the log document of head+1 (the compare-and-swap on the head), or replace this
+        server's fence there (see "Leaders and the fence")."""
+        first = document["r"]
+        fence = self._fence
+        if fence is not None and fence.first == first:
+            try:
+                stored = await self._replace_fence("append", document, fence.etag)
+            except (LogConflictError, LogFencedError):
+                self._fence = None  # not ours any more
+                raise
+            self._fence = None  # (kept on any other failure: the next attempt replaces it again)
+            return stored
+        try:
+            return await self.conn.create_once("append", document)
+        except Conflict as e:
+            existing = e.existing
+            if existing is None or existing.get("kind") != layout.KIND_FENCE:
+                raise LogConflictError(f"revision {first} exists already") from None
+            if self._fences:
+                raise LogFencedError(f"revision {first} is fenced by another leader") from None
+            return await self._replace_fence("append", document, existing["_etag"])  # left behind: nobody leads here
+
+    async def _replace_fence(self, op: str, document: dict, etag: str) -> dict:
+        """Replace the fence at ``document``'s id, if unchanged since ``etag``. A refusal is read
+        back: our own document there means an earlier attempt landed (its answer was lost)."""
+        try:
+            return await self.conn.replace_if_match(op, document, etag)
+        except cosmos_exceptions.CosmosAccessConditionFailedError:
+            stored = await self.conn.read_by_id(op + "_resolve", document["id"], layout.LOG_PARTITION)
+        if stored is not None and stored.get("w") == document["w"]:
+            return stored
+        if stored is not None and stored.get("kind") == layout.KIND_FENCE:
+            raise LogFencedError(f"revision {document['r']} is fenced by another leader")
+        raise LogConflictError(f"revision {document['r']} exists already")
+
+    async def fence_next(self) -> None:
+        first = self._head + 1
+        self._fences = True
+        claim = {"id": layout.log_id(first), "pk": layout.LOG_PARTITION, "kind": layout.KIND_FENCE, "r": first,
+                 "w": checkpoint.new_nonce()}
+        try:
+            stored = await self.conn.create_once("fence", claim)
+        except Conflict as e:
+            existing = e.existing
+            if existing is None or existing.get("kind") != layout.KIND_FENCE:
+                raise LogConflictError(f"revision {first} exists: the head moved") from None
+            stored = await self._replace_fence("fence", claim, existing["_etag"])  # an earlier leader's, unused
+        self._fence = _Fence(first, stored["_etag"])
 
     async def _refresh_head_knowledge(self) -> None:
         """Learn afresh that nothing follows the head (or raise LogConflictError: something does)."""
