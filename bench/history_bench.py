@@ -20,8 +20,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import pathlib
 import random
+import subprocess
 import sys
 import tempfile
 import time
@@ -38,6 +40,7 @@ from tests.harness.backends import LOCAL_COSMOS_KEY  # noqa: E402
 from tests.harness.cosmos import start_cosmos  # noqa: E402
 
 VALUE = b"v" * 1024
+START_TIMEOUT_SECONDS = 900
 BATCH = 100
 CLIENTS = 32
 
@@ -68,28 +71,42 @@ def rss_mib(server: processes.Server) -> float:
     raise RuntimeError("no VmRSS")
 
 
-def start(kind: str, workdir: pathlib.Path, data_dir: pathlib.Path | None, cosmos_endpoint: str | None):
+def start(kind: str, workdir: pathlib.Path, data_dir: pathlib.Path | None, cosmos_endpoint: str | None,
+          shim_args: list[str]):
     if kind == "etcd":
         return processes.start_etcd(workdir)  # always workdir/etcd.data: a second start is a restart
-    if kind == "embedded":
-        return processes.start_shim(workdir, data_dir=data_dir)
-    return processes.start_shim(workdir, backend="cosmos", env=LOCAL_COSMOS_KEY, data_dir=data_dir,
-                                extra_args=["--cosmos-endpoint", cosmos_endpoint])
+    # The harness's start_shim, with a longer wait: a start that reads a long history takes minutes.
+    data_dir = data_dir or workdir / "shim.data"
+    port = processes.free_port()
+    argv = processes.shim_argv(data_dir, port, ["--backend", kind, *shim_args, *(
+        ["--cosmos-endpoint", cosmos_endpoint] if kind == "cosmos" else [])])
+    log_path = workdir / "shim.log"
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                   env={**os.environ, **(LOCAL_COSMOS_KEY if kind == "cosmos" else {})})
+    server = processes.Server(name="shim", endpoint=f"127.0.0.1:{port}", data_dir=data_dir, process=process,
+                              log_path=log_path, argv=argv)
+    try:
+        processes.wait_serving(server.endpoint, process, log_path, timeout=START_TIMEOUT_SECONDS)
+    except BaseException:
+        server.kill()
+        raise
+    return server
 
 
-def measure(kind: str, keys: int, revisions: int) -> dict:
+def measure(kind: str, keys: int, revisions: int, shim_args: list[str]) -> dict:
     with tempfile.TemporaryDirectory(prefix=f"history-{kind}-") as tmp:
         workdir = pathlib.Path(tmp)
         cosmos = start_cosmos(workdir / "cosmos") if kind == "cosmos" else None
         try:
-            server = start(kind, workdir, None, cosmos.endpoint if cosmos else None)
+            server = start(kind, workdir, None, cosmos.endpoint if cosmos else None, shim_args)
             started = time.monotonic()
             asyncio.run(fill(server.endpoint, keys, revisions))
             figures = {"fill_seconds": time.monotonic() - started, "rss_mib": rss_mib(server)}
             data_dir = server.data_dir
             server.stop()
             started = time.monotonic()
-            server = start(kind, workdir, data_dir, cosmos.endpoint if cosmos else None)
+            server = start(kind, workdir, data_dir, cosmos.endpoint if cosmos else None, shim_args)
             figures["restart_seconds"] = time.monotonic() - started
             asyncio.run(touch_all(server.endpoint))
             figures["rss_after_restart_mib"] = rss_mib(server)
@@ -111,11 +128,12 @@ def main() -> None:
     parser.add_argument("--keys", type=int, default=100_000)
     parser.add_argument("--revisions", type=int, default=100_000)
     parser.add_argument("--backends", default="etcd,embedded")
+    parser.add_argument("--shim-args", default="", help="more flags for the shim, e.g. --history-cache-bytes 0")
     parser.add_argument("--out", type=pathlib.Path)
     args = parser.parse_args()
     results = {}
     for kind in args.backends.split(","):
-        results[kind] = measure(kind, args.keys, args.revisions)
+        results[kind] = measure(kind, args.keys, args.revisions, args.shim_args.split())
         print(kind, json.dumps(results[kind]), flush=True)
     print(f"\n{args.keys} keys of 1 KiB + {args.revisions} uncompacted revisions\n")
     print("| server | RSS MiB | restart s | RSS after restart MiB |\n|---|---|---|---|")

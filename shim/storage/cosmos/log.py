@@ -392,8 +392,14 @@ class CosmosLog(RevisionLog):
         if not documents or documents[0]["r"] > revision:
             return None  # the log ends below it (truncated by a repair), or was compacted past it
         docs = await self._decode(documents, op)
-        events = await checkpoint.read_pages(self.conn, layout.HISTORY_PARTITION, layout.KIND_HISTORY_PAGE,
-                                             named["s"], named["pages"], op)
+        nonce = named["s"].split("-", 1)[1]
+        ids = [layout.history_page_id(revision, nonce, number) for number in range(named["pages"])]
+        try:
+            events = await checkpoint.read_pages_by_id(self.conn, layout.HISTORY_PARTITION, ids, op)
+        except StorageError:
+            if (await self._read_meta(op)).get("hist") != named:
+                raise PageSetMissing(f"index checkpoint {named['s']} was replaced while it was read") from None
+            raise
         return docs, read_at, IndexCheckpoint(revision=revision, events=events)
 
     async def save_checkpoint(self, revision: int, pages: AsyncIterator[bytes]) -> bool:
