@@ -33,7 +33,9 @@ partitioned by ``/pk`` into a few logical partitions:
 ``pk = "hist"`` index checkpoints (every version kept at a revision, only the newest values: see the
     shim's ``mvcc/history.py``): ``hist-<revision, 19 digits>-<writer nonce>-<page, 6 digits>``
     (kind ``hpage``, ``s`` the set, ``g`` its revision), chunks as for log documents. ``meta``'s
-    ``hist`` names the newest complete set (``s``, ``g``, ``pages``).
+    ``hist`` names the newest complete set (``s``, ``g``, ``pages``; ``cd`` the ``cdoc`` when it
+    was written and ``lb`` the payload bytes of the log documents from there to the one holding
+    ``g``, so that a start that skips them still reports dbSize).
 ``pk = "lease"`` ``lease-<id, 16 hex digits>`` (kind ``lease``): one granted lease each.
 ``pk = "member"`` ``member-<id, 16 hex digits>`` (kind ``member``): shim replicas' heartbeats.
     ``leader`` (kind ``leader``): the leader election's lease (see the shim's ``replication``

@@ -145,6 +145,9 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_FENCE_SECONDS = 300.0
 LOAD_ATTEMPTS = 8
+# Log documents per page when a start reads the log: few pages, since each query page costs a
+# pass over the partition on the local test server (Cosmos itself caps a page at 4 MB).
+LOAD_PAGE_ITEMS = 1000
 COMPACT_ATTEMPTS = 8
 # A failed fold is tried again after this long, doubling up to the maximum (not at the next
 # compaction: the next one would only be bigger).
@@ -366,7 +369,8 @@ class CosmosLog(RevisionLog):
                     index_checkpoint = None
                     base = await checkpoint.read_base(self.conn, chain, op)
                     read_at = time.monotonic()
-                    documents = await self._query_log(op, after=None, from_first=meta["cdoc"])
+                    documents = await self._query_log(op, after=None, from_first=meta["cdoc"],
+                                                      page_items=LOAD_PAGE_ITEMS)
                     docs = await self._decode(documents, op)
             except PageSetMissing:
                 await asyncio.sleep(0.05 * attempt)
@@ -388,7 +392,7 @@ class CosmosLog(RevisionLog):
             return None
         revision = named["g"]
         read_at = time.monotonic()
-        documents = await self._query_log(op, after=revision - 1, from_first=meta["cdoc"])
+        documents = await self._query_log(op, after=revision - 1, from_first=meta["cdoc"], page_items=LOAD_PAGE_ITEMS)
         if not documents or documents[0]["r"] > revision:
             return None  # the log ends below it (truncated by a repair), or was compacted past it
         docs = await self._decode(documents, op)
@@ -436,7 +440,7 @@ class CosmosLog(RevisionLog):
         raise StorageError(f"naming the index checkpoint at {revision} kept conflicting with other writers")
 
     async def _query_log(self, op: str, *, after: int | None, from_first: int, up_to_first: int | None = None,
-                         top: int | None = None) -> list[dict]:
+                         top: int | None = None, page_items: int = 100) -> list[dict]:
         where = ["c.pk = @pk", "c.kind = @kind", "c.r >= @cdoc"]
         params: dict[str, Any] = {"@pk": layout.LOG_PARTITION, "@kind": layout.KIND_LOG, "@cdoc": from_first}
         if after is not None:
@@ -447,7 +451,7 @@ class CosmosLog(RevisionLog):
             params["@upto"] = up_to_first
         select = f"SELECT TOP {int(top)} *" if top else "SELECT *"
         return await self.conn.query(op, f"{select} FROM c WHERE {' AND '.join(where)} ORDER BY c.r", params,
-                                     layout.LOG_PARTITION)
+                                     layout.LOG_PARTITION, max_item_count=page_items)
 
     async def _decode(self, documents: list[dict], op: str) -> list[_Doc]:
         docs = []
