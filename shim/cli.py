@@ -419,7 +419,8 @@ def _repair(args: argparse.Namespace) -> int:
     try:
         outcome = asyncio.run(repair.run(
             open_backend(config), truncate_after=args.truncate_after, save_removed=save_removed,
-            # Two heartbeat periods: a running replica's heartbeat document changes at least once.
+            # Two heartbeat periods: a running replica's heartbeat document changes at least once, and so
+            # does the leader record of elected replicas (renewed every third of a lease of up to 30 s).
             liveness_window=2 * HEARTBEAT_SECONDS, say=lambda line: print(line, flush=True)))
     except (StartupError, StorageError, AzureError) as e:
         return fail(str(e))

@@ -4,10 +4,11 @@ even when the client URLs are https, so that the kubelet's httpGet probes work w
 * ``/health`` answers as etcd 3.5 does: 200 ``{"health":"true","reason":""}``; 503
   ``{"health":"false","reason":"ALARM NOSPACE"}`` (or ``ALARM CORRUPT``) while an alarm is raised
   (see ``mvcc.alarms``; on a shared log, raised through any replica), checked first as etcd does;
-  else 503 ``{"health":"false","reason":"RANGE ERROR:..."}`` when a linearizable read fails: the
-  store's outage breaker is open (a shared log failed and has not answered since), or catching up
-  with the log fails or takes longer than :data:`READ_TIMEOUT_SECONDS`. The reason carries the
-  message a linearizable Range would get. ``?serializable=true`` reads from memory instead, so it
+  else 503 ``{"health":"false","reason":"RANGE ERROR:..."}`` when a linearizable read fails: what
+  a linearizable Range waits for (catching up with the log, or with elected replicas the leader's
+  read index) fails or takes longer than :data:`READ_TIMEOUT_SECONDS`; a store whose outage breaker
+  is open (a shared log failed and has not answered since) fails its catch-up at once. The reason
+  carries the message a linearizable Range would get. ``?serializable=true`` reads from memory instead, so it
   checks this process, not its storage (etcd: this member, not the cluster). ``?exclude=NOSPACE``
   (or ``CORRUPT``, repeatable) ignores every alarm of that type, as etcd 3.5 since 3.5.2 (3.5.1
   ignored only the first one listed).
@@ -42,7 +43,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from cosmos_etcd_shim.api.errors import status_of
-from cosmos_etcd_shim.mvcc.errors import MVCCError, StorageUnavailableError, TooManyRequestsError
+from cosmos_etcd_shim.mvcc.errors import MVCCError, TooManyRequestsError
 from cosmos_etcd_shim.mvcc.store import MVCCStore
 from cosmos_etcd_shim.proto import rpc_pb2
 from cosmos_etcd_shim.proto.rpc_pb2 import CORRUPT, AlarmType
@@ -64,10 +65,14 @@ Check = Callable[[], Awaitable[None]]
 class HealthChecks:
     """The reads etcd's health endpoints make, made on this shim's store."""
 
-    def __init__(self, store: MVCCStore, supervisor: Supervisor, timeout: float = READ_TIMEOUT_SECONDS) -> None:
+    def __init__(self, store: MVCCStore, supervisor: Supervisor, timeout: float = READ_TIMEOUT_SECONDS,
+                 make_current: Callable[[], Awaitable[None]] | None = None) -> None:
+        """``make_current``: what a linearizable Range waits for before it reads (the replication
+        layer's, so that readiness is what clients get; the store's catch-up with the log by default)."""
         self.store = store
         self.supervisor = supervisor
         self.timeout = timeout
+        self.make_current = make_current or store.sync
 
     async def serializable_read(self) -> None:
         await self.store.range(PROBE_RANGE)
@@ -91,10 +96,8 @@ class HealthChecks:
 
     async def linearizable_read(self) -> None:
         """What a linearizable Range waits for, within the timeout; raises what it would fail with."""
-        if self.store.storage_down:  # known outage: say so now rather than after a timeout
-            raise StorageUnavailableError("the shared log is unreachable")
         async with asyncio.timeout(self.timeout):
-            await self.store.sync()
+            await self.make_current()
         await self.store.range(PROBE_RANGE)
 
     async def linearizable_read_unless_throttled(self) -> None:

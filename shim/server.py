@@ -62,8 +62,9 @@ class StartupError(Exception):
     """The server cannot start; the message is the one line the user sees."""
 
 
-# Replicas on a shared log record themselves this often, read the list of members every
-# MEMBER_READ_HEARTBEATS heartbeats, and list those whose heartbeat is this recent.
+# Replicas on a shared log without an election (no --listen-peer-urls) record themselves this
+# often, read the list of members every MEMBER_READ_HEARTBEATS heartbeats, and list those whose
+# heartbeat is this recent. Elected replicas learn the members from the leader record instead.
 HEARTBEAT_SECONDS = 5.0
 MEMBER_READ_HEARTBEATS = 2
 MEMBER_MAX_AGE_SECONDS = 15.0
@@ -198,11 +199,11 @@ class Server:
         )
         self._members = [this_member]
         self._this_member_id = this_member.ID
-        self._background = [
-            self.supervisor.start("member-heartbeat", lambda: self._heartbeat_forever(this_member)),
-            self.supervisor.start("auth-upkeep", auth.maintain_forever),
-        ]
-        writes, reads = self._replication(store, identity.member_id)
+        self._background = [self.supervisor.start("auth-upkeep", auth.maintain_forever)]
+        writes, reads = self._replication(store, this_member)
+        if self.election is None:
+            self._background.append(self.supervisor.start("member-heartbeat",
+                                                          lambda: self._heartbeat_forever(this_member)))
         callers = Callers(auth, config.requires_client_certificates)
         quota = SpaceQuota(store.log, store.alarms, identity.member_id, config.quota_backend_bytes)
 
@@ -220,7 +221,7 @@ class Server:
              rpc_pb2_grpc.WatchServicer, rpc_pb2_grpc.add_WatchServicer_to_server),
             (LeaseServicer(store, writes, reads, quota, headers, config.max_request_bytes, callers),
              rpc_pb2_grpc.LeaseServicer, rpc_pb2_grpc.add_LeaseServicer_to_server),
-            (ClusterServicer(headers, lambda: self._members), rpc_pb2_grpc.ClusterServicer,
+            (ClusterServicer(headers, self._member_list), rpc_pb2_grpc.ClusterServicer,
              rpc_pb2_grpc.add_ClusterServicer_to_server),
             (MaintenanceServicer(store, headers, ServerInfo(ETCD_VERSION, ETCD_CLUSTER_VERSION,
                                                             config.quota_backend_bytes,
@@ -240,7 +241,8 @@ class Server:
             await self._serve_peers(PeerServicer(writes, reads, self.election, self.feed, headers))
         if config.metrics_addresses:
             self.http_listener = await metrics.serve_metrics(config.metrics_addresses,
-                                                             http_routes(HealthChecks(store, self.supervisor)))
+                                                             http_routes(HealthChecks(store, self.supervisor,
+                                                                                      make_current=reads.current)))
         await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
         self.grpc_server = server
         logger.info("serving client traffic", extra={
@@ -249,20 +251,20 @@ class Server:
             "member_id": f"{identity.member_id:x}", "cluster_id": f"{identity.cluster_id:x}",
         })
 
-    def _replication(self, store: MVCCStore, member_id: int) -> tuple[Writes, Reads]:
+    def _replication(self, store: MVCCStore, this_member: rpc_pb2.Member) -> tuple[Writes, Reads]:
         """With --listen-peer-urls: an election among the replicas, writes that go to the leader, and
         linearizable reads made current by it."""
         config = self.config
         if not config.listen_peer_urls:
             return Writes(store), Reads(store)
-        self.election = Election(store.log.leader_lease(), member_id, config.initial_advertise_peer_urls[0],
-                                 config.leader_lease_seconds)
+        self.feed = CommitFeed(store)
+        self.election = Election(store.log.leader_lease(), _member_record(this_member), config.leader_lease_seconds,
+                                 followers=self.feed.members)
         client_tls = None
         if config.cert_file:
             server_name = urllib.parse.urlsplit(config.advertise_client_urls[0]).hostname or ""
             client_tls = TlsFiles(config.trusted_ca_file, config.cert_file, config.key_file, server_name)
         self.forwarder = Forwarder(client_tls)
-        self.feed = CommitFeed(store)
         store.expires_leases = False  # until the election says this server leads
         follower = PushFollower(store, self.election, self.forwarder)
         fencing = Fencing(store, self.election)
@@ -287,19 +289,22 @@ class Server:
             return self._this_member_id
         return self.election.leader.member_id
 
+    def _member_list(self) -> list[rpc_pb2.Member]:
+        """MemberList: with an election, the members the leader record names (this one always);
+        otherwise those whose heartbeat is recent."""
+        if self.election is None:
+            return self._members
+        return _members(self.election.members)
+
     async def _heartbeat_forever(self, this_member: rpc_pb2.Member) -> None:
-        """Record this member and learn the others (MemberList) on a shared log."""
-        record = {"id": this_member.ID, "name": this_member.name, "peerURLs": list(this_member.peerURLs),
-                  "clientURLs": list(this_member.clientURLs)}
+        """Record this member and learn the others (MemberList) on a shared log without an election."""
+        record = _member_record(this_member)
         beats = 0
         while True:
             try:
                 await self.store.log.heartbeat(record)
                 if beats % MEMBER_READ_HEARTBEATS == 0:
-                    live = await self.store.log.members(MEMBER_MAX_AGE_SECONDS)
-                    members = [rpc_pb2.Member(ID=m["id"], name=m["name"], peerURLs=m["peerURLs"],
-                                              clientURLs=m["clientURLs"]) for m in live]
-                    self._members = sorted(members, key=lambda m: m.name) or [this_member]
+                    self._members = _members(await self.store.log.members(MEMBER_MAX_AGE_SECONDS)) or [this_member]
             except StorageError as e:
                 logger.warning("member heartbeat failed", extra={"error": str(e)})
             beats += 1
@@ -312,7 +317,7 @@ class Server:
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
         self._background = []
-        if self.store is not None and self._this_member_id:
+        if self.store is not None and self._this_member_id and self.election is None:
             # A rollout replaces every pod: leave no record behind for the others to keep reading.
             with contextlib.suppress(StorageError):
                 await self.store.log.remove_member(self._this_member_id)
@@ -335,6 +340,18 @@ class Server:
         if self.store is not None:
             await self.store.close()
             self.store = None
+
+
+def _member_record(member: rpc_pb2.Member) -> dict:
+    """A member as it is stored (heartbeats, the leader record) and sent to the leader."""
+    return {"id": member.ID, "name": member.name, "peerURLs": list(member.peerURLs),
+            "clientURLs": list(member.clientURLs)}
+
+
+def _members(records: list[dict]) -> list[rpc_pb2.Member]:
+    members = [rpc_pb2.Member(ID=m["id"], name=m["name"], peerURLs=m["peerURLs"], clientURLs=m["clientURLs"])
+               for m in records]
+    return sorted(members, key=lambda m: m.name)
 
 
 def _tls_credentials(config: ServeConfig) -> grpc.ServerCredentials | None:

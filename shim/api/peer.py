@@ -20,7 +20,7 @@ from cosmos_etcd_shim.proto import peer_pb2, peer_pb2_grpc
 from cosmos_etcd_shim.replication.election import Election
 from cosmos_etcd_shim.replication.fencing import NotLeading
 from cosmos_etcd_shim.replication.forwarding import NOT_LEADER, TOKEN_METADATA
-from cosmos_etcd_shim.replication.push import CommitFeed
+from cosmos_etcd_shim.replication.push import CommitFeed, member_in
 from cosmos_etcd_shim.replication.reads import Reads
 from cosmos_etcd_shim.replication.writes import Writes
 
@@ -89,7 +89,7 @@ class PeerServicer(peer_pb2_grpc.PeerServicer):
     async def Follow(self, request, context):
         if not _leads_for(self.election, context):
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, NOT_LEADER)
-        async for message in self.feed.stream():
+        async for message in self.feed.stream(member_in(context.invocation_metadata())):
             if not self.election.is_leader:
                 return  # stepped down: the follower turns to the next leader
             yield message

@@ -9,7 +9,9 @@ applied it (:mod:`writes`); the leader pushes every committed batch to the follo
 (:mod:`push`), so that their watches see writes without reading the log, which they then tail
 only every few seconds. One server appending means no conflicts on the log head: the
 throughput of several replicas is that of one, instead of each one's appends failing against the
-others'.
+others'. The leader record also says who takes part (MemberList): the leader writes itself and the
+followers whose push stream is open into every renewal, and the followers read it each round, so
+that idle replicas make one request per round (a renewal or a read) and no heartbeats.
 
 Safety of the data does not depend on the election. The log's compare-and-swap (creating the
 document of revision head+1) stays what orders writes: two servers that both believe they lead for

@@ -54,7 +54,7 @@ class Fencing:
             while not self.holds() and election.is_leader and election.leader.term == term:
                 await self.store.sync()
                 try:
-                    await self.store.log.fence_next()
+                    await self.store.log.fence_next(term)
                 except LogConflictError:
                     continue  # a former leader's append landed after the catch-up: catch up again
                 except LogFencedError:
@@ -65,6 +65,12 @@ class Fencing:
                 logger.info("fenced the log for this term", extra={"term": term, "revision": self.store.revision})
         if not self.holds():
             raise NotLeading()
+
+    def lost(self) -> None:
+        """The store found the log fenced against this server's write: a later term's leader fenced
+        it, or an older fence lies in the way (the log was repaired below it). The next
+        :meth:`begin` fences again, or finds that this server no longer leads."""
+        self._term = 0
 
     async def run_forever(self) -> None:
         leader = NOBODY

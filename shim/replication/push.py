@@ -11,17 +11,25 @@ to :meth:`MVCCStore.deliver`, which applies them between the committer's batches
 instead when they do not follow on (a gap is never papered over: the log has every revision). While
 the stream lives the store tails the log only every few seconds (for compactions, auth and alarms,
 which are not pushed, and as a check). When the stream breaks, or brings nothing for
-:data:`SILENCE_SECONDS` (a leader paused or cut off), the store goes back to polling the log at
-once, and the follower connects again to whichever server leads then.
+:data:`SILENCE_SECONDS` (a leader paused or cut off), or says this store is behind and the log
+cannot be read for what it missed (a refused or throttled query), the store goes back to polling
+the log at once, and the follower connects again to whichever server leads then.
+
+Who follows, :meth:`CommitFeed.members`: a follower names itself in its stream's metadata (its
+member record, as MemberList shows it, read by :func:`member_in`), and the leader counts it as a
+follower for as long as its stream is open (``api.peer`` accepts it once the term's token checked). The election records them in the leader record, which
+is how every server's MemberList learns the others without requests of its own.
 """
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 
 import grpc
 
 from cosmos_etcd_shim import metrics
+from cosmos_etcd_shim.mvcc.errors import MVCCError
 from cosmos_etcd_shim.mvcc.store import MVCCStore
 from cosmos_etcd_shim.proto import peer_pb2, peer_pb2_grpc
 from cosmos_etcd_shim.proto.storage_pb2 import Revision
@@ -34,6 +42,7 @@ HEARTBEAT_SECONDS = 1.0
 SILENCE_SECONDS = 3 * HEARTBEAT_SECONDS
 QUEUE_BATCHES = 1024
 RECONNECT_SECONDS = 1.0
+MEMBER_METADATA = "cosmos-etcd-member"
 # How long a follower waits for a revision the leader answered with to be pushed before reading the log.
 PUSH_WAIT_SECONDS = 0.5
 
@@ -46,25 +55,32 @@ async def catch_up_to(store: MVCCStore, revision: int) -> None:
 
 
 class CommitFeed:
-    """The leader's committed batches, for every follower that follows."""
+    """The leader's committed batches, for every follower that follows; and who follows (the member
+    record each follower sends with its stream, see :func:`member_in`)."""
 
     def __init__(self, store: MVCCStore) -> None:
         self.store = store
-        self._queues: set[asyncio.Queue] = set()
+        self._queues: dict[asyncio.Queue, dict | None] = {}  # one per open stream: its follower
         store.on_commit(self._publish)
+
+    def members(self) -> list[dict]:
+        """The followers' member records (one per member id: a reconnecting follower may briefly
+        have two streams)."""
+        return list({member["id"]: member for member in self._queues.values() if member is not None}.values())
 
     def _publish(self, records: list[Revision]) -> None:
         for queue in list(self._queues):
             try:
                 queue.put_nowait(records)
             except asyncio.QueueFull:
-                self._queues.discard(queue)
+                self._queues.pop(queue, None)
                 queue.put_nowait(None)  # room for it: the follower reads the log and follows again
 
-    async def stream(self):
-        """The messages of one follower's stream, until it goes away or falls behind."""
+    async def stream(self, member: dict | None):
+        """The messages of one follower's stream (``member``: its member record, if it sent one),
+        until it goes away or falls behind."""
         queue: asyncio.Queue = asyncio.Queue(QUEUE_BATCHES + 1)
-        self._queues.add(queue)
+        self._queues[queue] = member
         try:
             yield peer_pb2.FollowResponse(committed=self.store.revision)
             while True:
@@ -79,7 +95,23 @@ class CommitFeed:
                     return
                 yield peer_pb2.FollowResponse(committed=records[-1].revision, revisions=records)
         finally:
-            self._queues.discard(queue)
+            self._queues.pop(queue, None)
+
+
+def member_in(metadata) -> dict | None:
+    """The member record a follower sent with its stream; None if absent or not one."""
+    text = dict(metadata or ()).get(MEMBER_METADATA)
+    try:
+        member = json.loads(text) if text else None
+    except ValueError:
+        return None
+    fields = {"id": int, "name": str, "peerURLs": list, "clientURLs": list}
+    if not isinstance(member, dict) or set(member) != set(fields) or isinstance(member["id"], bool) or \
+            not all(isinstance(member[name], kind) for name, kind in fields.items()) or \
+            not all(isinstance(url, str) for url in (*member["peerURLs"], *member["clientURLs"])):
+        logger.warning("a follower sent no valid member record; it is not listed as a member")
+        return None
+    return member
 
 
 class PushFollower:
@@ -90,6 +122,7 @@ class PushFollower:
         self.store = store
         self.election = election
         self.forwarder = forwarder
+        self._member_metadata = (MEMBER_METADATA, json.dumps(election.member, sort_keys=True))
 
     async def run_forever(self) -> None:
         while True:
@@ -101,7 +134,8 @@ class PushFollower:
                 continue
             try:
                 await self._follow(leader)
-            except (grpc.aio.AioRpcError, grpc.aio.UsageError, NotSent, TimeoutError) as e:
+            except (grpc.aio.AioRpcError, grpc.aio.UsageError, NotSent, TimeoutError, MVCCError) as e:
+                # (MVCCError: behind the leader, and the log could not be read for the rest)
                 logger.info("not pushed to by the leader; reading the log", extra={
                     "leader": leader.address, "reason": e.code().name if isinstance(e, grpc.RpcError) else str(e)})
             finally:
@@ -114,7 +148,7 @@ class PushFollower:
 
     async def _follow(self, leader) -> None:
         stub = peer_pb2_grpc.PeerStub(await self.forwarder.channel_to(leader.address))
-        call = stub.Follow(peer_pb2.FollowRequest(), metadata=((TOKEN_METADATA, leader.token),))
+        call = stub.Follow(peer_pb2.FollowRequest(), metadata=((TOKEN_METADATA, leader.token), self._member_metadata))
         try:
             while self.election.leader == leader:
                 async with asyncio.timeout(SILENCE_SECONDS):

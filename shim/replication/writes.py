@@ -73,6 +73,7 @@ class Writes:
         try:
             return await self._local[method](request)
         except NotLeaderError:
+            self.fencing.lost()
             raise NotLeading() from None
 
     async def _route(self, method: str, request):

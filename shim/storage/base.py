@@ -88,6 +88,9 @@ class LeaderRecord:
     term: int  # incremented by every change of holder
     token: str  # the holder's peer token for this term: forwarded requests carry it
     renewals: int  # incremented by every renewal, so that each one is a new version
+    # The servers taking part as the holder last recorded them (itself and those following it):
+    # MemberList of every server while a leader exists. Each: id, name, peerURLs, clientURLs.
+    members: tuple[dict, ...] = ()
     version: str = ""  # opaque, set by the backend: what a conditional write compares
 
 
@@ -282,12 +285,13 @@ class RevisionLog(abc.ABC):
         """The leader record of a shared log; None for a log only one server writes."""
         return None
 
-    async def fence_next(self) -> None:
-        """As the leader of a new term, once caught up with the log: make the next revision this
-        server's to write, so that from now on an append or compaction by another server (a former
-        leader that is not aware yet) fails with :class:`LogFencedError`, until another server
-        fences in turn. :class:`LogConflictError` if the head moved (catch up and fence again).
-        Nothing to do for a log only this server writes."""
+    async def fence_next(self, term: int) -> None:
+        """As the leader of ``term``, once caught up with the log: make the next revision this
+        server's to write, so that from now on an append by another server (a former leader that
+        is not aware yet) fails with :class:`LogFencedError`, until a later term fences in turn.
+        :class:`LogConflictError` if the head moved (catch up and fence again);
+        :class:`LogFencedError` if a later term fenced already. Nothing to do for a log only this
+        server writes."""
 
     @abc.abstractmethod
     async def close(self) -> None:

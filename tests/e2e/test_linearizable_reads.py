@@ -148,6 +148,7 @@ def test_a_former_leaders_append_cannot_land_after_the_takeover(tmp_path, cosmos
             held = Rule("delay", operation="create", body=b'"kind":"log"', seconds=4 * LEASE_SECONDS, times=-1)
             failed_renewals = Rule("status", operation="replace", path="/docs/leader", status=503, times=-1)
             proxies[leader.name].call(lambda p: p.add(held, failed_renewals))
+            assert status(leader).leader == status(leader).header.member_id, "the leader changed before the write"
             with pytest.raises(grpc.RpcError) as refused:  # its log append never answers in time
                 leader.kv.Put(pb.PutRequest(key=b"/late/key", value=b"v"), timeout=60)
             assert refused.value.code() == grpc.StatusCode.UNAVAILABLE

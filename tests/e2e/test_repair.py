@@ -15,7 +15,8 @@ writes create log documents H+1 (a value large enough to be chunked) and H+2 pas
 * a shim then starts, serves the values written up to L at revision L, and the next write gets L+1.
 
 Also: a container without a meta document, and a log missing revisions at its compaction point,
-are refused as out of scope. Every process is real (local Cosmos server, the shim, the CLI);
+are refused as out of scope; and `repair --truncate-after` is refused while elected replicas run,
+which write no heartbeats (their leader renews the leader record instead). Every process is real (local Cosmos server, the shim, the CLI);
 synchronisation is by the processes' own readiness and exit, never by fixed sleeps.
 """
 from __future__ import annotations
@@ -35,6 +36,7 @@ from cosmos_etcd_shim.proto import rpc_pb2_grpc
 from cosmos_etcd_shim.storage.cosmos import codec, layout
 from tests.harness import processes
 from tests.harness.backends import LOCAL_COSMOS_KEY
+from tests.harness.cosmos_shims import elected
 
 from .conftest import shim_only
 from .test_cli import SHIM, assert_one_line_error
@@ -72,9 +74,10 @@ def connection_flags(cosmos, container: str) -> list[str]:
     return ["--cosmos-endpoint", cosmos.endpoint, "--cosmos-container", container]
 
 
-def start_shim(cosmos, container: str, workdir: pathlib.Path, name: str) -> processes.Server:
+def start_shim(cosmos, container: str, workdir: pathlib.Path, name: str, extra_args: list[str] = ()) -> processes.Server:
     return processes.start_shim(workdir / name, backend="cosmos", data_dir=workdir / name / "data",
-                                env=LOCAL_COSMOS_KEY, extra_args=["--name", name, *connection_flags(cosmos, container)])
+                                env=LOCAL_COSMOS_KEY,
+                                extra_args=["--name", name, *connection_flags(cosmos, container), *extra_args])
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
@@ -241,3 +244,20 @@ def test_repair_refuses_revisions_missing_at_the_compaction_point(cosmos, contai
     line = assert_one_line_error(repair(cosmos, container), "should start at revision 4")
     assert "starts at 5" in line and "out of scope" in line, line
     assert log_partition(documents) == before
+
+
+def test_repair_refuses_while_elected_replicas_run(cosmos, container, documents, tmp_path):
+    """Elected replicas write no heartbeat documents: what shows they run is the leader record,
+    which their leader renews every third of its lease."""
+    replicas = [start_shim(cosmos, container, tmp_path, name, elected()) for name in ("elected-a", "elected-b")]
+    try:
+        assert not [d for d in documents.query_items("SELECT * FROM c WHERE c.kind = @kind", parameters=[
+            {"name": "@kind", "value": layout.KIND_MEMBER}], enable_cross_partition_query=True)]
+        saved = tmp_path / "removed.json"
+        line = assert_one_line_error(repair(cosmos, container, "--truncate-after", "1", "--save-removed", str(saved)),
+                                     "running")
+        assert "elected-a" in line and "elected-b" in line, line
+        assert not saved.exists()
+    finally:
+        for replica in replicas:
+            assert replica.stop() == 0, replica.log()[-3000:]

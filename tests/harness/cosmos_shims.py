@@ -1,6 +1,6 @@
 """A shim process on the Cosmos backend for end-to-end tests: its gRPC channel (KV, Watch,
 Maintenance, Cluster stubs), its Prometheus metrics and health endpoints (``--listen-metrics-urls``
-on a free port), and the checks every such test makes (the process is still running).
+on a free port), its JSON log, and the checks every such test makes (the process is still running).
 
 The account key comes from ``LOCAL_COSMOS_KEY`` (the environment variable), unless ``extra_args``
 give ``--cosmos-key-file``. The local server accepts any key.
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import pathlib
 from collections.abc import Iterator
 
@@ -46,6 +47,16 @@ class Shim:
 
     def metrics(self) -> dict[str, float]:
         return scrape(self.metrics_port)
+
+    def log_entries(self) -> list[dict]:
+        """The shim's JSON log lines, parsed (other lines skipped)."""
+        entries = []
+        for line in self.server.log().splitlines():
+            try:
+                entries.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+        return entries
 
     def http(self, path: str) -> Answer:
         """``/readyz``, ``/livez``, ``/health`` ... on the metrics port."""

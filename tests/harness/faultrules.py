@@ -5,6 +5,8 @@
   are hit still depends on the order concurrent requests arrive in.
 * :func:`on_proxy`: run a function on the proxy's own event loop thread and wait until it ran
   (rule changes, ``refuse``, ``reset_connections`` are not thread-safe from the test thread).
+* :class:`Faults`: a proxy on a thread of its own in front of the Cosmos server, driven from the
+  test's thread through :func:`on_proxy` (one per shim process, so that faults reach that one only).
 """
 from __future__ import annotations
 
@@ -54,3 +56,34 @@ def on_proxy(threaded: ThreadedFaultProxy, fn: Callable[[FaultProxy], object], t
         raise TimeoutError(f"the fault proxy did not run {fn!r} within {timeout}s")
     if failure:
         raise failure[0]
+
+
+@dataclasses.dataclass
+class Faults:
+    """A fault proxy in front of the Cosmos server, on its own thread."""
+
+    threaded: ThreadedFaultProxy
+    proxy: FaultProxy
+
+    @classmethod
+    def start(cls, upstream_port: int) -> Faults:
+        threaded = ThreadedFaultProxy("127.0.0.1", upstream_port)
+        return cls(threaded, threaded.__enter__())
+
+    @property
+    def endpoint(self) -> str:
+        return self.proxy.endpoint
+
+    def add(self, *rules: Rule) -> None:
+        on_proxy(self.threaded, lambda p: p.add(*rules))
+
+    def clear(self) -> None:
+        on_proxy(self.threaded, lambda p: p.clear())
+
+    def log(self) -> list[tuple[str, str, str]]:
+        entries: list = []
+        on_proxy(self.threaded, lambda p: entries.extend(p.log))
+        return entries
+
+    def close(self) -> None:
+        self.threaded.__exit__(None, None, None)

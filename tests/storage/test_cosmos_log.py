@@ -488,11 +488,11 @@ async def test_a_fence_refuses_a_former_leaders_append(cosmos_logs):
     it knew) fails with LogFencedError and writes nothing; the new leader's own append replaces the
     fence. Without the fence the former leader's append would land unknown to the new leader."""
     former, _ = await cosmos_logs.open()
-    await former.fence_next()  # it led
+    await former.fence_next(1)  # it led
     await former.append(simple_batch(2, 2))
     leader, state = await cosmos_logs.open()
     assert revisions_of(state.revisions) == [2, 3]
-    await leader.fence_next()
+    await leader.fence_next(2)
     with pytest.raises(LogFencedError):
         await former.append(simple_batch(4, 1, b"former"))
     await leader.append(simple_batch(4, 2, b"leader"))
@@ -504,12 +504,12 @@ async def test_a_fence_refuses_a_former_leaders_append(cosmos_logs):
 async def test_a_fence_moves_on_when_the_head_moved(cosmos_logs):
     leader, _ = await cosmos_logs.open()
     other, _ = await cosmos_logs.open()
-    await other.fence_next()  # a former leader
+    await other.fence_next(1)  # a former leader
     await other.append(simple_batch(2, 1))  # lands after the leader's last read
     with pytest.raises(LogConflictError):
-        await leader.fence_next()
+        await leader.fence_next(2)
     await leader.read_after(1)
-    await leader.fence_next()
+    await leader.fence_next(2)
     with pytest.raises(LogFencedError):
         await other.append(simple_batch(3, 1, b"other"))
     await leader.append(simple_batch(3, 1))
@@ -519,17 +519,19 @@ async def test_a_fence_moves_on_when_the_head_moved(cosmos_logs):
 async def test_a_later_leaders_fence_replaces_an_unused_one(cosmos_logs):
     first, _ = await cosmos_logs.open()
     second, _ = await cosmos_logs.open()
-    await first.fence_next()
-    await second.fence_next()  # the first leader never appended: its fence is replaced
+    await first.fence_next(1)
+    await second.fence_next(2)  # the first leader never appended: its fence is replaced
     with pytest.raises(LogFencedError):
         await first.append(simple_batch(2, 1, b"first"))
+    with pytest.raises(LogFencedError):  # an earlier term's fence, sent late, replaces nothing
+        await first.fence_next(1)
     await second.append(simple_batch(2, 1, b"second"))
     await assert_log_is(cosmos_logs, simple_batch(2, 1, b"second"))
 
 
 async def test_a_server_without_election_takes_over_a_fence_left_behind(cosmos_logs):
     leader, _ = await cosmos_logs.open()
-    await leader.fence_next()
+    await leader.fence_next(1)
     await leader.close()
     alone, _ = await cosmos_logs.open()  # never fences: no election where it runs
     await alone.append(simple_batch(2, 1))
@@ -538,7 +540,7 @@ async def test_a_server_without_election_takes_over_a_fence_left_behind(cosmos_l
 
 async def test_lost_answer_of_the_append_that_replaces_a_fence(cosmos_logs, proxy):
     leader, _ = await cosmos_logs.open(endpoint=proxy.endpoint)
-    await leader.fence_next()
+    await leader.fence_next(1)
     proxy.add(Rule("status_after", status=503, operation="replace", body=b'"kind":"log"'))
     await leader.append(simple_batch(2, 2))  # replaced, told 503: the retry's 412 is read back, ours
     assert [a for _, _, a in proxy.log].count("status_after") == 1

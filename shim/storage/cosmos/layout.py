@@ -13,8 +13,9 @@ partitioned by ``/pk`` into a few logical partitions:
     * ``log-<r>.<w>.<i>`` (kind ``chunk``): part ``i`` of a payload over the inline limit,
       written before the document that names it.
     * ``log-<head + 1>`` (kind ``fence``) at most one: a new leader's claim on the next revision
-      (``r``, its nonce ``w``), which another server's create of that id then fails on; the
-      leader's first append replaces it, and a later leader replaces it with its own.
+      (``r``, its term ``t``, its nonce ``w``), which another server's create of that id then
+      fails on; the leader's first append replaces it, and a leader of a later term replaces it
+      with its own.
     * ``meta`` (kind ``meta``): the compaction state: the durable compact revision ``compact``,
       first revision of the log document holding it ``cdoc``, the chain of checkpoint page sets
       that make up the base, the scheduled compact revision ``sched`` (etcd's scheduled
@@ -40,7 +41,8 @@ partitioned by ``/pk`` into a few logical partitions:
 ``pk = "member"`` ``member-<id, 16 hex digits>`` (kind ``member``): shim replicas' heartbeats.
     ``leader`` (kind ``leader``): the leader election's lease (see the shim's ``replication``
     package): the holder's member id ``h`` (decimal text), its peer URL ``a``, the term ``t``, the
-    term's peer token ``k`` and a renewal count ``n``; replaced only if unchanged since read (etag).
+    term's peer token ``k``, a renewal count ``n`` and the members the holder recorded ``ms`` (JSON
+    text, so that 64-bit ids survive); replaced only if unchanged since read (etag).
 ``pk = "auth"`` ``auth`` (kind ``auth``): etcd's auth state (users, roles, enabled), one document
     whose version ``v`` every save increments (replaced only if unchanged since read: its etag).
 

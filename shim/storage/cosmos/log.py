@@ -87,8 +87,9 @@ head+1 and sending it would land it after the new leader caught up. So a new lea
 up, *fences* (:meth:`CosmosLog.fence_next`): it creates the document of head+1 itself, as a
 ``fence`` (no revisions, which readers never select). Another server's create of that id then
 fails, and reading it back shows a fence: :class:`LogFencedError`, the batch was not written. The
-leader's first append replaces its own fence (etag-conditioned), and a later leader replaces an
-unused fence with its own, which makes the earlier leader's replace fail the same way. A former
+leader's first append replaces its own fence (etag-conditioned), and the leader of a later term
+replaces an unused fence with its own, which makes the earlier leader's replace fail the same way;
+a fence of a later term is never replaced by an earlier one (a fence sent late). A former
 leader cannot reach any later revision: it would first have to read head+1 as a revision, and it
 appends only while it leads (``MVCCStore.may_write``). A server that never fences (no election)
 replaces a fence left behind instead, as it would write to a log nobody leads.
@@ -536,18 +537,20 @@ class CosmosLog(RevisionLog):
             raise LogFencedError(f"revision {document['r']} is fenced by another leader")
         raise LogConflictError(f"revision {document['r']} exists already")
 
-    async def fence_next(self) -> None:
+    async def fence_next(self, term: int) -> None:
         first = self._head + 1
         self._fences = True
         claim = {"id": layout.log_id(first), "pk": layout.LOG_PARTITION, "kind": layout.KIND_FENCE, "r": first,
-                 "w": checkpoint.new_nonce()}
+                 "t": term, "w": checkpoint.new_nonce()}
         try:
             stored = await self.conn.create_once("fence", claim)
         except Conflict as e:
             existing = e.existing
             if existing is None or existing.get("kind") != layout.KIND_FENCE:
                 raise LogConflictError(f"revision {first} exists: the head moved") from None
-            stored = await self._replace_fence("fence", claim, existing["_etag"])  # an earlier leader's, unused
+            if existing.get("t", 0) > term:
+                raise LogFencedError(f"revision {first} is fenced by the leader of term {existing['t']}") from None
+            stored = await self._replace_fence("fence", claim, existing["_etag"])  # an earlier term's, unused
         self._fence = _Fence(first, stored["_etag"])
 
     async def _refresh_head_knowledge(self) -> None:

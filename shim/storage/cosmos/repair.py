@@ -130,7 +130,8 @@ def report(found: Survey) -> list[str]:
         f"were told had succeeded); the next write gets revision {last + 1}, so restart the clients that saw "
         f"revisions above {last} (kube-apiserver) once the shim serves again",
         f"with --truncate-after {last} --save-removed FILE, repair will:",
-        "  1. refuse if a shim replica is running (its heartbeat changes): stop every replica first",
+        "  1. refuse if a shim replica is running (its heartbeat or the leader record changes): stop every replica "
+        "first",
         f"  2. write the {len(found.removed)} documents above (full JSON, chunks included) to FILE, a new file",
         f"  3. delete the {len(found.after_gap)} log documents, highest first, then the {len(found.chunks)} "
         "chunk documents",
@@ -141,13 +142,24 @@ def report(found: Survey) -> list[str]:
 
 async def running_replicas(log: CosmosLog, window: float) -> list[str]:
     """The shim replicas whose heartbeat document changed within ``window`` seconds (the names of
-    those still running). Two reads of the member documents' etags, not clocks: no clock skew."""
-    sql = "SELECT c.id, c.m, c._etag FROM c WHERE c.pk = @pk AND c.kind = @kind"
-    params = {"@pk": layout.MEMBER_PARTITION, "@kind": layout.KIND_MEMBER}
+    those still running), and, while elected replicas run, those the leader record names (it changes
+    at every renewal, a third of the leader lease; elected replicas write no heartbeat documents).
+    Two reads of the documents' etags, not clocks: no clock skew."""
+    sql = ("SELECT c.id, c.kind, c.m, c.ms, c._etag FROM c WHERE c.pk = @pk "
+           "AND (c.kind = @member OR c.kind = @leader)")
+    params = {"@pk": layout.MEMBER_PARTITION, "@member": layout.KIND_MEMBER, "@leader": layout.KIND_LEADER}
     before = {d["id"]: d["_etag"] for d in await log.conn.query(OP, sql, params, layout.MEMBER_PARTITION)}
     await asyncio.sleep(window)
     after = await log.conn.query(OP, sql, params, layout.MEMBER_PARTITION)
-    return sorted(json.loads(d["m"]).get("name", d["id"]) for d in after if before.get(d["id"]) != d["_etag"])
+    names = set()
+    for document in after:
+        if before.get(document["id"]) == document["_etag"]:
+            continue
+        if document["kind"] == layout.KIND_LEADER:
+            names.update(member["name"] for member in json.loads(document.get("ms") or "[]"))
+        else:
+            names.add(json.loads(document["m"]).get("name", document["id"]))
+    return sorted(names)
 
 
 async def truncate(log: CosmosLog, found: Survey, save_to: pathlib.Path, say: Callable[[str], None]) -> int:
@@ -175,8 +187,8 @@ async def run(log: CosmosLog, *, truncate_after: int | None, save_removed: pathl
             say(f"checking that no shim replica is running ({liveness_window:g} s)...")
             running = await running_replicas(log, liveness_window)
             if running:
-                raise RepairRefused(f"shim replicas are running ({', '.join(running)}: heartbeats within "
-                                    f"{liveness_window:g} s): stop every replica, then run repair again")
+                raise RepairRefused(f"shim replicas are running ({', '.join(running)}: heartbeats or leader renewals "
+                                    f"within {liveness_window:g} s): stop every replica, then run repair again")
         found = await survey(log)
         for line in report(found):
             say(line)
