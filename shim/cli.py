@@ -57,6 +57,13 @@ def _parser() -> argparse.ArgumentParser:
                        help="maximum concurrent gRPC streams per client connection (default: %(default)s, no limit)")
     serve.add_argument("--max-watchers-per-stream", type=int, default=defaults.max_watchers_per_stream,
                        help="maximum watchers on one Watch stream; not an etcd flag (default: %(default)s)")
+    serve.add_argument("--history-cache-bytes", type=int, default=defaults.history_cache_bytes,
+                       help="bytes of superseded values kept in memory for reads at old revisions and watches "
+                            "from the past; the rest is read from the store; not an etcd flag (default: %(default)s)")
+    serve.add_argument("--checkpoint-interval", type=int, default=defaults.checkpoint_interval,
+                       help="revisions between two checkpoints of the index, so that a start reads the newest "
+                            "checkpoint and at most about this many log records; 0: never; not an etcd flag "
+                            "(default: %(default)s)")
     serve.add_argument("--max-range-keys", type=int, default=defaults.max_range_keys,
                        help="maximum keys in one Range answer, use limit to page; not an etcd flag "
                             "(default: %(default)s)")
@@ -257,6 +264,8 @@ def _serve(args: argparse.Namespace) -> int:
             max_concurrent_streams=args.max_concurrent_streams,
             max_watchers_per_stream=args.max_watchers_per_stream,
             max_range_keys=args.max_range_keys,
+            history_cache_bytes=args.history_cache_bytes,
+            checkpoint_interval=args.checkpoint_interval,
             cert_file=args.cert_file,
             key_file=args.key_file,
             trusted_ca_file=args.trusted_ca_file,

@@ -5,6 +5,7 @@ import dataclasses
 import re
 import urllib.parse
 
+from cosmos_etcd_shim.mvcc.history import DEFAULT_CACHE_BYTES, DEFAULT_CHECKPOINT_INTERVAL
 from cosmos_etcd_shim.storage.cosmos import layout
 
 DEFAULT_MAX_REQUEST_BYTES = 1536 * 1024  # etcd's 1.5 MiB
@@ -52,6 +53,8 @@ class ServeConfig:
     max_concurrent_streams: int = DEFAULT_MAX_CONCURRENT_STREAMS
     max_watchers_per_stream: int = DEFAULT_MAX_WATCHERS_PER_STREAM
     max_range_keys: int = DEFAULT_MAX_RANGE_KEYS
+    history_cache_bytes: int = DEFAULT_CACHE_BYTES
+    checkpoint_interval: int = DEFAULT_CHECKPOINT_INTERVAL
     # Client TLS, as etcd's flags of the same names (shim/tls.py)
     cert_file: str = ""
     key_file: str = ""
@@ -100,6 +103,10 @@ class ServeConfig:
         for flag in ("max_concurrent_streams", "max_watchers_per_stream", "max_range_keys"):
             if getattr(self, flag) <= 0:
                 raise ConfigError(f"--{flag.replace('_', '-')} must be positive")
+        if self.history_cache_bytes < 0:
+            raise ConfigError("--history-cache-bytes must not be negative")
+        if self.checkpoint_interval < 0:
+            raise ConfigError("--checkpoint-interval must not be negative")
         for url in (*self.listen_client_urls, *self.advertise_client_urls):
             host_port(url)
         for url in self.listen_metrics_urls:

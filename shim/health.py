@@ -75,7 +75,7 @@ class HealthChecks:
         self.make_current = make_current or store.sync
 
     async def serializable_read(self) -> None:
-        self.store.range(PROBE_RANGE)
+        await self.store.range(PROBE_RANGE)
 
     def raised_alarm(self, excluded: set[str]) -> str | None:
         """The name of the first raised alarm whose type is not in ``excluded`` (etcd's /health)."""
@@ -98,7 +98,7 @@ class HealthChecks:
         """What a linearizable Range waits for, within the timeout; raises what it would fail with."""
         async with asyncio.timeout(self.timeout):
             await self.make_current()
-        self.store.range(PROBE_RANGE)
+        await self.store.range(PROBE_RANGE)
 
     async def linearizable_read_unless_throttled(self) -> None:
         """Readiness: the linearizable read, where throttling counts as able to serve (also when the

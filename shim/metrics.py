@@ -30,6 +30,12 @@ WATCH_DELIVERY_LAG = Histogram("cosmos_etcd_watch_delivery_lag_revisions",
 LEASES = Gauge("cosmos_etcd_leases", "leases granted and not yet revoked or expired")
 INDEX_VERSIONS = Gauge("cosmos_etcd_index_versions", "key versions (tombstones included) held in memory; "
                        "compaction frees those below the compact revision")
+HISTORY_CACHE_BYTES = Gauge("cosmos_etcd_history_cache_bytes", "bytes held by the cache of superseded versions' "
+                            "values (--history-cache-bytes bounds it)")
+HISTORY_CACHE_LOOKUPS = Counter("cosmos_etcd_history_cache_lookups", "lookups of a superseded version's value in "
+                                "the history cache, by result (hit, miss)", ["result"])
+HISTORY_FETCHED_REVISIONS = Counter("cosmos_etcd_history_fetched_revisions", "revision records read from the log "
+                                    "for values that were not in the history cache")
 ALARMS = Gauge("cosmos_etcd_alarms", "raised alarms (etcd's Alarm API), by type", ["alarm"])
 TLS_CERTIFICATE_EXPIRY = Gauge("cosmos_etcd_tls_certificate_expiration_timestamp_seconds",
                                "notAfter of the certificate served on https:// client URLs (Unix time), "

@@ -174,7 +174,7 @@ class Server:
             _check_can_listen(address)  # before anything is opened or logged: one clear line
         credentials = _tls_credentials(config)
         self.store = store = MVCCStore(open_backend(config), RangeLimits(config.max_range_keys, MAX_SEND_BYTES),
-                                       self.supervisor)
+                                       self.supervisor, config.history_cache_bytes, config.checkpoint_interval)
         auth = AuthStore(store.log, config.bcrypt_cost, config.auth_token_ttl)
         try:
             await store.open()

@@ -43,7 +43,7 @@ class KVServicer(rpc_pb2_grpc.KVServicer):
         if not request.serializable:
             await self.reads.current()
         self.auth.check_read(caller, request.key, request.range_end)
-        response = self.store.range(request)
+        response = await self.store.range(request)
         self.headers.fill(response.header)
         return response
 

@@ -109,7 +109,7 @@ class MaintenanceServicer(rpc_pb2_grpc.MaintenanceServicer):
     @unary_rpc
     async def HashKV(self, request, context):
         self._require_admin(context)
-        revision, compact_revision, digest = self.store.hash_kv(request.revision)
+        revision, compact_revision, digest = await self.store.hash_kv(request.revision)
         response = rpc_pb2.HashKVResponse(hash=digest, compact_revision=compact_revision, hash_revision=revision)
         self.headers.fill(response.header)
         return response
@@ -117,7 +117,7 @@ class MaintenanceServicer(rpc_pb2_grpc.MaintenanceServicer):
     @unary_rpc
     async def Hash(self, request, context):
         self._require_admin(context)
-        _, _, digest = self.store.hash_kv(0)
+        _, _, digest = await self.store.hash_kv(0)
         response = rpc_pb2.HashResponse(hash=digest)
         self.headers.fill(response.header)
         return response

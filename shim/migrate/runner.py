@@ -89,7 +89,8 @@ class Migration:
     async def _start_or_resume(self, recovered: RecoveredState, mark: str) -> None:
         existing = await self.target.load_migration()
         base = list(recovered.base)
-        empty = not recovered.revisions and not base and recovered.compact_revision < 0
+        empty = not recovered.revisions and not base and recovered.compact_revision < 0 \
+            and recovered.checkpoint is None
         if existing is None and not empty:
             raise MigrationError("the target store is not empty (and not a migration into it): migrate into an "
                                  "empty data directory or container")
@@ -101,9 +102,12 @@ class Migration:
                 raise MigrationError(f"the target is a migration from another etcd cluster ({existing})")
             for kv in base:
                 self.state[kv.key] = kv
+            if recovered.checkpoint is not None:  # each key's last event there is its state at its revision
+                fold(self.state, Revision(events=recovered.checkpoint.events))
             for record in recovered.revisions:
                 fold(self.state, record)
-            last = recovered.revisions[-1].revision if recovered.revisions else INITIAL_REVISION
+            last = recovered.revisions[-1].revision if recovered.revisions else \
+                recovered.checkpoint.revision if recovered.checkpoint else INITIAL_REVISION
             self._advance(max(INITIAL_REVISION, recovered.compact_revision, last), "follow")
             logger.info("migration resumed", extra={"revision": self.progress.revision})
             return

@@ -6,14 +6,22 @@ min/max revision filters, the filters apply next, then the sort, then the limit 
 
 :class:`RangeLimits` bound what one answer may hold. They are checked on the KeyValues chosen,
 which the index already holds, before the answer is built: a refused Range costs no copy.
+
+A Range below the current revision may choose versions whose values left the index
+(:mod:`~cosmos_etcd_shim.mvcc.history`): they are taken from the values the caller fetched or
+the history cache, and :class:`~cosmos_etcd_shim.mvcc.history.ValuesMissing` names those found
+in neither. Only the versions in the answer need a value (none with ``keys_only`` or
+``count_only``), all of those chosen when sorting by value.
 """
 from __future__ import annotations
 
 import dataclasses
 import itertools
 import sys
+from collections.abc import Mapping
 
 from cosmos_etcd_shim.mvcc.errors import CompactedError, FutureRevisionError, RangeTooLargeError
+from cosmos_etcd_shim.mvcc.history import VersionId, materialize
 from cosmos_etcd_shim.mvcc.index import KeyIndex
 from cosmos_etcd_shim.proto.kv_pb2 import KeyValue
 from cosmos_etcd_shim.proto.rpc_pb2 import RangeRequest, RangeResponse
@@ -61,8 +69,9 @@ def check_revision(requested: int, current: int, compact_revision: int) -> int:
 
 
 def execute_range(index: KeyIndex, r: RangeRequest, current: int, compact_revision: int,
-                  limits: RangeLimits = UNLIMITED) -> RangeResponse:
-    """Serve ``r`` from ``index`` whose latest visible revision is ``current``."""
+                  limits: RangeLimits = UNLIMITED, fetched: Mapping[VersionId, bytes] = {}) -> RangeResponse:
+    """Serve ``r`` from ``index`` whose latest visible revision is ``current`` (``fetched``: values
+    of superseded versions the caller read from the log)."""
     revision = check_revision(r.revision, current, compact_revision)
     response = RangeResponse()
     response.header.revision = current
@@ -89,6 +98,8 @@ def execute_range(index: KeyIndex, r: RangeRequest, current: int, compact_revisi
         sort_order = RangeRequest.ASCEND
     elif r.sort_target == RangeRequest.KEY and sort_order == RangeRequest.ASCEND:
         sort_order = RangeRequest.NONE  # already in key order
+    if r.sort_target == RangeRequest.VALUE and sort_order != RangeRequest.NONE:
+        kvs = materialize(kvs, fetched, index.cache)
     if sort_order != RangeRequest.NONE:
         # Stable, like the insertion sort etcd's sort.Sort uses on small slices; reverse keeps ties in order.
         kvs.sort(key=_SORT_KEYS[r.sort_target], reverse=sort_order == RangeRequest.DESCEND)
@@ -97,8 +108,12 @@ def execute_range(index: KeyIndex, r: RangeRequest, current: int, compact_revisi
         del kvs[r.limit:]
         response.more = True
     response.count = count
+    if len(kvs) > limits.max_keys:  # before any value is fetched for them
+        raise RangeTooLargeError(limits.max_keys, "keys")
     if r.keys_only:
         kvs = [_without_value(kv) for kv in kvs]
+    else:
+        kvs = materialize(kvs, fetched, index.cache)
     _check_limits(kvs, limits)
     response.kvs.extend(kvs)
     return response

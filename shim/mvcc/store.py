@@ -31,6 +31,12 @@ outage (no answer at all) opens the breaker that fails queued requests at once u
 answers again. The committer runs under the server's :class:`Supervisor`: if it fails anyway,
 the requests it held are answered, and it is started again.
 
+The index keeps values only for each key's newest version (see :mod:`history`): a Range at an
+old revision or a Txn holding one may need values from the log, fetched before the request is
+evaluated again with them; a read at the current revision never awaits anything. Every
+``checkpoint_interval`` revisions this store commits (only the writer of a shared log does),
+it hands the backend a checkpoint of the index, so that a start reads it plus a short tail.
+
 Compaction does not go through the committer: writes continue while it is recorded, and the
 physical work happens in the storage backend (see :meth:`RevisionLog.compact`).
 """
@@ -49,6 +55,16 @@ from cosmos_etcd_shim.mvcc import txn as txns
 from cosmos_etcd_shim.mvcc.alarms import Alarms
 from cosmos_etcd_shim.mvcc.errors import CompactedError, FutureRevisionError, LeaseNotFoundError, MVCCError, NotLeaderError
 from cosmos_etcd_shim.mvcc.errors import StorageUnavailableError, TooManyRequestsError, from_storage
+from cosmos_etcd_shim.mvcc.history import (
+    DEFAULT_CACHE_BYTES,
+    DEFAULT_CHECKPOINT_INTERVAL,
+    ValueCache,
+    ValuesMissing,
+    VersionId,
+    checkpoint_pages,
+    fetch_values,
+    materialize,
+)
 from cosmos_etcd_shim.mvcc.index import KeyIndex
 from cosmos_etcd_shim.mvcc.lease import Lessor, expire_forever
 from cosmos_etcd_shim.mvcc.reads import UNLIMITED, RangeLimits, check_revision, execute_range
@@ -92,11 +108,15 @@ class _Write:
 
 class MVCCStore:
     def __init__(self, log: RevisionLog, range_limits: RangeLimits = UNLIMITED,
-                 supervisor: Supervisor | None = None) -> None:
+                 supervisor: Supervisor | None = None, history_cache_bytes: int = DEFAULT_CACHE_BYTES,
+                 checkpoint_interval: int = DEFAULT_CHECKPOINT_INTERVAL) -> None:
         self.log = log
         self.range_limits = range_limits
         self.supervisor = supervisor or Supervisor()
-        self.index = KeyIndex()
+        self.index = KeyIndex(ValueCache(history_cache_bytes))
+        self.checkpoint_interval = checkpoint_interval  # revisions; 0: never
+        self._checkpointed = INITIAL_REVISION  # the revision of the newest checkpoint known here
+        self._checkpointing: asyncio.Task | None = None
         metrics.INDEX_VERSIONS.set_function(lambda: self.index.version_count)
         self.revision = INITIAL_REVISION
         self.compact_revision = -1
@@ -129,6 +149,9 @@ class MVCCStore:
             self.index.append(kv)
         self.compact_revision = state.compact_revision
         self.revision = max(INITIAL_REVISION, state.compact_revision)
+        if state.checkpoint is not None:
+            self.index.load(state.checkpoint.events)
+            self.revision = self._checkpointed = max(self.revision, state.checkpoint.revision)
         self._apply_records(state.revisions)
         # The base is as old as the last folded compaction; one scheduled since applies too.
         self.index.compact(self.compact_revision)
@@ -141,6 +164,9 @@ class MVCCStore:
                                            "keys": len(self.index)})
 
     async def close(self) -> None:
+        if self._checkpointing is not None:
+            self._checkpointing.cancel()
+            await asyncio.gather(self._checkpointing, return_exceptions=True)
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -182,20 +208,48 @@ class MVCCStore:
         self._queued.set()
         await future
 
-    def range(self, r: RangeRequest) -> RangeResponse:
-        return execute_range(self.index, r, self.revision, self.compact_revision, self.range_limits)
+    async def range(self, r: RangeRequest) -> RangeResponse:
+        """Range at the committed revision; one below it may fetch values from the log first."""
+        return await self._with_history(
+            lambda fetched: execute_range(self.index, r, self.revision, self.compact_revision, self.range_limits,
+                                          fetched))
 
-    def hash_kv(self, requested: int) -> tuple[int, int, int]:
+    async def _with_history(self, evaluate: Callable[[dict[VersionId, bytes]], Any]) -> Any:
+        """``evaluate(fetched)``; while it needs values of superseded versions, fetch them and
+        evaluate again (the store may have moved meanwhile: what is read is then read anew)."""
+        fetched: dict[VersionId, bytes] = {}
+        while True:
+            try:
+                return evaluate(fetched)
+            except ValuesMissing as e:
+                await self._fetch_missing(e, fetched)
+
+    async def _fetch_missing(self, missing: ValuesMissing, fetched: dict[VersionId, bytes]) -> None:
+        """Add the values ``missing`` names to ``fetched``; CompactedError if one of them is gone
+        from the log and the base (a compaction took it since the read chose it)."""
+        try:
+            found = await fetch_values(self.log, self.index.cache, missing.versions)
+        except StorageError as e:
+            raise from_storage(e) from None
+        if any(v.id not in found for v in missing.versions):
+            raise CompactedError()
+        fetched.update(found)
+
+    async def hash_kv(self, requested: int) -> tuple[int, int, int]:
         """(revision, compact revision, CRC-32 of every version kept up to that revision).
 
         The same data gives the same hash on every cosmos-etcd member; it is not etcd's number,
         which hashes etcd's own on-disk encoding.
         """
         revision = check_revision(requested, self.revision, self.compact_revision)
-        digest = zlib.crc32(b"cosmos-etcd")  # an empty store hashes to non-zero, like etcd's
-        for kv in self.index.versions(revision):
-            digest = zlib.crc32(kv.SerializeToString(deterministic=True), digest)
-        return revision, self.compact_revision, digest
+
+        def digest_of(fetched: dict[VersionId, bytes]) -> int:
+            digest = zlib.crc32(b"cosmos-etcd")  # an empty store hashes to non-zero, like etcd's
+            for kv in materialize(list(self.index.versions(revision)), fetched, self.index.cache):
+                digest = zlib.crc32(kv.SerializeToString(deterministic=True), digest)
+            return digest
+
+        return revision, self.compact_revision, await self._with_history(digest_of)
 
     async def put(self, p: PutRequest) -> PutResponse:
         await self.leases.refresh_unknown([p.lease])
@@ -211,10 +265,19 @@ class MVCCStore:
         if not txns.is_write(t):
             # Nothing to make durable: evaluate at the committed revision, like a Range (which the
             # caller made current first, if the read is linearizable).
-            return self._run_txn(txns.WriteTxn(self.index, self.revision, self.compact_revision, self.range_limits), t)
-        return await self._write(lambda w: self._run_txn(w, t))
+            return await self._with_history(lambda fetched: self._run_txn(
+                txns.WriteTxn(self.index, self.revision, self.compact_revision, self.range_limits), t, fetched))
+        # A Range at an old revision inside may need values from the log: then the Txn failed
+        # (and wrote nothing); it is queued again with them.
+        fetched: dict[VersionId, bytes] = {}
+        while True:
+            try:
+                return await self._write(lambda w: self._run_txn(w, t, fetched))
+            except ValuesMissing as e:
+                await self._fetch_missing(e, fetched)
 
-    def _run_txn(self, w: txns.WriteTxn, t: TxnRequest) -> TxnResponse:
+    def _run_txn(self, w: txns.WriteTxn, t: TxnRequest, fetched: dict[VersionId, bytes]) -> TxnResponse:
+        w.fetched = fetched
         decision = txns.decide(w, t)
         txns.check_txn(w, t, decision, self.lease_exists)
         response = txns.apply_txn(w, decision)
@@ -407,6 +470,7 @@ class MVCCStore:
             metrics.COMMIT_BATCH_REQUESTS.observe(len(batch))
             self.revision = records[-1].revision
             self._publish(records)
+            self._maybe_checkpoint()
             break
         for future, outcome in outcomes:
             if future.done():
@@ -465,6 +529,37 @@ class MVCCStore:
                 return  # not in the log yet either: the next tail brings them
         self._apply_records(fresh)
 
+    def _maybe_checkpoint(self) -> None:
+        """Start a checkpoint of the index at the current revision if ``checkpoint_interval``
+        revisions passed since the last one (and none is being written)."""
+        if not self.checkpoint_interval or self.revision - self._checkpointed < self.checkpoint_interval:
+            return
+        if self._checkpointing is not None and not self._checkpointing.done():
+            return
+        # Between batches: the index holds nothing newer than the committed revision.
+        revision, histories = self.revision, self.index.snapshot(self.revision)
+        self._checkpointed = revision  # a failed one is tried again an interval later, not at once
+        self._checkpointing = asyncio.create_task(self._write_checkpoint(revision, histories),
+                                                  name="index-checkpoint")
+
+    async def _write_checkpoint(self, revision: int, histories: list) -> None:
+        pages = checkpoint_pages(histories, revision)
+        done = object()
+
+        async def each_page():
+            # Made on a worker thread, one page at a time: the loop keeps serving meanwhile.
+            while (page := await asyncio.to_thread(next, pages, done)) is not done:
+                yield page
+
+        started = time.perf_counter()
+        try:
+            kept = await self.log.save_checkpoint(revision, each_page())
+        except Exception as e:  # noqa: BLE001 - a start then reads a longer tail; the next one may succeed
+            logger.warning("index checkpoint failed", extra={"revision": revision, "error": str(e) or type(e).__name__})
+            return
+        logger.info("index checkpoint", extra={"revision": revision, "kept": kept,
+                                              "seconds": round(time.perf_counter() - started, 3)})
+
     def _rollback(self, records: list[Revision]) -> None:
         """Remove a batch that did not become durable from the index."""
         self.index.rollback({e.kv.key for r in records for e in r.events}, self.revision)
@@ -506,6 +601,9 @@ class MVCCStore:
             self._publish(applied)
 
     def _publish(self, records: list[Revision]) -> None:
+        """Wake what waits for these (durable, now visible) records; then the versions they
+        superseded give their values up to the history cache (after the listeners, so that a
+        live watch's ``prev_kv`` finds them in the index)."""
         metrics.REVISION.set(self.revision)
         if self._revision_waiters:
             reached = [w for w in self._revision_waiters if w[0] <= self.revision]
@@ -515,6 +613,7 @@ class MVCCStore:
                     waiter[1].set_result(None)
         for listener in self._listeners:
             listener(records)
+        self.index.release(records)
 
 
 def _is_outage(error: StorageError) -> bool:

@@ -13,9 +13,10 @@ The same order is kept here, so the same error wins when several apply.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 
 from cosmos_etcd_shim.mvcc.errors import CompactedError, FutureRevisionError, KeyNotFoundError, LeaseNotFoundError
+from cosmos_etcd_shim.mvcc.history import VersionId
 from cosmos_etcd_shim.mvcc.index import KeyIndex
 from cosmos_etcd_shim.mvcc.reads import UNLIMITED, RangeLimits, execute_range, range_end_of
 from cosmos_etcd_shim.proto.kv_pb2 import Event, KeyValue
@@ -39,8 +40,9 @@ class WriteTxn:
     """The changes of one revision, readable by the requests that make them."""
 
     def __init__(self, index: KeyIndex, begin: int, compact_revision: int,
-                 range_limits: RangeLimits = UNLIMITED) -> None:
+                 range_limits: RangeLimits = UNLIMITED, fetched: Mapping[VersionId, bytes] = {}) -> None:
         self.index = index
+        self.fetched = fetched  # values of superseded versions, for Ranges at an old revision
         self.begin = begin
         self.compact_revision = compact_revision
         self.range_limits = range_limits
@@ -56,7 +58,8 @@ class WriteTxn:
         return self.begin + 1 if self.events else self.begin
 
     def range(self, r: RangeRequest) -> RangeResponse:
-        return execute_range(self.index, r, self.read_revision, self.compact_revision, self.range_limits)
+        return execute_range(self.index, r, self.read_revision, self.compact_revision, self.range_limits,
+                             self.fetched)
 
     def get(self, key: bytes) -> KeyValue | None:
         return self.index.get(key, self.read_revision)

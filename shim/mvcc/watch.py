@@ -18,6 +18,10 @@ One revision's events always travel in one response (the API layer splits it onl
 that asked for fragments), and a response never holds a revision twice, so watches are ordered, unique, reliable and atomic as
 etcd's are. A watcher whose cursor falls below the compact revision is cancelled with
 ``compact_revision`` set, as etcd does.
+
+``prev_kv`` comes from the index. Live events find it there with its value (the store releases
+superseded values only after the watchers had the batch); a watcher catching up may need values
+that left the index, and fetches them (see :mod:`history`) before the slice is sent.
 """
 from __future__ import annotations
 
@@ -28,6 +32,7 @@ import sys
 from collections.abc import Iterable
 
 from cosmos_etcd_shim import metrics
+from cosmos_etcd_shim.mvcc.history import Superseded, VersionId, fetch_values, materialize
 from cosmos_etcd_shim.mvcc.index import KeyIndex
 from cosmos_etcd_shim.mvcc.reads import range_end_of
 from cosmos_etcd_shim.proto.kv_pb2 import Event
@@ -125,8 +130,24 @@ class WatchHub:
                     stream.send(WatchResponse(watch_id=watcher.id), self.revision)
                 watcher.active = False
 
-    def prev_kv_of(self, event: Event, revision: int):
-        return self.index.get(event.kv.key, revision - 1)
+    def prev_kv_of(self, event: Event, revision: int, fetched: dict[VersionId, bytes]):
+        previous = self.index.get(event.kv.key, revision - 1)
+        return None if previous is None else materialize([previous], fetched, self.index.cache)[0]
+
+    def missing_prev_values(self, watchers: list[Watcher], records: list[Revision],
+                            fetched: dict[VersionId, bytes]) -> list[Superseded]:
+        """The superseded versions whose values the ``prev_kv`` of these events need and neither
+        ``fetched`` nor the cache holds."""
+        missing = []
+        for record in records:
+            for event in record.events:
+                if not any(w.prev_kv and record.revision >= w.next_revision and w.wants(event) for w in watchers):
+                    continue
+                previous = self.index.get(event.kv.key, record.revision - 1)
+                if type(previous) is Superseded and previous.id not in fetched \
+                        and self.index.cache.get(previous.id) is None:
+                    missing.append(previous)
+        return missing
 
 
 class WatchStream:
@@ -259,7 +280,8 @@ class WatchStream:
                 continue
             self._send_events(watcher, records, revision)
 
-    def _send_events(self, watcher: Watcher, records: Iterable[Revision], header_revision: int) -> None:
+    def _send_events(self, watcher: Watcher, records: Iterable[Revision], header_revision: int,
+                     fetched: dict[VersionId, bytes] | None = None) -> None:
         events = []
         last = watcher.next_revision - 1
         for record in records:
@@ -268,18 +290,18 @@ class WatchStream:
             last = record.revision
             for event in record.events:
                 if watcher.wants(event):
-                    events.append(self._event_for(watcher, event, record.revision))
+                    events.append(self._event_for(watcher, event, record.revision, fetched or {}))
         watcher.next_revision = last + 1
         if events:
             watcher.active = True
             self.send(WatchResponse(watch_id=watcher.id, events=events), header_revision)
 
-    def _event_for(self, watcher: Watcher, event: Event, revision: int) -> Event:
+    def _event_for(self, watcher: Watcher, event: Event, revision: int, fetched: dict[VersionId, bytes]) -> Event:
         if not watcher.prev_kv:
             return event
         with_prev = Event()
         with_prev.CopyFrom(event)
-        previous = self.hub.prev_kv_of(event, revision)
+        previous = self.hub.prev_kv_of(event, revision, fetched)
         if previous is not None:
             with_prev.prev_kv.CopyFrom(previous)
         return with_prev
@@ -328,12 +350,22 @@ class WatchStream:
             return True  # compacted while it was read: the next step cancels the watchers below it
         # Between the read and now the store may have moved on (more to read next step) or not yet
         # published what the read saw (not ours to send yet).
-        current = hub.revision
-        records = [r for r in records if r.revision <= current]
+        fetched: dict[VersionId, bytes] = {}
+        while True:
+            # (after any await: what the store published meanwhile is not in ``records``)
+            current = hub.revision
+            records = [r for r in records if r.revision <= current]
+            missing = hub.missing_prev_values(lagging, records, fetched)
+            if not missing:
+                break
+            found = await fetch_values(hub.log, hub.index.cache, missing)
+            if not found.keys() & {version.id for version in missing}:
+                raise StorageError("the previous values of past events are in neither the log nor the base")
+            fetched.update(found)
         for watcher in lagging:
             if watcher.synced or self.watchers.get(watcher.id) is not watcher:
                 continue
-            self._send_events(watcher, records, current)
+            self._send_events(watcher, records, current, fetched)
             if watcher.next_revision > current or not records or records[-1].revision == current:
                 watcher.next_revision = max(watcher.next_revision, current + 1)
                 watcher.synced = True

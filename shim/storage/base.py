@@ -19,7 +19,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 import pathlib
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 
 from cosmos_etcd_shim.proto.kv_pb2 import Event, KeyValue
 from cosmos_etcd_shim.proto.storage_pb2 import Lease, Revision
@@ -123,13 +123,24 @@ class StoreImage:
 
 
 @dataclasses.dataclass
+class IndexCheckpoint:
+    """The store's index at ``revision`` as a backend keeps it (see :mod:`cosmos_etcd_shim.mvcc.history`):
+    every version kept, by key then revision, only each key's newest with its value."""
+
+    revision: int
+    events: Sequence[Event]
+
+
+@dataclasses.dataclass
 class RecoveredState:
-    """What a backend holds: the base at the compact revision, and the log after it."""
+    """What a backend holds: the base at the compact revision, and the log after it; or, when a
+    usable checkpoint exists, that checkpoint (then ``base`` is empty) and the log after it."""
 
     compact_revision: int
     base: Iterable[KeyValue]
     revisions: Sequence[Revision]
     leases: Sequence[Lease]
+    checkpoint: IndexCheckpoint | None = None
 
 
 class RevisionLog(abc.ABC):
@@ -159,6 +170,25 @@ class RevisionLog(abc.ABC):
     @abc.abstractmethod
     async def read_after(self, revision: int, limit: int | None = None) -> Sequence[Revision]:
         """The records after ``revision`` in order, at most ``limit`` of them."""
+
+    @abc.abstractmethod
+    async def read_revisions(self, revisions: Sequence[int]) -> dict[int, Revision]:
+        """The records of the given revisions that the log still holds, by revision: the values a
+        read at an old revision needs (a compaction may have removed those below it, whose
+        values are then in the base)."""
+
+    @abc.abstractmethod
+    async def read_base(self, keys: Sequence[bytes]) -> dict[bytes, KeyValue]:
+        """The base's key-values (live just before the compact revision) of those of ``keys`` it
+        holds, by key: the values of versions whose records were folded into it."""
+
+    @abc.abstractmethod
+    async def save_checkpoint(self, revision: int, pages: AsyncIterator[bytes]) -> bool:
+        """Keep the index at ``revision`` (its pages: serialized ``Revision`` messages of events,
+        see :class:`IndexCheckpoint`) as the checkpoint the next :meth:`open` starts from, once
+        every page is stored, and only if it is newer than the stored one and the log still
+        holds every record after ``revision``; whether it was kept. A checkpoint interrupted
+        half-way is never used."""
 
     async def tail(self, revision: int) -> Sequence[Revision]:
         """Every record after ``revision``, for a store catching up with other writers (a shared

@@ -6,6 +6,13 @@ power loss. One SQLite transaction per append makes a batch of revisions all-or-
 call runs on one dedicated thread, so the event loop never blocks on the disk and the connection
 is never shared between threads.
 
+Index checkpoints (see :mod:`cosmos_etcd_shim.mvcc.history`) are rows of ``checkpoint_pages
+(revision, page, data)``, one transaction per page so that appends go on meanwhile; ``meta``'s
+``checkpoint_revision`` names the complete one, set in the transaction that stores the last page
+(pages of a checkpoint never named, after a crash, are removed by the next one). A start reads the
+named checkpoint and the log after it; a compaction that removes records the checkpoint's tail
+needs drops it in the same transaction.
+
 One process owns a data directory at a time (an exclusive ``flock`` on ``LOCK``), as etcd does.
 
 Raised alarms are rows of ``alarms (member_id, alarm)``: the member id as SQLite's signed 64-bit
@@ -21,7 +28,7 @@ import fcntl
 import os
 import pathlib
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 
 from cosmos_etcd_shim.proto.kv_pb2 import KeyValue
 from cosmos_etcd_shim.proto.storage_pb2 import Lease, Revision
@@ -29,6 +36,7 @@ from cosmos_etcd_shim.storage.base import (
     INITIAL_REVISION,
     AuthConflictError,
     AuthRecord,
+    IndexCheckpoint,
     LogCompactedError,
     LogConflictError,
     RecoveredState,
@@ -53,9 +61,13 @@ CREATE TABLE IF NOT EXISTS leases (id INTEGER PRIMARY KEY, record BLOB NOT NULL)
 CREATE TABLE IF NOT EXISTS auth (id INTEGER PRIMARY KEY CHECK (id = 0), version INTEGER NOT NULL, record BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS alarms (member_id INTEGER NOT NULL, alarm INTEGER NOT NULL, PRIMARY KEY (member_id, alarm));
 CREATE TABLE IF NOT EXISTS migration (id INTEGER PRIMARY KEY CHECK (id = 0), source TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS checkpoint_pages (revision INTEGER NOT NULL, page INTEGER NOT NULL, data BLOB NOT NULL,
+                                             PRIMARY KEY (revision, page));
 """
 
 UINT64 = 1 << 64
+# Bound parameters in one statement (SQLite's limit is 32766 since 3.32; older builds 999).
+SQL_PARAMETERS = 500
 
 
 def signed_member_id(member_id: int) -> int:
@@ -156,13 +168,57 @@ class EmbeddedLog(RevisionLog):
             raise DataDirError(f"cannot open the database in {self.data_dir}: {e}") from None
         self._db = db
         compact_revision = self._compacted_at = self._compact_revision()
-        base = [KeyValue.FromString(blob) for (blob,) in db.execute("SELECT kv FROM base ORDER BY key")]
-        revisions = [Revision.FromString(blob) for (blob,) in db.execute("SELECT record FROM log ORDER BY revision")]
+        checkpoint = self._load_checkpoint()
+        if checkpoint is None:
+            base = [KeyValue.FromString(blob) for (blob,) in db.execute("SELECT kv FROM base ORDER BY key")]
+            after = NOT_COMPACTED
+        else:
+            base, after = [], checkpoint.revision
+        revisions = [Revision.FromString(blob) for (blob,) in
+                     db.execute("SELECT record FROM log WHERE revision > ? ORDER BY revision", (after,))]
         leases = self._load_leases()
         self._alarms = self._load_alarms()
-        self._head = max(INITIAL_REVISION, compact_revision, revisions[-1].revision if revisions else 0)
+        self._head = max(INITIAL_REVISION, compact_revision, after, revisions[-1].revision if revisions else 0)
         self._measure_free_pages()
-        return RecoveredState(compact_revision=compact_revision, base=base, revisions=revisions, leases=leases)
+        return RecoveredState(compact_revision=compact_revision, base=base, revisions=revisions, leases=leases,
+                              checkpoint=checkpoint)
+
+    def _checkpoint_revision(self) -> int | None:
+        row = self._db.execute("SELECT value FROM meta WHERE name = 'checkpoint_revision'").fetchone()
+        return None if row is None else row[0]
+
+    def _load_checkpoint(self) -> IndexCheckpoint | None:
+        revision = self._checkpoint_revision()
+        if revision is None:
+            return None
+        events = []
+        for (blob,) in self._db.execute("SELECT data FROM checkpoint_pages WHERE revision = ? ORDER BY page",
+                                        (revision,)):
+            events.extend(Revision.FromString(blob).events)
+        return IndexCheckpoint(revision=revision, events=events)
+
+    async def save_checkpoint(self, revision: int, pages: AsyncIterator[bytes]) -> bool:
+        named = await self._run(self._checkpoint_revision)
+        if named is not None and named >= revision or revision < self._compacted_at - 1:
+            return False
+        await self._run(self._write, "DELETE FROM checkpoint_pages WHERE revision = ?", (revision,))
+        number = 0
+        async for page in pages:
+            await self._run(self._write, "INSERT INTO checkpoint_pages (revision, page, data) VALUES (?, ?, ?)",
+                            (revision, number, page))
+            number += 1
+        return await self._run(self._name_checkpoint, revision)
+
+    def _name_checkpoint(self, revision: int) -> bool:
+        with self._transaction():
+            named = self._checkpoint_revision()
+            if named is not None and named >= revision or revision < self._compacted_at - 1:
+                self._db.execute("DELETE FROM checkpoint_pages WHERE revision = ?", (revision,))
+                return False
+            self._db.execute("INSERT OR REPLACE INTO meta (name, value) VALUES ('checkpoint_revision', ?)",
+                             (revision,))
+            self._db.execute("DELETE FROM checkpoint_pages WHERE revision != ?", (revision,))
+        return True
 
     def _compact_revision(self) -> int:
         row = self._db.execute("SELECT value FROM meta WHERE name = 'compact_revision'").fetchone()
@@ -190,6 +246,25 @@ class EmbeddedLog(RevisionLog):
                                 (revision, -1 if limit is None else limit))
         return [Revision.FromString(blob) for (blob,) in rows]
 
+    async def read_revisions(self, revisions: Sequence[int]) -> dict[int, Revision]:
+        return await self._run(self._read_revisions, list(revisions))
+
+    def _read_revisions(self, revisions: list[int]) -> dict[int, Revision]:
+        marks = ",".join("?" * len(revisions))
+        rows = self._db.execute(f"SELECT revision, record FROM log WHERE revision IN ({marks})", revisions)
+        return {revision: Revision.FromString(blob) for revision, blob in rows}
+
+    async def read_base(self, keys: Sequence[bytes]) -> dict[bytes, KeyValue]:
+        return await self._run(self._read_base, list(keys))
+
+    def _read_base(self, keys: list[bytes]) -> dict[bytes, KeyValue]:
+        found = {}
+        for start in range(0, len(keys), SQL_PARAMETERS):
+            batch = keys[start:start + SQL_PARAMETERS]
+            rows = self._db.execute(f"SELECT key, kv FROM base WHERE key IN ({','.join('?' * len(batch))})", batch)
+            found.update((key, KeyValue.FromString(blob)) for key, blob in rows)
+        return found
+
     async def compact(self, revision: int) -> None:
         if revision <= self._compacted_at:
             raise LogCompactedError(f"revision {revision} is compacted already (at {self._compacted_at})")
@@ -210,6 +285,10 @@ class EmbeddedLog(RevisionLog):
                                  ((k, kv.SerializeToString()) for k, kv in changed.items()))
             self._db.execute("DELETE FROM log WHERE revision < ?", (revision,))
             self._db.execute("INSERT OR REPLACE INTO meta (name, value) VALUES ('compact_revision', ?)", (revision,))
+            checkpoint = self._checkpoint_revision()
+            if checkpoint is not None and checkpoint < revision - 1:  # its tail is gone now
+                self._db.execute("DELETE FROM meta WHERE name = 'checkpoint_revision'")
+                self._db.execute("DELETE FROM checkpoint_pages")
         self._compacted_at = revision
         self._measure_free_pages()
 

@@ -58,10 +58,10 @@ async def test_a_committer_crash_answers_the_write_and_the_committer_restarts(st
         with pytest.raises(StorageUnavailableError):
             await asyncio.wait_for(store.put(PutRequest(key=b"k", value=b"lost")), 10)
         # Nothing of the failed write is visible, and the next write goes through a new committer.
-        assert store.range(RangeRequest(key=b"k")).count == 0
+        assert (await store.range(RangeRequest(key=b"k"))).count == 0
         response = await asyncio.wait_for(store.put(PutRequest(key=b"k", value=b"kept")), 10)
     assert response.header.revision == 2
-    assert [kv.value for kv in store.range(RangeRequest(key=b"k")).kvs] == [b"kept"]
+    assert [kv.value for kv in (await store.range(RangeRequest(key=b"k"))).kvs] == [b"kept"]
     failures = [r for r in caplog.records if r.getMessage() == "background task failed; restarting it"]
     assert [r.task for r in failures] == ["mvcc-committer"]
     assert "injected: an answer nobody classified" in failures[0].error
@@ -83,7 +83,7 @@ async def test_a_committer_that_keeps_failing_fails_livez(store, health):
     assert (await health.get("/readyz")).status == 503
     # The store still serves once the fault is gone; liveness reports the failures of the last minute.
     await asyncio.wait_for(store.put(PutRequest(key=b"k", value=b"after")), 10)
-    assert [kv.value for kv in store.range(RangeRequest(key=b"k")).kvs] == [b"after"]
+    assert [kv.value for kv in (await store.range(RangeRequest(key=b"k"))).kvs] == [b"after"]
 
 
 async def test_a_task_that_returns_is_restarted_too():

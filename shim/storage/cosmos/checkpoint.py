@@ -85,6 +85,20 @@ def paginate(events: list[Event]) -> list[list[Event]]:
     return pages
 
 
+async def write_page(conn: CosmosConnection, op: str, document: dict, payload: bytes) -> int:
+    """Upsert one page document (``id``, ``pk``, ``s``, ``g`` and the kind's own fields given) with
+    ``payload``, its chunks first; the payload's size. The chunk nonce is derived from the payload,
+    so that rewriting the same page reuses the same ids."""
+    packed = codec.pack(payload)
+    nonce = f"{packed.crc:08x}"
+    for index, text in enumerate(packed.chunks):
+        await conn.upsert(op, {
+            "id": layout.chunk_id(document["id"], nonce, index), "pk": document["pk"], "kind": layout.KIND_CHUNK,
+            "s": document["s"], "g": document["g"], "o": document["id"], "w": nonce, "i": index, "d": text})
+    await conn.upsert(op, {**document, **packed.fields(nonce)})
+    return packed.raw_size
+
+
 async def write_page_set(conn: CosmosConnection, set_id: str, revision: int, events: list[Event],
                          full: bool) -> PageSet:
     """Write every page (chunks first) of a page set; idempotent (upserts of derived content)."""
@@ -93,23 +107,13 @@ async def write_page_set(conn: CosmosConnection, set_id: str, revision: int, eve
 
     async def write(number: int, page: list[Event]) -> int:
         payload = Revision(revision=revision, events=page).SerializeToString()
-        packed = codec.pack(payload)
-        document_id = layout.page_id(set_id, number)
-        # The nonce names the chunks: derived, so that rewriting the same set reuses the same ids.
-        nonce = f"{packed.crc:08x}"
+        document = {"id": layout.page_id(set_id, number), "pk": layout.BASE_PARTITION, "kind": layout.KIND_PAGE,
+                    "s": set_id, "g": revision, "p": number, "full": full}
+        if page:
+            document["lo"] = layout.key_hex(page[0].kv.key)
+            document["hi"] = layout.key_hex(page[-1].kv.key)
         async with semaphore:
-            for index, text in enumerate(packed.chunks):
-                await conn.upsert("compact", {
-                    "id": layout.chunk_id(document_id, nonce, index), "pk": layout.BASE_PARTITION,
-                    "kind": layout.KIND_CHUNK, "s": set_id, "g": revision, "o": document_id, "w": nonce,
-                    "i": index, "d": text})
-            document = {"id": document_id, "pk": layout.BASE_PARTITION, "kind": layout.KIND_PAGE, "s": set_id,
-                        "g": revision, "p": number, "full": full, **packed.fields(nonce)}
-            if page:
-                document["lo"] = layout.key_hex(page[0].kv.key)
-                document["hi"] = layout.key_hex(page[-1].kv.key)
-            await conn.upsert("compact", document)
-        return packed.raw_size
+            return await write_page(conn, "compact", document, payload)
 
     sizes = await asyncio.gather(*(write(number, page) for number, page in enumerate(pages)))
     total = sum(sizes)
@@ -153,6 +157,49 @@ async def read_base(conn: CosmosConnection, chain: list[PageSet], op: str) -> di
             else:
                 base.pop(event.kv.key, None)
     return base
+
+
+async def read_keys(conn: CosmosConnection, chain: list[PageSet], wanted: dict[str, bytes],
+                    op: str) -> dict[bytes, KeyValue]:
+    """The base's key-values of the keys ``wanted`` (hex -> key): per page set, the pages' key
+    spans (``lo``/``hi``, one query without payloads), then only the pages that may hold one."""
+    base: dict[bytes, KeyValue] = {}
+    for page_set in chain:
+        spans = await conn.query(op, "SELECT c.id, c.lo, c.hi FROM c WHERE c.pk = @pk AND c.kind = @kind AND c.s = @s",
+                                 {"@pk": layout.BASE_PARTITION, "@kind": layout.KIND_PAGE, "@s": page_set.id},
+                                 layout.BASE_PARTITION)
+        if len(spans) != page_set.pages:
+            raise PageSetMissing(f"page set {page_set.id}: {len(spans)} of {page_set.pages} pages found")
+        for span in spans:
+            if "lo" not in span or not any(span["lo"] <= hex_key <= span["hi"] for hex_key in wanted):
+                continue
+            document = await conn.read_by_id(op, span["id"], layout.BASE_PARTITION)
+            if document is None:
+                raise PageSetMissing(f"page {span['id']} is gone")
+            data = codec.unpack(document, await read_chunks(conn, document, layout.BASE_PARTITION, op))
+            for event in Revision.FromString(data).events:
+                if layout.key_hex(event.kv.key) not in wanted:
+                    continue
+                if event.type == Event.PUT:
+                    base[event.kv.key] = event.kv
+                else:
+                    base.pop(event.kv.key, None)
+    return base
+
+
+async def read_pages_by_id(conn: CosmosConnection, partition: str, ids: list[str], op: str) -> list[Event]:
+    """The events of the pages ``ids``, in that order: point reads, a few at a time (the cheapest
+    read Cosmos has, and one that does not grow with the partition)."""
+    semaphore = asyncio.Semaphore(WRITE_CONCURRENCY)
+
+    async def read(document_id: str) -> list[Event]:
+        async with semaphore:
+            document = await conn.read_item(op, document_id, partition)
+            data = codec.unpack(document, await read_chunks(conn, document, partition, op))
+        return list(Revision.FromString(data).events)
+
+    pages = await asyncio.gather(*(read(document_id) for document_id in ids))
+    return [event for page in pages for event in page]
 
 
 class PageSetMissing(StorageError):

@@ -31,6 +31,12 @@ partitioned by ``/pk`` into a few logical partitions:
     * ``ckpt-<set>-<page, 6 digits>`` (kind ``page``): events of one checkpoint page set; ``lo``
       and ``hi`` are the page's first and last key in hex (bytewise order = string order).
     * ``ckpt-<set>-<page>.<w>.<i>`` (kind ``chunk``): parts of an oversized page.
+``pk = "hist"`` index checkpoints (every version kept at a revision, only the newest values: see the
+    shim's ``mvcc/history.py``): ``hist-<revision, 19 digits>-<writer nonce>-<page, 6 digits>``
+    (kind ``hpage``, ``s`` the set, ``g`` its revision), chunks as for log documents. ``meta``'s
+    ``hist`` names the newest complete set (``s``, ``g``, ``pages``; ``cd`` the ``cdoc`` when it
+    was written and ``lb`` the payload bytes of the log documents from there to the one holding
+    ``g``, so that a start that skips them still reports dbSize).
 ``pk = "lease"`` ``lease-<id, 16 hex digits>`` (kind ``lease``): one granted lease each.
 ``pk = "member"`` ``member-<id, 16 hex digits>`` (kind ``member``): shim replicas' heartbeats.
     ``leader`` (kind ``leader``): the leader election's lease (see the shim's ``replication``
@@ -56,6 +62,7 @@ PARTITION_KEY = {"paths": [PARTITION_KEY_PATH], "kind": "Hash", "version": 2}
 
 LOG_PARTITION = "log"
 BASE_PARTITION = "base"
+HISTORY_PARTITION = "hist"
 LEASE_PARTITION = "lease"
 MEMBER_PARTITION = "member"
 AUTH_PARTITION = "auth"
@@ -65,6 +72,7 @@ KIND_CHUNK = "chunk"
 KIND_FENCE = "fence"
 KIND_META = "meta"
 KIND_PAGE = "page"
+KIND_HISTORY_PAGE = "hpage"
 KIND_LEASE = "lease"
 KIND_MEMBER = "member"
 KIND_AUTH = "auth"
@@ -112,6 +120,10 @@ def page_set(compact_revision: int, full: bool, since: int) -> str:
     """A checkpoint page set: a full base at ``compact_revision``, or the delta from ``since``."""
     # ``since`` may be -1 (nothing compacted yet): shifted by one, ids stay within [0-9a-z].
     return f"{compact_revision:019d}f" if full else f"{compact_revision:019d}d{since + 1:019d}"
+
+
+def history_page_id(revision: int, nonce: str, page: int) -> str:
+    return check_id(f"hist-{revision:019d}-{nonce}-{page:06d}")
 
 
 def page_id(page_set_id: str, page: int) -> str:

@@ -34,7 +34,15 @@ Compaction has two steps, as etcd's (a scheduled compact revision, then the phys
    replace.
 
 Restart reads the chain and the log from ``cdoc``: its cost follows the live data and the
-uncompacted tail, not the history. A reader re-reads ``meta`` after loading and starts over if
+uncompacted tail, not the history. Better still, it reads the newest *index checkpoint*
+(:meth:`save_checkpoint`; every version kept at a revision R, only the newest values, pages in the
+``hist`` partition named by ``meta``'s ``hist`` once all are written) and the log documents from
+the one holding R on: the live data and a short tail. A checkpoint is used only while the log
+still holds R (``cdoc`` <= R + 1 and a document holds R: a compaction past it, or a repair that
+truncated the log below it, makes the start read the chain and the whole log instead). Several
+replicas may write one: each set's ids carry its writer's nonce, ``meta`` names a set only if it
+is newer than the one named (an etag-conditioned replace), and garbage collection removes only
+sets older than the named one, so a set still being written is never removed. A reader re-reads ``meta`` after loading and starts over if
 it changed, so it never mixes a base with a log from different compactions. Garbage (log
 documents below ``cdoc``, page sets no chain names) is deleted in the background after each fold
 and by :meth:`defragment`.
@@ -101,7 +109,7 @@ import logging
 import math
 import pathlib
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from azure.cosmos import exceptions as cosmos_exceptions
@@ -112,6 +120,7 @@ from cosmos_etcd_shim.storage.base import (
     INITIAL_REVISION,
     AuthConflictError,
     AuthRecord,
+    IndexCheckpoint,
     LogCompactedError,
     LogConflictError,
     LogFencedError,
@@ -137,6 +146,9 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_FENCE_SECONDS = 300.0
 LOAD_ATTEMPTS = 8
+# Log documents per page when a start reads the log: few pages, since each query page costs a
+# pass over the partition on the local test server (Cosmos itself caps a page at 4 MB).
+LOAD_PAGE_ITEMS = 1000
 COMPACT_ATTEMPTS = 8
 # A failed fold is tried again after this long, doubling up to the maximum (not at the next
 # compaction: the next one would only be bigger).
@@ -152,6 +164,10 @@ ALARM_ATTEMPTS = 8
 IMPORT_REVISIONS_PER_DOCUMENT = 100
 FULL_CHECKPOINT_MIN_BYTES = 64 * 1024
 CHUNK_WRITE_CONCURRENCY = 4
+# read_revisions: revisions at most this far apart are read with one range condition (the log
+# documents in between come along), and this many ranges go into one query.
+REVISION_SPAN_GAP = 8
+SPANS_PER_QUERY = 32
 
 
 class LogCorruptError(StorageError):
@@ -175,12 +191,17 @@ class _Loaded:
     docs: list[_Doc]
     leases: list[Lease]
     read_at: float  # monotonic time the log query was sent
+    checkpoint: IndexCheckpoint | None = None  # then ``base`` is empty and ``docs`` start at it
 
     def at_compact_revision(self) -> tuple[int, list[Revision]]:
         """The compact revision and the records from it on, after folding into ``base`` what a
-        compaction scheduled since the last fold removed (the stored base is at the last fold)."""
+        compaction scheduled since the last fold removed (the stored base is at the last fold);
+        with a checkpoint, the records after it (the store compacts its index itself)."""
         folded = self.meta["compact"]
         compact = max(folded, self.meta.get("sched", NOT_COMPACTED))
+        if self.checkpoint is not None:
+            after = self.checkpoint.revision
+            return compact, [r for doc in self.docs for r in doc.records if r.revision > after]
         records = []
         for record in (r for doc in self.docs for r in doc.records if r.revision >= folded):
             if record.revision < compact:
@@ -243,6 +264,7 @@ class CosmosLog(RevisionLog):
         self._auth_read: tuple[int, str] = (0, "")  # (version, etag) of the auth document last read
         self._alarms: frozenset[StoredAlarm] = frozenset()
         self._alarms_generation = -1  # of the alarms document last adopted; -1: none read yet
+        self._history: dict | None = None  # meta's ``hist``: the index checkpoint named there
 
     def __repr__(self) -> str:
         return f"CosmosLog({self.conn!r})"
@@ -274,17 +296,23 @@ class CosmosLog(RevisionLog):
     async def reload(self) -> RecoveredState:
         """Read the whole state again (base, log, leases) on the open connection: what a replica
         does after :class:`LogCompactedError` (another replica compacted past its revision)."""
-        loaded = await self._load("open")
+        loaded = await self._load("open", use_checkpoint=True)
         self._adopt(loaded.meta)
         compact, records = loaded.at_compact_revision()
         last = loaded.docs[-1].last if loaded.docs else INITIAL_REVISION
         self._head = max(INITIAL_REVISION, compact, last)
         self._head_known_at = loaded.read_at
         self._doc_sizes = {doc.first: doc.size for doc in loaded.docs}
+        if loaded.checkpoint is not None and self._history.get("cd") == loaded.meta["cdoc"] \
+                and loaded.meta["cdoc"] not in self._doc_sizes:
+            # The documents before the tail, as the checkpoint's writer counted them (dbSize).
+            self._doc_sizes[loaded.meta["cdoc"]] = self._history.get("lb", 0)
         base = [loaded.base[key] for key in sorted(loaded.base)]
-        logger.info("cosmos log opened", extra={"revision": self._head, "compact_revision": compact,
-                                                "keys": len(base), "log_documents": len(loaded.docs)})
-        return RecoveredState(compact_revision=compact, base=base, revisions=records, leases=loaded.leases)
+        logger.info("cosmos log opened", extra={
+            "revision": self._head, "compact_revision": compact, "keys": len(base), "log_documents": len(loaded.docs),
+            "checkpoint": loaded.checkpoint.revision if loaded.checkpoint else None})
+        return RecoveredState(compact_revision=compact, base=base, revisions=records, leases=loaded.leases,
+                              checkpoint=loaded.checkpoint)
 
     async def _ensure_meta(self) -> None:
         meta = {"id": layout.META_ID, "pk": layout.LOG_PARTITION, "kind": layout.KIND_META,
@@ -317,6 +345,8 @@ class CosmosLog(RevisionLog):
             self._doc_sizes = {first: size for first, size in self._doc_sizes.items() if first >= self._cdoc}
         self._sched = max(self._sched, meta.get("sched", NOT_COMPACTED))
         self._generation = max(self._generation, meta.get("g", 0))
+        if meta.get("hist") and (self._history is None or meta["hist"]["g"] >= self._history["g"]):
+            self._history = meta["hist"]
         if self._sched > self._compact:
             if self._fold_pending_since is None:
                 self._fold_pending_since = time.monotonic()
@@ -326,16 +356,23 @@ class CosmosLog(RevisionLog):
         else:
             self._fold_pending_since = None
 
-    async def _load(self, op: str) -> _Loaded:
-        """A consistent view: meta, base, log, leases; started over if meta changed meanwhile."""
+    async def _load(self, op: str, use_checkpoint: bool = False) -> _Loaded:
+        """A consistent view: meta, base (or the index checkpoint), log, leases; started over if
+        meta changed meanwhile."""
         for attempt in range(LOAD_ATTEMPTS):
             meta = await self._read_meta(op)
             chain = [PageSet.from_json(p) for p in meta["chain"]]
             try:
-                base = await checkpoint.read_base(self.conn, chain, op)
-                read_at = time.monotonic()
-                documents = await self._query_log(op, after=None, from_first=meta["cdoc"])
-                docs = await self._decode(documents, op)
+                loaded = await self._load_from_checkpoint(op, meta) if use_checkpoint else None
+                if loaded is not None:
+                    base, docs, read_at, index_checkpoint = {}, *loaded
+                else:
+                    index_checkpoint = None
+                    base = await checkpoint.read_base(self.conn, chain, op)
+                    read_at = time.monotonic()
+                    documents = await self._query_log(op, after=None, from_first=meta["cdoc"],
+                                                      page_items=LOAD_PAGE_ITEMS)
+                    docs = await self._decode(documents, op)
             except PageSetMissing:
                 await asyncio.sleep(0.05 * attempt)
                 continue
@@ -344,11 +381,67 @@ class CosmosLog(RevisionLog):
             if again["_etag"] != meta["_etag"]:
                 continue  # a compaction finished meanwhile: what was read may mix two states
             _check_contiguous(docs)
-            return _Loaded(meta=meta, base=base, docs=docs, leases=leases, read_at=read_at)
+            return _Loaded(meta=meta, base=base, docs=docs, leases=leases, read_at=read_at,
+                           checkpoint=index_checkpoint)
         raise StorageError(f"the Cosmos log kept changing while being read ({LOAD_ATTEMPTS} attempts)")
 
+    async def _load_from_checkpoint(self, op: str, meta: dict) -> tuple[list[_Doc], float, IndexCheckpoint] | None:
+        """The log documents from the one holding the named index checkpoint's revision, and the
+        checkpoint; None if there is none or the log no longer holds its revision."""
+        named = meta.get("hist")
+        if not named or named["g"] + 1 < meta["cdoc"]:
+            return None
+        revision = named["g"]
+        read_at = time.monotonic()
+        documents = await self._query_log(op, after=revision - 1, from_first=meta["cdoc"], page_items=LOAD_PAGE_ITEMS)
+        if not documents or documents[0]["r"] > revision:
+            return None  # the log ends below it (truncated by a repair), or was compacted past it
+        docs = await self._decode(documents, op)
+        nonce = named["s"].split("-", 1)[1]
+        ids = [layout.history_page_id(revision, nonce, number) for number in range(named["pages"])]
+        try:
+            events = await checkpoint.read_pages_by_id(self.conn, layout.HISTORY_PARTITION, ids, op)
+        except StorageError:
+            if (await self._read_meta(op)).get("hist") != named:
+                raise PageSetMissing(f"index checkpoint {named['s']} was replaced while it was read") from None
+            raise
+        return docs, read_at, IndexCheckpoint(revision=revision, events=events)
+
+    async def save_checkpoint(self, revision: int, pages: AsyncIterator[bytes]) -> bool:
+        """Write the pages (one at a time, as they come), then name the set in ``meta`` if it is
+        newer than the one named there and the log still holds ``revision``."""
+        if revision + 1 < self._cdoc or self._history is not None and self._history["g"] >= revision:
+            return False
+        nonce = checkpoint.new_nonce()
+        set_id = f"{revision:019d}-{nonce}"
+        # dbSize at the next start: the log documents before the one holding ``revision``.
+        holder = max((first for first in self._doc_sizes if first <= revision), default=self._cdoc)
+        before = sum(size for first, size in self._doc_sizes.items() if first < holder)
+        number = 0
+        async for payload in pages:
+            await checkpoint.write_page(self.conn, "checkpoint", {
+                "id": layout.history_page_id(revision, nonce, number), "pk": layout.HISTORY_PARTITION,
+                "kind": layout.KIND_HISTORY_PAGE, "s": set_id, "g": revision, "p": number}, payload)
+            number += 1
+        for _ in range(COMPACT_ATTEMPTS):
+            meta = await self._read_meta("checkpoint")
+            self._adopt(meta)
+            named = meta.get("hist")
+            if named and named["g"] >= revision or revision + 1 < meta["cdoc"]:
+                return False  # its pages are garbage now, older than the named set
+            updated = _meta_fields(meta)
+            updated["hist"] = {"s": set_id, "g": revision, "pages": number, "cd": meta["cdoc"], "lb": before}
+            try:
+                stored = await self.conn.replace_if_match("checkpoint", updated, meta["_etag"])
+            except cosmos_exceptions.CosmosAccessConditionFailedError:
+                continue
+            self._adopt(stored)
+            self._start_gc()
+            return True
+        raise StorageError(f"naming the index checkpoint at {revision} kept conflicting with other writers")
+
     async def _query_log(self, op: str, *, after: int | None, from_first: int, up_to_first: int | None = None,
-                         top: int | None = None) -> list[dict]:
+                         top: int | None = None, page_items: int = 100) -> list[dict]:
         where = ["c.pk = @pk", "c.kind = @kind", "c.r >= @cdoc"]
         params: dict[str, Any] = {"@pk": layout.LOG_PARTITION, "@kind": layout.KIND_LOG, "@cdoc": from_first}
         if after is not None:
@@ -359,7 +452,7 @@ class CosmosLog(RevisionLog):
             params["@upto"] = up_to_first
         select = f"SELECT TOP {int(top)} *" if top else "SELECT *"
         return await self.conn.query(op, f"{select} FROM c WHERE {' AND '.join(where)} ORDER BY c.r", params,
-                                     layout.LOG_PARTITION)
+                                     layout.LOG_PARTITION, max_item_count=page_items)
 
     async def _decode(self, documents: list[dict], op: str) -> list[_Doc]:
         docs = []
@@ -513,6 +606,40 @@ class CosmosLog(RevisionLog):
         records = await self._records_after(floor, documents, asked_at, complete=limit is None or
                                             len(documents) < limit)
         return records[:limit] if limit is not None else records
+
+    async def read_revisions(self, revisions: Sequence[int]) -> dict[int, Revision]:
+        """The records of ``revisions`` from the log documents holding them (from ``cdoc`` on: one
+        query per :data:`SPANS_PER_QUERY` runs of nearby revisions)."""
+        spans = _spans(sorted(set(revisions)), REVISION_SPAN_GAP)
+        wanted = set(revisions)
+        found: dict[int, Revision] = {}
+        for start in range(0, len(spans), SPANS_PER_QUERY):
+            group = spans[start:start + SPANS_PER_QUERY]
+            params: dict[str, Any] = {"@pk": layout.LOG_PARTITION, "@kind": layout.KIND_LOG, "@cdoc": self._cdoc}
+            clauses = []
+            for number, (low, high) in enumerate(group):
+                clauses.append(f"(c.e >= @lo{number} AND c.r <= @hi{number})")
+                params[f"@lo{number}"], params[f"@hi{number}"] = low, high
+            documents = await self.conn.query(
+                "read_revisions", "SELECT * FROM c WHERE c.pk = @pk AND c.kind = @kind AND c.r >= @cdoc AND "
+                f"({' OR '.join(clauses)})", params, layout.LOG_PARTITION)
+            for doc in await self._decode(documents, "read_revisions"):
+                found.update((r.revision, r) for r in doc.records if r.revision in wanted)
+        return found
+
+    async def read_base(self, keys: Sequence[bytes]) -> dict[bytes, KeyValue]:
+        """The base's key-values of ``keys``: only the pages whose key span holds one of them, of
+        each page set of the chain (oldest first, as :func:`checkpoint.read_base` folds them);
+        read again from a fresh ``meta`` if the chain changed meanwhile."""
+        wanted = {layout.key_hex(key): key for key in keys}
+        for attempt in range(LOAD_ATTEMPTS):
+            chain = list(self._chain)
+            try:
+                return await checkpoint.read_keys(self.conn, chain, wanted, "read_base")
+            except PageSetMissing:
+                self._adopt(await self._read_meta("read_base"))
+                await asyncio.sleep(0.05 * attempt)
+        raise StorageError(f"the checkpoint chain kept changing while being read ({LOAD_ATTEMPTS} attempts)")
 
     async def tail(self, revision: int) -> Sequence[Revision]:
         """Every record after ``revision`` (also those below a compaction learned by this same
@@ -711,8 +838,8 @@ class CosmosLog(RevisionLog):
             logger.warning("cosmos garbage collection failed: %s", e)
 
     async def collect_garbage(self) -> int:
-        """Delete log documents below ``cdoc`` older than the fence horizon, and page sets no chain
-        names. Returns how many documents were deleted."""
+        """Delete log documents below ``cdoc`` older than the fence horizon, page sets no chain
+        names and index checkpoints older than the named one. Returns how many documents were deleted."""
         cdoc, compact, chain_ids = self._cdoc, self._compact, {p.id for p in self._chain}
         now = self._server_now()
         deleted = 0
@@ -733,6 +860,14 @@ class CosmosLog(RevisionLog):
         for page in pages:
             if page["s"] not in chain_ids and await self.conn.delete("compact_gc", page["id"], layout.BASE_PARTITION):
                 deleted += 1
+        if self._history is not None:
+            # Index checkpoints older than the named one (never one still being written: newer).
+            stale = await self.conn.query(
+                "compact_gc", "SELECT c.id FROM c WHERE c.pk = @pk AND c.g < @named",
+                {"@pk": layout.HISTORY_PARTITION, "@named": self._history["g"]}, layout.HISTORY_PARTITION)
+            for document in stale:
+                if await self.conn.delete("compact_gc", document["id"], layout.HISTORY_PARTITION):
+                    deleted += 1
         return deleted
 
     # -- leases -------------------------------------------------------------------------------
@@ -977,6 +1112,17 @@ class CosmosLog(RevisionLog):
 def _meta_fields(meta: dict) -> dict:
     """A meta document without the fields Cosmos adds (to be written back changed)."""
     return {key: value for key, value in meta.items() if not key.startswith("_")}
+
+
+def _spans(revisions: list[int], gap: int) -> list[tuple[int, int]]:
+    """Sorted revisions as (low, high) runs, a new run wherever two are more than ``gap`` apart."""
+    spans: list[tuple[int, int]] = []
+    for revision in revisions:
+        if spans and revision - spans[-1][1] <= gap:
+            spans[-1] = (spans[-1][0], revision)
+        else:
+            spans.append((revision, revision))
+    return spans
 
 
 def _check_contiguous(docs: list[_Doc]) -> None:
