@@ -10,15 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import pathlib
 import random
 import sqlite3
 import time
-import uuid
 
 import pytest
 
-from cosmos_etcd_shim.proto.kv_pb2 import Event, KeyValue
+from cosmos_etcd_shim.proto.kv_pb2 import KeyValue
 from cosmos_etcd_shim.proto.storage_pb2 import Lease, Revision
 from cosmos_etcd_shim.storage import (
     AuthConflictError,
@@ -31,6 +29,7 @@ from cosmos_etcd_shim.storage import (
 from cosmos_etcd_shim.storage.base import fold
 from cosmos_etcd_shim.storage.embedded import DATABASE_FILE, EmbeddedLog
 from tests.harness import cosmos as cosmos_harness
+from tests.harness.records import delete, put, simple_batch
 from tests.harness.faultproxy import FaultProxy, Rule, throttled
 
 from cosmos_etcd_shim.storage.cosmos import layout
@@ -44,77 +43,9 @@ LOG_CREATE = {"operation": "create", "body": b'"kind":"log"'}
 
 # -- fixtures ---------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def cosmos_server(tmp_path_factory):
-    cosmos_harness.require()
-    server = cosmos_harness.start_cosmos(tmp_path_factory.mktemp("cosmos"))
-    yield server
-    server.stop()
-
-
-class Logs:
-    """Makes backend instances on one store: `new()` is another process's (or a restart's) view."""
-
-    def __init__(self, backend: str, tmp_path: pathlib.Path, server=None) -> None:
-        self.backend = backend
-        self.tmp_path = tmp_path
-        self.server = server
-        self.container = f"t-{uuid.uuid4().hex[:12]}"
-        self.opened: list = []
-
-    def new(self, *, endpoint: str | None = None, **options):
-        if self.backend == "embedded":
-            log = EmbeddedLog(self.tmp_path / "data")
-        else:
-            options.setdefault("request_timeout", 5.0)
-            options.setdefault("retry_deadline", 10.0)
-            log = CosmosLog(endpoint or self.server.endpoint, key=self.server.key, container=self.container,
-                            **options)
-        self.opened.append(log)
-        return log
-
-    async def open(self, **options):
-        log = self.new(**options)
-        state = await log.open()
-        return log, state
-
-    async def restart(self, log, **options):
-        await log.close()
-        return await self.open(**options)
-
-    async def close_all(self):
-        for log in self.opened:
-            try:
-                await log.close()
-            except Exception:  # noqa: BLE001 - closing twice is fine
-                pass
-
-
-@pytest.fixture(params=["embedded", "cosmos"])
-async def logs(request, tmp_path):
-    server = request.getfixturevalue("cosmos_server") if request.param == "cosmos" else None
-    factory = Logs(request.param, tmp_path, server)
-    yield factory
-    await factory.close_all()
-
-
-@pytest.fixture
-async def cosmos_logs(cosmos_server, tmp_path):
-    factory = Logs("cosmos", tmp_path, cosmos_server)
-    yield factory
-    await factory.close_all()
 
 
 # -- a reference model ------------------------------------------------------------------------
-
-def put(revision: int, key: bytes, value: bytes, *, version: int = 1, create: int | None = None, lease: int = 0):
-    return Event(type=Event.PUT, kv=KeyValue(key=key, value=value, create_revision=create or revision,
-                                             mod_revision=revision, version=version, lease=lease))
-
-
-def delete(revision: int, key: bytes):
-    return Event(type=Event.DELETE, kv=KeyValue(key=key, mod_revision=revision))
-
 
 class Model:
     """What a log must hold: every record, the compact revision, the base below it."""
@@ -163,11 +94,6 @@ def random_batch(model: Model, rng: random.Random, size: int, keys: list[bytes])
             live[key] = event.kv
         batch.append(Revision(revision=revision, events=events))
     return batch
-
-
-def simple_batch(first: int, count: int, prefix: bytes = b"k") -> list[Revision]:
-    return [Revision(revision=r, events=[put(r, prefix + str(r).encode(), b"v%d" % r)])
-            for r in range(first, first + count)]
 
 
 def revisions_of(records) -> list[int]:

@@ -26,7 +26,7 @@ from cosmos_etcd_shim.proto.rpc_pb2 import (
     RequestOp,
     TxnRequest,
 )
-from tests.storage.test_cosmos_log import cosmos_server, logs, simple_batch  # noqa: F401 (fixtures)
+from tests.harness.records import simple_batch
 
 pytestmark = pytest.mark.timeout(120)
 KEYS = [b"h/a", b"h/b", b"h/c"]
