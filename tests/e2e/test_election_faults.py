@@ -48,17 +48,18 @@ import uuid
 
 import grpc
 import pytest
-
 from cosmos_etcd_shim.proto import rpc_pb2 as pb
 from cosmos_etcd_shim.replication.push import QUEUE_BATCHES
 from cosmos_etcd_shim.storage.cosmos import layout
+
 from tests.harness import cosmos as cosmos_harness
 from tests.harness.backends import LOCAL_COSMOS_KEY
 from tests.harness.cosmos_shims import Shim, elected, start_shim
-from tests.harness.elected_pair import RPC_TIMEOUT, status, wait_for
+from tests.harness.elected_pair import RPC_TIMEOUT, status
 from tests.harness.faultproxy import Rule, throttled
 from tests.harness.faultrules import Faults
 from tests.harness.processes import etcdctl
+from tests.harness.waiting import poll
 from tests.harness.watch_streams import WatchStream
 
 pytestmark = pytest.mark.timeout(120)
@@ -128,7 +129,7 @@ class Pair:
             a, b = status(first.shim), status(second.shim)
             return a.leader and a.leader == b.leader and a
 
-        answer = wait_for(agreed, TAKEOVER_DEADLINE, "both replicas name one leader")
+        answer = poll(agreed, TAKEOVER_DEADLINE, "both replicas name one leader")
         return (first, second) if answer.leader == answer.header.member_id else (second, first)
 
     def leader_record(self) -> dict:
@@ -238,8 +239,8 @@ def test_a_leader_that_cannot_renew_steps_down_and_the_follower_takes_over(pair,
 
     with Writers(leader, follower) as writers:
         leader.faults.add(renewals)
-        wait_for(taken_over, TAKEOVER_DEADLINE, "the follower takes over, and the old leader follows it")
-        wait_for(lambda: len(writers.acknowledged) > 10, TAKEOVER_DEADLINE, "writes go on through the new leader")
+        poll(taken_over, TAKEOVER_DEADLINE, "the follower takes over, and the old leader follows it")
+        poll(lambda: len(writers.acknowledged) > 10, TAKEOVER_DEADLINE, "writes go on through the new leader")
     assert not both_led, f"both replicas said they lead at once: {both_led}"
     assert renewals.hits >= 2, f"the leader did not try to renew again ({renewals.hits} renewals)"
     assert "stepping down: the leader lease ran out before a renewal succeeded" in leader.log_messages()
@@ -272,7 +273,7 @@ def test_a_renewal_retried_within_the_lease_keeps_the_leader(pair, answer):
     seen = len(leader.faults.log())
     leader.faults.add(rule)
     # Until the rule is used up, and two renewals after that went through untouched.
-    wait_for(lambda: rule.times == 0 and leader.leader_record_writes(seen)[rule.hits:].count("pass") >= 2,
+    poll(lambda: rule.times == 0 and leader.leader_record_writes(seen)[rule.hits:].count("pass") >= 2,
              TAKEOVER_DEADLINE, f"renewals meeting {answer}, then more")
     assert status(leader.shim).leader == status(follower.shim).leader == leader_id
     assert (leader.leader_changes(), follower.leader_changes()) == changes, "the leadership changed hands"
@@ -298,7 +299,7 @@ def test_a_follower_that_cannot_read_the_leader_record_keeps_following(pair):
         reads = (throttled(0.2, times=-1, **LEADER_READ) if answer == 429
                  else Rule("status", status=answer, times=-1, **LEADER_READ))
         follower.faults.add(reads)
-        wait_for(lambda: reads.hits >= 2, TAKEOVER_DEADLINE, f"reads of the record answered {answer}")
+        poll(lambda: reads.hits >= 2, TAKEOVER_DEADLINE, f"reads of the record answered {answer}")
         assert status(follower.shim).leader == leader_id
         key = f"/forwarded/{answer}"
         written = follower.shim.kv.Put(pb.PutRequest(key=key.encode(), value=b"v"), timeout=RPC_TIMEOUT)
@@ -324,7 +325,7 @@ def test_a_failed_claim_is_tried_again_and_taken_once(pair, answer):
             else Rule("status_after", status=503, times=1, **RENEWAL))
     follower.faults.add(rule)
     assert leader.shim.server.stop() == 0  # SIGTERM: it releases the record, the follower claims it
-    wait_for(lambda: status(follower.shim).leader == follower_id, TAKEOVER_DEADLINE, "the follower takes over")
+    poll(lambda: status(follower.shim).leader == follower_id, TAKEOVER_DEADLINE, "the follower takes over")
     assert rule.times == 0, f"the claim did not meet {answer}: {follower.faults.log()[-10:]}"
     assert follower.leader_changes() == changes + 1
     assert pair.leader_record()["t"] == term + 1, "a claim whose answer was lost was made again, in another term"
@@ -362,7 +363,7 @@ def test_a_failed_log_write_on_the_leader_reaches_a_followers_client_unchanged(p
             assert rule.hits >= 1, f"{name}: the leader's log write did not meet the fault"
             # After 503s the leader counts the log as down, and refuses writes at once until its
             # next read of the log: a write that writes nothing makes it read.
-            wait_for(lambda: _txn_or_none(leader.shim, NO_OP_TXN), TAKEOVER_DEADLINE, "the leader writes again")
+            poll(lambda: _txn_or_none(leader.shim, NO_OP_TXN), TAKEOVER_DEADLINE, "the leader writes again")
         through_leader, through_follower = told[False], told[True]
         assert normalized(through_follower) == normalized(through_leader), name
         assert through_follower[0] == code, (name, through_follower)
@@ -419,11 +420,11 @@ def test_a_follower_whose_log_reads_are_refused_still_sees_every_write_pushed(pa
                                     timeout=RPC_TIMEOUT)
     assert [(kv.key, kv.mod_revision) for kv in served.kvs] == sorted(written)
     # Its periodic tail of the log (every 5 s while pushed to) meets the refusal, and changes nothing.
-    wait_for(lambda: queries.hits >= 1, 2 * TAKEOVER_DEADLINE, "the follower's tail of the log is refused")
+    poll(lambda: queries.hits >= 1, 2 * TAKEOVER_DEADLINE, "the follower's tail of the log is refused")
     assert follower.shim.http("/livez").status == 200
     assert status(follower.shim).leader == leader.member_id
     follower.faults.clear()
-    wait_for(lambda: follower.shim.http("/readyz").status == 200, TAKEOVER_DEADLINE, "the follower is ready again")
+    poll(lambda: follower.shim.http("/readyz").status == 200, TAKEOVER_DEADLINE, "the follower is ready again")
     assert keys_under(follower.shim, "/pushed/") == keys_under(leader.shim, "/pushed/") == dict(written)
     pair.assert_healthy()
 
@@ -450,11 +451,11 @@ def test_a_follower_behind_and_unable_to_read_the_log_keeps_its_push_task(pair):
     # behind, and its read of the log is refused: it gives that stream up too (or, before, its push
     # task failed).
     not_pushed = "not pushed to by the leader; reading the log"
-    wait_for(lambda: follower.log_messages().count(not_pushed) >= 2 or push_task_failures(follower),
+    poll(lambda: follower.log_messages().count(not_pushed) >= 2 or push_task_failures(follower),
              TAKEOVER_DEADLINE, "the follower, behind and unable to read the log, reads the log instead")
     assert push_task_failures(follower) == 0
     follower.faults.clear()
-    wait_for(lambda: [kv.mod_revision for kv in follower.shim.kv.Range(
+    poll(lambda: [kv.mod_revision for kv in follower.shim.kv.Range(
         pb.RangeRequest(key=b"/behind", serializable=True), timeout=RPC_TIMEOUT).kvs] == [head],
         TAKEOVER_DEADLINE, "the follower catches up once the log answers")
     assert push_task_failures(follower) == 0

@@ -56,11 +56,11 @@ from tests.harness.elected_pair import (
     put,
     start_pair,
     status,
-    wait_for,
 )
 from tests.harness.faultproxy import Rule, ThreadedFaultProxy
 from tests.harness.processes import etcdctl, free_port
 from tests.harness.processes import start_shim as start_process_shim
+from tests.harness.waiting import poll
 from tests.harness.watch_streams import WatchStream
 
 pytestmark = pytest.mark.timeout(120)
@@ -177,7 +177,7 @@ def test_a_killed_leader_is_replaced_and_writes_resume(pair):
     follower_id = status(follower).header.member_id
     leader.server.kill()
     killed = time.monotonic()
-    wait_for(lambda: status(follower).leader == follower_id, TAKEOVER_DEADLINE, "the follower takes over")
+    poll(lambda: status(follower).leader == follower_id, TAKEOVER_DEADLINE, "the follower takes over")
     print(f"\nkill -9 of the leader -> new leader after {time.monotonic() - killed:.2f}s "
           f"(lease {LEASE_SECONDS:g}s)")
     after = put(follower, b"/k/after")
@@ -193,11 +193,11 @@ def test_a_paused_leader_is_replaced_and_follows_when_it_wakes(pair):
     put(leader, b"/p/before")
     leader.server.process.send_signal(signal.SIGSTOP)
     try:
-        wait_for(lambda: status(follower).leader == follower_id, TAKEOVER_DEADLINE, "the follower takes over")
+        poll(lambda: status(follower).leader == follower_id, TAKEOVER_DEADLINE, "the follower takes over")
         during = put(follower, b"/p/during")
     finally:
         leader.server.process.send_signal(signal.SIGCONT)
-    wait_for(lambda: status(leader).leader == follower_id, TAKEOVER_DEADLINE,
+    poll(lambda: status(leader).leader == follower_id, TAKEOVER_DEADLINE,
              "the woken leader follows the new one")
     assert status(follower).leader == follower_id != leader_id
     woken = put(leader, b"/p/after")  # through the old leader, now a follower
@@ -213,7 +213,7 @@ def test_a_leader_stopped_cleanly_hands_over_at_once(pair):
     follower_id = status(follower).header.member_id
     leader.server.stop()
     stopped = time.monotonic()
-    wait_for(lambda: status(follower).leader == follower_id, TAKEOVER_DEADLINE, "the follower takes over")
+    poll(lambda: status(follower).leader == follower_id, TAKEOVER_DEADLINE, "the follower takes over")
     print(f"\nSIGTERM of the leader -> new leader after {time.monotonic() - stopped:.2f}s "
           f"(lease {LEASE_SECONDS:g}s)")
     # Released, not expired: the follower took a record that named nobody (an expired one names the
@@ -226,7 +226,7 @@ def test_a_leader_stopped_cleanly_hands_over_at_once(pair):
 def test_the_leader_pushes_its_writes_to_the_followers_watches(pair):
     first, second = pair
     leader, follower = leader_and_follower(first, second)
-    wait_for(lambda: put(leader, b"/push/warm-up") and follower.metrics().get("cosmos_etcd_pushed_revisions_total"),
+    poll(lambda: put(leader, b"/push/warm-up") and follower.metrics().get("cosmos_etcd_pushed_revisions_total"),
              TAKEOVER_DEADLINE, "the follower is pushed to")
     delays = []
     with WatchStream(follower.channel, "follower") as watch:
@@ -352,13 +352,13 @@ def test_a_lease_granted_while_the_lease_records_are_read_is_kept(tmp_path, cosm
 
             unknown = threading.Thread(target=refused_unknown_lease)
             unknown.start()
-            wait_for(lambda: lease_records_read.hits, TAKEOVER_DEADLINE, "the lease records are read")
+            poll(lambda: lease_records_read.hits, TAKEOVER_DEADLINE, "the lease records are read")
             granted = rpc_pb2_grpc.LeaseStub(leader.channel).LeaseGrant(pb.LeaseGrantRequest(TTL=60),
                                                                          timeout=RPC_TIMEOUT)
             threaded.call(lambda p: p.add(log_append))
             slow = threading.Thread(target=slow_write)
             slow.start()
-            wait_for(lambda: log_append.hits, TAKEOVER_DEADLINE, "a log append is under way")
+            poll(lambda: log_append.hits, TAKEOVER_DEADLINE, "a log append is under way")
             key = b"/lease/attached"
             answer = leader.kv.Txn(pb.TxnRequest(
                 compare=[pb.Compare(key=key, target=pb.Compare.MOD, result=pb.Compare.EQUAL, mod_revision=0)],

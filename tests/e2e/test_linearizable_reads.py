@@ -36,9 +36,9 @@ from tests.harness.elected_pair import (
     put,
     start_pair,
     status,
-    wait_for,
 )
 from tests.harness.faultproxy import Rule, ThreadedFaultProxy
+from tests.harness.waiting import poll
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -81,7 +81,7 @@ def reads_through(shim, path: str) -> float:
 
 def test_linearizable_reads_ask_the_leader_not_cosmos(pair):
     leader, follower = leader_and_follower(*pair)
-    wait_for(lambda: put(leader, b"/reads/warm-up") and follower.metrics().get("cosmos_etcd_pushed_revisions_total"),
+    poll(lambda: put(leader, b"/reads/warm-up") and follower.metrics().get("cosmos_etcd_pushed_revisions_total"),
              TAKEOVER_DEADLINE, "the follower is pushed to")
     follower.kv.Range(pb.RangeRequest(key=b"/reads/warm-up"), timeout=RPC_TIMEOUT)  # the leader's first of its term
     before = {shim.name: (log_reads(shim), reads_through(shim, "read_index"), reads_through(shim, "lease"))
@@ -127,7 +127,7 @@ def test_reads_go_on_through_the_log_while_the_leader_is_paused(pair):
             seen = follower.kv.Range(pb.RangeRequest(key=b"/paused/", range_end=b"/paused0"), timeout=RPC_TIMEOUT)
             assert sorted(kv.mod_revision for kv in seen.kvs) == written
         assert reads_through(follower, "log") > before
-        wait_for(lambda: status(follower).leader == status(follower).header.member_id, TAKEOVER_DEADLINE,
+        poll(lambda: status(follower).leader == status(follower).header.member_id, TAKEOVER_DEADLINE,
                  "the follower takes over")
         resumed = put(follower, b"/paused/after").header.revision
         assert follower.kv.Range(pb.RangeRequest(key=b"/paused/after"), timeout=RPC_TIMEOUT).kvs[0].mod_revision == resumed
@@ -152,10 +152,10 @@ def test_a_former_leaders_append_cannot_land_after_the_takeover(tmp_path, cosmos
             with pytest.raises(grpc.RpcError) as refused:  # its log append never answers in time
                 leader.kv.Put(pb.PutRequest(key=b"/late/key", value=b"v"), timeout=60)
             assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
-            wait_for(lambda: status(follower).leader == status(follower).header.member_id, 2 * TAKEOVER_DEADLINE,
+            poll(lambda: status(follower).leader == status(follower).header.member_id, 2 * TAKEOVER_DEADLINE,
                      "the other replica takes over")
             assert not follower.kv.Range(pb.RangeRequest(key=b"/late/key"), timeout=RPC_TIMEOUT).kvs
-            wait_for(lambda: held.hits and held.answered == held.hits, 2 * TAKEOVER_DEADLINE,
+            poll(lambda: held.hits and held.answered == held.hits, 2 * TAKEOVER_DEADLINE,
                      "the held creates reach Cosmos")
             revision = status(follower).header.revision
             stored = cosmos_log_documents(cosmos, container)

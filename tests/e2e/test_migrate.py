@@ -22,12 +22,13 @@ import uuid
 
 import grpc
 import pytest
-
 from cosmos_etcd_shim.proto import rpc_pb2 as pb
 from cosmos_etcd_shim.proto import rpc_pb2_grpc
+
 from tests.e2e.conftest import shim_only
 from tests.harness import processes
 from tests.harness.backends import LOCAL_COSMOS_KEY
+from tests.harness.waiting import poll
 
 pytestmark = [shim_only, pytest.mark.timeout(180)]
 
@@ -160,13 +161,6 @@ class Writer(threading.Thread):
         assert self.error is None, self.error
 
 
-def wait_until(condition, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"{what}: not within {timeout}s"
-        time.sleep(0.02)  # pacing of the polls
-
-
 def answers(endpoint: str, revisions: list[int], watch_from: int) -> dict:
     """Everything compared between source and target, without headers' ids."""
     channel, kv, lease = stubs(endpoint)
@@ -220,7 +214,7 @@ def test_a_migration_under_a_running_writer_keeps_every_revision(source, target,
     try:
         migration.wait_for("migration imported the source's snapshot")
         at_import = writer.acknowledged
-        wait_until(lambda: writer.acknowledged >= at_import + 150, 60, "150 writes after the import")
+        poll(lambda: writer.acknowledged >= at_import + 150, 60, "150 writes after the import")
     finally:
         writer.stop()  # the runbook: the source's writers stop before the cutover
     migration.process.send_signal(signal.SIGUSR1)
@@ -236,13 +230,13 @@ def test_an_interrupted_migration_resumes_and_is_not_served_meanwhile(source, ta
     first.wait_for("migration imported the source's snapshot")
     writer = Writer(source.endpoint)
     writer.start()
-    wait_until(lambda: writer.acknowledged >= 50, 60, "50 writes")
+    poll(lambda: writer.acknowledged >= 50, 60, "50 writes")
     first.process.send_signal(signal.SIGTERM)
     code, _ = first.finish()
     assert code == 3, first.log()
     refused = target.serve_refused()
     assert refused.returncode != 0 and "being filled and is not complete" in refused.stderr, refused.stderr
-    wait_until(lambda: writer.acknowledged >= 120, 60, "more writes while the migration is stopped")
+    poll(lambda: writer.acknowledged >= 120, 60, "more writes while the migration is stopped")
     second = Migration(source, target, tmp_path)
     resumed = second.wait_for("migration resumed")
     assert resumed["revision"] > 0

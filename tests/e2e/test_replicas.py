@@ -44,13 +44,14 @@ from collections.abc import Iterator
 
 import grpc
 import pytest
-
 from cosmos_etcd_shim.proto import rpc_pb2 as pb
 from cosmos_etcd_shim.proto import rpc_pb2_grpc
+
 from tests.harness import cosmos as cosmos_harness
 from tests.harness import linearizability as lin
 from tests.harness import processes
 from tests.harness.cosmos_shims import elected
+from tests.harness.waiting import poll
 from tests.harness.watch_streams import WatchStream, check_atomic
 
 pytestmark = pytest.mark.timeout(240)
@@ -308,7 +309,7 @@ class LeaderDisruption:
 
     def _run(self, ops: list) -> None:
         try:
-            wait_until(lambda: len(ops) >= REPLICAS * CLIENTS_PER_REPLICA * OPS_PER_CLIENT // 3, WORKLOAD_DEADLINE,
+            poll(lambda: len(ops) >= REPLICAS * CLIENTS_PER_REPLICA * OPS_PER_CLIENT // 3, WORKLOAD_DEADLINE,
                        "a third of the requests answered")
             leader, others = leader_of(self.cluster.replicas)
             process = leader.server.process
@@ -319,7 +320,7 @@ class LeaderDisruption:
             else:
                 process.send_signal(signal.SIGSTOP)
             try:
-                successor = wait_until(lambda: leader_of(others)[0] in others and leader_of(others)[0],
+                successor = poll(lambda: leader_of(others)[0] in others and leader_of(others)[0],
                                        8 * LEADER_LEASE_SECONDS, "another replica takes over")
             finally:
                 if self.how == "paused":
@@ -503,16 +504,6 @@ def test_member_list_on_every_replica_lists_all_three(cluster):
     cluster.assert_alive()
 
 
-def wait_until(condition, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while True:
-        result = condition()
-        if result:
-            return result
-        assert time.monotonic() < deadline, f"not within {timeout}s: {what}"
-        time.sleep(0.05)
-
-
 def test_leases_are_one_set_across_replicas(cluster):
     """A lease granted on one replica is usable on another; keep-alives through one replica keep
     it alive on all (no other replica revokes it); once they stop it expires exactly once; a
@@ -535,11 +526,11 @@ def test_leases_are_one_set_across_replicas(cluster):
                 f"{replica.name} lost a key whose lease is kept alive through {a.name}"
 
     # Renewals stopped: the key goes, in a single delete event, and every replica forgets the lease.
-    wait_until(lambda: b.kv.Range(pb.RangeRequest(key=key), timeout=RPC_TIMEOUT).count == 0, 20, "lease expiry")
+    poll(lambda: b.kv.Range(pb.RangeRequest(key=key), timeout=RPC_TIMEOUT).count == 0, 20, "lease expiry")
     history = a.kv.Range(pb.RangeRequest(key=b"/leases/", range_end=b"/leases0"), timeout=RPC_TIMEOUT)
     assert history.count == 0
     for replica in cluster.replicas:
-        wait_until(lambda: lease_of[replica.name].LeaseTimeToLive(
+        poll(lambda: lease_of[replica.name].LeaseTimeToLive(
             pb.LeaseTimeToLiveRequest(ID=granted.ID), timeout=RPC_TIMEOUT).TTL == -1, 10, f"{replica.name} forgets")
 
     # Revoked on A, granted on B, attached on C.
@@ -547,7 +538,7 @@ def test_leases_are_one_set_across_replicas(cluster):
     c.kv.Put(pb.PutRequest(key=b"/leases/revoked", value=b"v", lease=other.ID), timeout=RPC_TIMEOUT)
     lease_of[a.name].LeaseRevoke(pb.LeaseRevokeRequest(ID=other.ID), timeout=RPC_TIMEOUT)
     assert c.kv.Range(pb.RangeRequest(key=b"/leases/revoked"), timeout=RPC_TIMEOUT).count == 0
-    wait_until(lambda: lease_of[b.name].LeaseTimeToLive(
+    poll(lambda: lease_of[b.name].LeaseTimeToLive(
         pb.LeaseTimeToLiveRequest(ID=other.ID), timeout=RPC_TIMEOUT).TTL == -1, 10, "revocation seen on B")
     cluster.assert_alive()
 

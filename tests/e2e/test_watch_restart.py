@@ -18,10 +18,11 @@ import time
 
 import grpc
 import pytest
-
 from cosmos_etcd_shim.proto import rpc_pb2 as pb
 from cosmos_etcd_shim.proto import rpc_pb2_grpc
+
 from tests.harness.differential import prefix_end
+from tests.harness.waiting import poll
 from tests.harness.watch_streams import WatchStream, check_atomic
 
 from .conftest import Subject
@@ -94,14 +95,6 @@ class Writers:
     def count(self) -> int:
         with self.lock:
             return self.acked
-
-
-def wait_until(condition, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout}s: {what}")
-        time.sleep(0.02)
 
 
 class Segment:
@@ -216,7 +209,7 @@ def test_leases_survive_a_restart(tmp_path, stop):
                 kv.Put(pb.PutRequest(key=PREFIX + name, value=name, lease=lease_id), timeout=10)
             lease.LeaseRevoke(pb.LeaseRevokeRequest(ID=revoked), timeout=10)
             # let the 10 s lease age, so that a renewal on restart shows
-            wait_until(lambda: lease.LeaseTimeToLive(pb.LeaseTimeToLiveRequest(ID=kept), timeout=10).TTL <= 7,
+            poll(lambda: lease.LeaseTimeToLive(pb.LeaseTimeToLiveRequest(ID=kept), timeout=10).TTL <= 7,
                        10, "the lease to age by 3 s")
             short = lease.LeaseGrant(pb.LeaseGrantRequest(TTL=4), timeout=10).ID
             before_stop = kv.Put(pb.PutRequest(key=PREFIX + b"short", value=b"short", lease=short),

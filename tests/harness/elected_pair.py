@@ -6,12 +6,11 @@ channel; the helpers ask them who leads and wait for conditions by polling with 
 from __future__ import annotations
 
 import pathlib
-import time
 
-import pytest
 from cosmos_etcd_shim.proto import rpc_pb2 as pb
 
 from tests.harness.cosmos_shims import Shim, elected, start_shim
+from tests.harness.waiting import poll
 
 RPC_TIMEOUT = 10.0
 LEASE_SECONDS = 3.0  # short, so that takeovers in these tests take seconds; the default is 6
@@ -35,24 +34,13 @@ def status(shim: Shim) -> pb.StatusResponse:
     return shim.maintenance.Status(pb.StatusRequest(), timeout=RPC_TIMEOUT)
 
 
-def wait_for(condition, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"not within {timeout:g}s: {what}")
-        time.sleep(0.05)
-
-
 def leader_and_follower(first: Shim, second: Shim) -> tuple[Shim, Shim]:
     """Once both replicas name the same leader: (leader, follower)."""
     def agreed():
         a, b = status(first), status(second)
         return a.leader and a.leader == b.leader and (a, b)
 
-    a, _ = wait_for(agreed, TAKEOVER_DEADLINE, "both replicas name one leader")
+    a, _ = poll(agreed, TAKEOVER_DEADLINE, "both replicas name one leader")
     return (first, second) if a.leader == a.header.member_id else (second, first)
 
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import pathlib
-import time
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -45,18 +44,6 @@ COMPACTION_INTERVAL = "5s"
 def apiserver_args(compaction_interval: str = COMPACTION_INTERVAL) -> list[str]:
     return [f"--etcd-compaction-interval={compaction_interval}", "--watch-cache-sizes=secrets#0", "--event-ttl=5m"]
 
-
-
-def poll(condition: Callable[[], Any], timeout: float, what: str, pace: float = 0.2) -> Any:
-    """The first truthy value of ``condition()``; fails after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not after {timeout}s")
-        time.sleep(pace)
 
 
 # --- datastores -----------------------------------------------------------------------------

@@ -39,7 +39,8 @@ from cosmos_etcd_shim.proto import rpc_pb2 as pb
 from cosmos_etcd_shim.proto import rpc_pb2_grpc
 
 from tests.harness.kube_apiserver import Kube
-from tests.harness.kube_stacks import Stack, on_both, poll, rv, status_of
+from tests.harness.kube_stacks import Stack, on_both, rv, status_of
+from tests.harness.waiting import poll
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -42,11 +42,12 @@ import time
 from typing import Any
 
 import pytest
-
 from cosmos_etcd_shim.proto import rpc_pb2 as pb
+
 from tests.harness.cosmos_shims import Shim
 from tests.harness.kube_apiserver import Kube
-from tests.harness.kube_stacks import Stack, new_namespace, on_both, poll, start_stack
+from tests.harness.kube_stacks import Stack, new_namespace, on_both, start_stack
+from tests.harness.waiting import poll
 from tests.kube_control_plane.test_apiserver_on_the_shim import (
     configmap_lifecycle,
     leases_and_events,
