@@ -54,7 +54,7 @@ from tests.harness.elected_pair import (
     cosmos_requests,
     leader_and_follower,
     put,
-    start_pair,
+    running_pair,
     status,
 )
 from tests.harness.faultproxy import Rule, ThreadedFaultProxy
@@ -73,12 +73,8 @@ def container() -> str:
 
 @pytest.fixture
 def pair(tmp_path, cosmos, container):
-    first, second = start_pair(tmp_path, cosmos, container)
-    try:
-        yield first, second
-    finally:
-        first.close()
-        second.close()
+    with running_pair(tmp_path, cosmos, container) as shims:
+        yield shims
 
 
 def conflicts(shim: Shim) -> float:

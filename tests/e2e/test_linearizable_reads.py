@@ -34,7 +34,7 @@ from tests.harness.elected_pair import (
     TAKEOVER_DEADLINE,
     leader_and_follower,
     put,
-    start_pair,
+    running_pair,
     status,
 )
 from tests.harness.faultproxy import Rule, ThreadedFaultProxy
@@ -52,12 +52,8 @@ def container() -> str:
 
 @pytest.fixture
 def pair(tmp_path, cosmos, container):
-    first, second = start_pair(tmp_path, cosmos, container)
-    try:
-        yield first, second
-    finally:
-        first.close()
-        second.close()
+    with running_pair(tmp_path, cosmos, container) as shims:
+        yield shims
 
 
 def cosmos_log_documents(server, container: str) -> list[dict]:

@@ -5,10 +5,11 @@ channel; the helpers ask them who leads and wait for conditions by polling with 
 """
 from __future__ import annotations
 
+import contextlib
 import pathlib
+from collections.abc import Iterator
 
 from cosmos_etcd_shim.proto import rpc_pb2 as pb
-
 from tests.harness.cosmos_shims import Shim, elected, start_shim
 from tests.harness.waiting import poll
 
@@ -19,15 +20,18 @@ LEASE_SECONDS = 3.0  # short, so that takeovers in these tests take seconds; the
 TAKEOVER_DEADLINE = 4 * LEASE_SECONDS
 
 
-def start_pair(workdir: pathlib.Path, cosmos, container: str) -> tuple[Shim, Shim]:
-    endpoint = f"http://127.0.0.1:{cosmos.port}"
-    first = start_shim(workdir, endpoint, container, "first", elected(LEASE_SECONDS))
-    try:
-        second = start_shim(workdir, endpoint, container, "second", elected(LEASE_SECONDS))
-    except BaseException:
-        first.close()
-        raise
-    return first, second
+@contextlib.contextmanager
+def running_pair(workdir: pathlib.Path, cosmos, container: str) -> Iterator[tuple[Shim, Shim]]:
+    """Two elected replicas, ``first`` and ``second``, of ``container`` on the Cosmos server; both
+    stopped at the end."""
+    with contextlib.ExitStack() as stack:
+        endpoint = f"http://127.0.0.1:{cosmos.port}"
+        shims = []
+        for name in ("first", "second"):
+            shim = start_shim(workdir, endpoint, container, name, elected(LEASE_SECONDS))
+            stack.callback(shim.close)
+            shims.append(shim)
+        yield shims[0], shims[1]
 
 
 def status(shim: Shim) -> pb.StatusResponse:
