@@ -21,6 +21,7 @@ import sys
 from collections.abc import Mapping
 
 from cosmos_etcd_shim.mvcc.errors import CompactedError, FutureRevisionError, RangeTooLargeError
+from cosmos_etcd_shim.mvcc.go_sort import go_sort
 from cosmos_etcd_shim.mvcc.history import VersionId, materialize
 from cosmos_etcd_shim.mvcc.index import KeyIndex
 from cosmos_etcd_shim.proto.kv_pb2 import KeyValue
@@ -101,8 +102,7 @@ def execute_range(index: KeyIndex, r: RangeRequest, current: int, compact_revisi
     if r.sort_target == RangeRequest.VALUE and sort_order != RangeRequest.NONE:
         kvs = materialize(kvs, fetched, index.cache)
     if sort_order != RangeRequest.NONE:
-        # Stable, like the insertion sort etcd's sort.Sort uses on small slices; reverse keeps ties in order.
-        kvs.sort(key=_SORT_KEYS[r.sort_target], reverse=sort_order == RangeRequest.DESCEND)
+        kvs = go_sort(kvs, _SORT_KEYS[r.sort_target], descending=sort_order == RangeRequest.DESCEND)
 
     if 0 < r.limit < len(kvs):
         del kvs[r.limit:]
