@@ -599,18 +599,19 @@ async def test_existing_container_without_create(cosmos_logs):
 
 async def test_https_with_a_token_credential(tmp_path):
     """A self-signed server (insecure_skip_tls_verify) and an azure-identity style async
-    credential (the local server accepts any token)."""
+    credential (the local server accepts any token), which closing the log closes."""
     from azure.core.credentials import AccessToken
 
     class FakeCredential:
         scopes: list = []
+        closed = False
 
         async def get_token(self, *scopes, **kwargs):
             self.scopes.extend(scopes)
             return AccessToken("not-a-real-token", int(time.time()) + 3600)
 
         async def close(self):
-            pass
+            self.closed = True
 
     credential = FakeCredential()
     with cosmos_harness.running_cosmos(tmp_path, ssl=True) as server:
@@ -621,7 +622,7 @@ async def test_https_with_a_token_credential(tmp_path):
             assert revisions_of(await log.read_after(0)) == [2]
         finally:
             await log.close()
-    assert credential.scopes
+    assert credential.scopes and credential.closed
 
 
 async def test_member_heartbeats(cosmos_logs):

@@ -21,7 +21,8 @@ so that every attempt is counted and a write is never repeated blindly:
   403 (firewall, a missing data-plane RBAC role, disabled local auth, a full partition),
   400/413 and anything unexpected. No raw SDK exception escapes this module.
 
-Credentials: an account key (a string) or an ``azure-identity`` async credential.
+Credentials: an account key (a string) or an ``azure-identity`` async credential, which the
+connection then owns: closing the connection closes it (its HTTP session and token cache).
 ``insecure_skip_tls_verify`` accepts a self-signed certificate; it and ``http://`` endpoints are
 for local servers only and are logged as warnings. The key is never logged.
 
@@ -251,6 +252,9 @@ class CosmosConnection:
         if self._client is not None:
             client, self._client = self._client, None
             await client.close()
+        if self._credential is not None:
+            credential, self._credential = self._credential, None
+            await credential.close()
 
     def _on_response(self, pipeline_response) -> None:
         response = pipeline_response.http_response
