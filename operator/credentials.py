@@ -10,18 +10,31 @@ cache (one sign-in, not one per reconcile). A changed secret is a new identity; 
 replaces stay open until :meth:`Credentials.close`, because a reconcile may still be using them.
 Secret values are kept only inside the credential objects: errors name the Secret's key, never
 its value, and the cache key holds a digest of the secret, not the secret.
+
+:func:`sign_in` is the ``Credentials`` part of a pass: it reads the named Secret and asks for one
+token, so that a wrong secret or an unreachable authority shows in that part's condition rather
+than as an error of whichever Azure call comes next.
 """
 from __future__ import annotations
 
+import base64
 import hashlib
 import os
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 from azure.core.credentials_async import AsyncTokenCredential
+from azure.core.exceptions import AzureError as AzureCoreError
+from azure.core.exceptions import ClientAuthenticationError
 from azure.identity.aio import ClientSecretCredential, DefaultAzureCredential, WorkloadIdentityCredential
 
 from cosmos_etcd_operator.cloud import AzureCloud
-from cosmos_etcd_operator.spec import SERVICE_PRINCIPAL_KEYS, InvalidSpec
+from cosmos_etcd_operator.conditions import CREDENTIALS
+from cosmos_etcd_operator.kubeapi import object_path
+from cosmos_etcd_operator.spec import SERVICE_PRINCIPAL_KEYS, ClusterSpec, InvalidSpec
+
+if TYPE_CHECKING:  # the pass's context holds this module's Credentials: imported for annotations only
+    from cosmos_etcd_operator.reconciliation import Reconciliation
 
 # The token endpoint is called rarely (tokens live about an hour); a failing one should surface in
 # seconds so that the reconcile reports it, not after azure-core's default ten retries.
@@ -99,3 +112,36 @@ class Credentials:
 
     async def __aexit__(self, *exc_info) -> None:
         await self.close()
+
+
+async def sign_in(step: Reconciliation, spec: ClusterSpec) -> AsyncTokenCredential:
+    """The ``Credentials`` part of a pass: the credential of the identity the spec names, which has
+    just obtained a token."""
+    context = step.context
+    secret_name = spec.credentials.service_principal_secret
+    if secret_name is None:
+        credential, who = context.credentials.default(), "the operator's own identity"
+    else:
+        secret = await step.read(CREDENTIALS, object_path("v1", "Secret", step.namespace, secret_name))
+        if secret is None:
+            step.fail(CREDENTIALS, "SecretNotFound", f"Secret {secret_name!r} not found in namespace "
+                      f"{step.namespace}", retryable=True)
+        data = {key: base64.b64decode(value).decode("utf-8", errors="replace")
+                for key, value in (secret.get("data") or {}).items()}
+        try:
+            credential = context.credentials.for_service_principal(data, secret_name)
+        except InvalidCredentials as e:
+            step.fail(CREDENTIALS, "InvalidSecret", str(e), retryable=True)
+        who = f"service principal {data['clientId']} (Secret {secret_name})"
+    try:
+        await credential.get_token(context.cloud.credential_scope)
+    except ClientAuthenticationError as e:  # refused by the authority, or no identity at all
+        step.fail(CREDENTIALS, "AuthenticationFailed", _first_line(e.message), retryable=True)
+    except AzureCoreError as e:  # the authority did not answer
+        step.fail(CREDENTIALS, "TokenRequestFailed", _first_line(e.message), retryable=True)
+    step.ready(CREDENTIALS, "SignedIn", f"signed in to {context.cloud.resource_manager} as {who}")
+    return credential
+
+
+def _first_line(message: str | None) -> str:
+    return (message or "").strip().splitlines()[0][:500] if (message or "").strip() else "authentication failed"

@@ -30,6 +30,7 @@ from cosmos_etcd_operator import handlers, pki
 from cosmos_etcd_operator.credentials import Credentials
 from cosmos_etcd_operator.kubeapi import Kube, load_configuration
 from cosmos_etcd_operator.metrics import CLUSTERS, serve_metrics
+from cosmos_etcd_operator.reconciliation import OperatorContext, utc_now
 from cosmos_etcd_shim import __version__
 
 DEFAULT_SHIM_IMAGE = f"ghcr.io/cosmos-etcd/cosmos-etcd:{__version__}"
@@ -158,7 +159,7 @@ def _is_address(text: str) -> bool:
 
 async def run(config: OperatorConfig, *, stop_flag: asyncio.Event | threading.Event | None = None,
               ready_flag: asyncio.Event | threading.Event | None = None,
-              clock: Callable[[], datetime.datetime] = handlers.utc_now) -> None:
+              clock: Callable[[], datetime.datetime] = utc_now) -> None:
     """Run the operator until ``stop_flag`` is set (or SIGTERM/SIGINT); ``clock`` is the time the managed
     PKI renews by. Raises InvalidCloud when a custom cloud's authority is neither given nor discovered."""
     cloud = await clouds.discover(config.cloud)
@@ -172,9 +173,9 @@ async def run(config: OperatorConfig, *, stop_flag: asyncio.Event | threading.Ev
     metrics = serve_metrics(config.metrics_address)
     try:
         async with Credentials(cloud) as credentials:
-            context = handlers.OperatorContext(kube=kube, credentials=credentials, cloud=cloud,
-                                               shim_image=config.shim_image, retry_delay=config.retry_delay,
-                                               tls_policy=config.tls_policy, clock=clock)
+            context = OperatorContext(kube=kube, credentials=credentials, cloud=cloud,
+                                      shim_image=config.shim_image, retry_delay=config.retry_delay,
+                                      tls_policy=config.tls_policy, clock=clock)
             await kopf.operator(
                 registry=registry, settings=settings, memo=kopf.Memo(context=context),
                 clusterwide=not config.namespaces, namespaces=config.namespaces,

@@ -2,7 +2,8 @@
 
 One part of the reconciliation with the shape of the others: :func:`reconcile` renders the policy
 from the spec, reads the stored one, and creates it or sets it back only where it differs (drift:
-an edited or deleted policy is restored by the next pass), then returns the part's condition.
+an edited or deleted policy is restored by the next pass), then returns the part's condition, which
+:func:`reconcile_part` gives the pass.
 
 The policy selects the shim's pods and admits ingress on three ports only (Ingress policy type: any
 other connection to the pods is dropped; egress, to Cosmos DB and Entra ID, is left alone):
@@ -30,6 +31,7 @@ from typing import Any
 from cosmos_etcd_operator import children
 from cosmos_etcd_operator.conditions import FALSE, NETWORK_POLICY, TRUE, Condition
 from cosmos_etcd_operator.kubeapi import Kube, KubeError
+from cosmos_etcd_operator.reconciliation import Reconciliation
 from cosmos_etcd_operator.spec import ClusterSpec
 
 METRICS_SCRAPER_LABEL = "cosmosetcd.io/scrape-metrics"
@@ -67,6 +69,15 @@ async def reconcile(kube: Kube, owner: Mapping[str, Any], spec: ClusterSpec) -> 
     except KubeError as e:
         return Condition(NETWORK_POLICY, FALSE, e.reason, f"NetworkPolicy {desired['metadata']['name']}: {e}"), None
     return Condition(NETWORK_POLICY, TRUE, "Enforced", _describe(spec)), change
+
+
+async def reconcile_part(step: Reconciliation, spec: ClusterSpec) -> None:
+    """The ``NetworkPolicy`` part of a pass: ready, or the pass stops here."""
+    condition, change = await reconcile(step.kube, step.body, spec)
+    if condition.status != TRUE:
+        step.fail(NETWORK_POLICY, condition.reason, condition.message, retryable=True)
+    step.restored(NETWORK_POLICY, "NetworkPolicy", step.name, change)
+    step.conditions.set(condition)
 
 
 def _describe(spec: ClusterSpec) -> str:

@@ -54,6 +54,9 @@ recorded mode; an object that an earlier operator already served in plain text (
 ``status.endpoint`` is ``http://``) stays ``Disabled`` with a condition saying how to opt in; any
 other object gets ``Managed``.
 
+In a pass, :func:`reconcile_part` sets the ``TLS`` and ``PlainText`` conditions and ``status.tls``
+from :func:`reconcile`, and :func:`record_mode` records the mode in force before any part runs.
+
 Nothing here logs, records or posts a key: events and conditions name Secrets, serials and dates.
 """
 from __future__ import annotations
@@ -63,8 +66,9 @@ import dataclasses
 import datetime
 import ipaddress
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import kopf
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
@@ -74,7 +78,10 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from cosmos_etcd_operator import children
 from cosmos_etcd_operator.conditions import PLAIN_TEXT, TLS, TRUE, Condition
 from cosmos_etcd_operator.kubeapi import Kube, KubeError, contains, object_path
-from cosmos_etcd_operator.spec import ShimTLS, TLSMode
+from cosmos_etcd_operator.spec import ClusterSpec, ShimTLS, TLSMode
+
+if TYPE_CHECKING:  # the pass's context holds this module's Policy: imported for annotations only
+    from cosmos_etcd_operator.reconciliation import Reconciliation
 
 CA_FILE, CERT_FILE, KEY_FILE = "ca.crt", "tls.crt", "tls.key"
 NEXT_CERT_FILE, NEXT_KEY_FILE = "next.crt", "next.key"  # the CA Secret's successor CA during a rotation
@@ -161,6 +168,31 @@ async def reconcile(kube: Kube, owner: Mapping[str, Any], tls: ShimTLS, status: 
         return Outcome(Condition(TLS, TRUE, "UserSecret", f"serving the certificate of Secret {tls.secret_name}"),
                        {"mode": mode.value}, children.ServingTLS(tls.secret_name, tls.client_cert_auth))
     return await _Managed(kube, owner, tls, policy, now).run()
+
+
+def record_mode(step: Reconciliation, spec: ClusterSpec) -> None:
+    """The TLS mode in force goes to status at the first part, before any part can stop the pass: a
+    later operator tells an object it created from one an earlier operator served in plain text."""
+    mode, _ = mode_in_effect(spec.shim.tls, step.status)
+    step.new_status["tls"] = {**(step.status.get("tls") or {}), "mode": mode.value}
+
+
+async def reconcile_part(step: Reconciliation, spec: ClusterSpec) -> children.ServingTLS | None:
+    """The ``TLS`` part of a pass: its conditions, ``status.tls`` and events; what the shim serves."""
+    try:
+        outcome = await reconcile(step.kube, step.body, spec.shim.tls, step.status,
+                                  policy=step.context.tls_policy, now=step.context.clock())
+    except TLSError as e:
+        step.fail(TLS, e.reason, e.message, retryable=True)
+    step.conditions.set(outcome.condition)
+    if outcome.plain_text is None:
+        step.conditions.remove(PLAIN_TEXT)
+    else:
+        step.conditions.set(outcome.plain_text)
+    step.new_status["tls"] = outcome.status
+    for type_, reason, message in outcome.events:
+        kopf.event(step.body, type=type_, reason=reason, message=message)
+    return outcome.serving
 
 
 # -- the managed PKI -------------------------------------------------------------------------------

@@ -18,6 +18,10 @@ role, scope and principal, so an equal assignment made by hand under another id 
 :func:`remove` deletes the assignment (on delete with ``deletionPolicy: Delete``, and when a cluster
 goes back to ``dataPlaneAuth: Key``): the assignment named in ``status.roleAssignment`` goes, whatever
 principal the spec names now.
+
+:func:`reconcile_part` is the ``RoleAssignment`` part of a pass: with ``EntraID`` the assignment
+exists (one the operator made for an identity the spec no longer names is removed) and
+``status.roleAssignment`` names it; with ``Key`` no assignment of the operator's is left.
 """
 from __future__ import annotations
 
@@ -26,10 +30,13 @@ import uuid
 
 from azure.mgmt.cosmosdb import models
 
+from cosmos_etcd_operator import conditions
 from cosmos_etcd_operator.arm import Change, CosmosResources, Deleted, Pending
-from cosmos_etcd_operator.spec import ClusterSpec
+from cosmos_etcd_operator.reconciliation import Reconciliation
+from cosmos_etcd_operator.spec import ClusterSpec, DataPlaneAuth
 
 ROLE_ASSIGNMENT, ROLE_ASSIGNMENT_DELETION = "role_assignment", "role_assignment_delete"
+REMOVAL = "roleAssignmentRemoval"  # the key of a removal in status.pendingOperations
 # Cosmos DB's built-in data-plane roles: ...01 is the Data Reader, ...02 the Data Contributor.
 DATA_CONTRIBUTOR_ROLE = "00000000-0000-0000-0000-000000000002"
 DATA_CONTRIBUTOR_NAME = "Cosmos DB Built-in Data Contributor"
@@ -115,6 +122,32 @@ async def remove(resources: CosmosResources, spec: ClusterSpec, assignment: str,
                                                         **options)))
 
     return await resources.step(ROLE_ASSIGNMENT_DELETION, spec, resume, compare)
+
+
+async def reconcile_part(step: Reconciliation, resources: CosmosResources, spec: ClusterSpec) -> None:
+    """The ``RoleAssignment`` part of a pass."""
+    if spec.data_plane_auth is DataPlaneAuth.KEY:
+        await remove_part(step, resources, spec)
+        step.ready(conditions.ROLE_ASSIGNMENT, "NotUsed", "spec.azure.dataPlaneAuth Key: the shim signs in with the "
+                   "account keys")
+        return
+    ready = await step.azure(conditions.ROLE_ASSIGNMENT, lambda token: reconcile(resources, spec, token))
+    made = step.status.get("roleAssignment") or {}
+    if made and made.get("id", "").lower() != ready.id.lower():
+        await remove_part(step, resources, spec)
+    step.new_status["roleAssignment"] = ready.as_status()
+    step.ready(conditions.ROLE_ASSIGNMENT, "Assigned", f"{DATA_CONTRIBUTOR_NAME} for principal "
+               f"{ready.principal_id} on {ready.scope} (assignment {ready.id})")
+
+
+async def remove_part(step: Reconciliation, resources: CosmosResources, spec: ClusterSpec) -> None:
+    """The role assignment in ``status.roleAssignment`` (the operator's) is deleted."""
+    made = step.status.get("roleAssignment")
+    if not made:
+        return
+    await step.azure(conditions.ROLE_ASSIGNMENT, lambda token: remove(resources, spec, made["id"], token),
+                     key=REMOVAL)
+    step.new_status["roleAssignment"] = None  # a merge patch's None removes the field
 
 
 async def _equal_assignment(resources: CosmosResources, spec: ClusterSpec, role: str, scope_: str,

@@ -26,7 +26,7 @@ import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-from cosmos_etcd_operator import handlers, main
+from cosmos_etcd_operator import main, reconciliation
 from tests.harness import arm as arm_harness
 from tests.harness.kube import CLUSTERS, DEPLOYMENTS, SECRETS, KubeAPI
 from tests.harness.kube_live import LiveKubeAPI
@@ -62,7 +62,7 @@ class OperatorProcess:
 
     def __init__(self, flags: list[str], clock: Callable[[], datetime.datetime] | None = None):
         self.config = main.parse_args(flags)
-        self.clock = clock or handlers.utc_now  # the managed PKI's time (a test may move it)
+        self.clock = clock or reconciliation.utc_now  # the managed PKI's time (a test may move it)
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self.error: BaseException | None = None

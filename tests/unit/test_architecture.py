@@ -68,6 +68,15 @@ def test_shim_runs_without_the_operator():
             assert not any(name.startswith("cosmos_etcd_operator") for name in names), path
 
 
+def test_operator_parts_never_reach_back_into_the_handlers():
+    """handlers.py keeps kopf's registrations and the order of the parts; the parts and the pass
+    they run in never import it (only main.py, which registers the handlers, does)."""
+    for path, names in _imported_modules(ROOT / "operator").items():
+        if path != "operator/main.py":
+            assert "cosmos_etcd_operator.handlers" not in names and \
+                not any(name.startswith("cosmos_etcd_operator.handlers.") for name in names), path
+
+
 def test_operator_folder_cannot_shadow_the_standard_library():
     """With the repository root first on sys.path, `operator` still resolves to the stdlib module."""
     assert not (ROOT / "operator" / "__init__.py").exists()
